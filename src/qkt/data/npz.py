@@ -1,0 +1,22 @@
+"""A user's own data: one ``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def decode(source: Path) -> dict[str, np.ndarray]:
+    with np.load(source, allow_pickle=False) as f:
+        missing = [k for k in KEYS if k not in f.files]
+        if missing:
+            raise DataError(f"{source} lacks {', '.join(missing)}; a qkt npz holds {', '.join(KEYS)} (and optionally 'classes')")
+        arrays = {k: f[k] for k in KEYS}
+        if "classes" in f.files:
+            arrays["classes"] = f["classes"]
+    return arrays

@@ -1,0 +1,130 @@
+"""The local training loop, evaluation and checkpoints shared by every method.
+
+Every method — the parties' own training, the baselines and both phases of a
+query — goes through :func:`fit`, so that comparisons differ in the algorithm,
+not in data handling.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+BatchLoss = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
+
+
+def set_threads(threads: int | None = None) -> None:
+    """Use every core for intra-op work but never oversubscribe a small machine."""
+    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
+
+
+def augment_images(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and 4-pixel translations (the standard CIFAR augmentation)."""
+    if x.ndim != 4 or x.shape[-1] < 16:
+        return x
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    pad = 4
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+    return padded[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, shuffle: bool = True) -> Iterable[torch.Tensor]:
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    # A lone last sample would break BatchNorm's training statistics: fold it into the previous batch.
+    stops = list(range(batch_size, n, batch_size))
+    if stops and n - stops[-1] < 2:
+        stops.pop()
+    return torch.tensor_split(order, stops)
+
+
+def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    x, y = batch[0], batch[1]
+    return F.cross_entropy(model(x), y)
+
+
+def fit(
+    model: nn.Module,
+    tensors: tuple[torch.Tensor, ...],
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    loss_fn: BatchLoss = cross_entropy_loss,
+    params: Iterable[nn.Parameter] | None = None,
+    augment: bool = False,
+    desc: str | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Train ``model`` in place with Adam over mini-batches of ``tensors``.
+
+    ``tensors`` are aligned tensors (inputs first); ``loss_fn`` maps the model and a
+    batch of them to a scalar. ``params`` restricts which parameters are trained.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    n = len(tensors[0])
+    model.train()
+    bar = tqdm(range(epochs), desc=desc, leave=False, disable=not progress or desc is None, unit="epoch")
+    for _ in bar:
+        total = 0.0
+        for idx in batches(n, batch_size, generator):
+            batch = tuple(t[idx] for t in tensors)
+            if augment:
+                batch = (augment_images(batch[0], generator), *batch[1:])
+            loss = loss_fn(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        bar.set_postfix(loss=f"{total / max(n, 1):.3f}")
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` on ``x`` in evaluation mode."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else torch.empty(0)
+    model.train(was_training)
+    return out
+
+
+def per_class_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Accuracy on the test samples of each class (argmax over all classes); NaN for absent classes."""
+    pred = predict_logits(model, x).argmax(1)
+    correct = torch.bincount(y[pred == y], minlength=num_classes).double()
+    total = torch.bincount(y, minlength=num_classes).double()
+    return (correct / total).numpy()
+
+
+def save_checkpoint(model: nn.Module, path: Path) -> None:
+    """Write atomically, so an interrupted run never leaves a checkpoint cut short."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> bool:
+    """Load ``path`` into ``model`` if it exists and fits; say whether it did."""
+    if not path.exists():
+        return False
+    try:
+        model.load_state_dict(torch.load(path, weights_only=True))
+    except (RuntimeError, OSError, EOFError):
+        return False  # a stale or foreign checkpoint is retrained, not trusted
+    model.eval()
+    return True

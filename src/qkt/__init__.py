@@ -1,0 +1,16 @@
+"""qkt — Query-based Knowledge Transfer.
+
+A party asks its peers for exactly the classes it lacks and learns them from
+their models in one exchange, without any data leaving anyone::
+
+    import qkt
+    new_model, report = qkt.query(my_model, {"lab-a": model_a, "lab-b": model_b},
+                                  query_classes=[3], local_data=(x, y))
+"""
+
+from .config import QueryConfig, RunConfig
+from .errors import ConfigError, DataError, QKTError, QueryError
+from .query import QueryReport, Teacher, query
+
+__all__ = ["query", "QueryConfig", "QueryReport", "RunConfig", "Teacher", "QKTError", "ConfigError", "DataError", "QueryError"]
+__version__ = "0.1.0"

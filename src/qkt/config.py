@@ -1,0 +1,168 @@
+"""One validated schema for every option, with sections that mirror the package.
+
+Configs are read from YAML or TOML; unknown keys, wrong types and out-of-range
+values are rejected with a message naming the key and what to change.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+Rate = Annotated[float, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProbeConfig(Section):
+    """Teacher-side expert discovery (SPEC §2 step 2)."""
+
+    kind: Literal["statistics", "noise", "self"] = Field(
+        "statistics",
+        description="'statistics': noise refined to match each teacher's BatchNorm statistics; 'noise': plain Gaussian probes; "
+        "'self': teachers score themselves on held-out data",
+    )
+    steps: NonNegative = Field(100, description="refinement steps of the 'statistics' probe")
+    num_samples: Positive = Field(512, description="probe inputs per noise scale")
+    scales: list[Rate] = Field([0.5, 1.0, 2.0], min_length=1, description="standard deviations of the Gaussian probes in the normalised input space")
+    seed: int = 0
+
+
+class InversionConfig(Section):
+    """Synthetic query-class inputs made at the querier by inverting the experts (DeepInversion)."""
+
+    enabled: bool = True
+    samples_per_class: NonNegative = Field(256, description="synthetic inputs made per query class")
+    steps: Positive = Field(200, description="optimisation steps per batch")
+    lr: Rate = 0.1
+    bn_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of matching the expert's BatchNorm statistics")
+    tv_weight: Annotated[float, Field(ge=0)] = Field(1e-4, description="weight of the total-variation image prior")
+    l2_weight: Annotated[float, Field(ge=0)] = Field(1e-5, description="weight of the L2 input prior")
+
+
+class QueryConfig(Section):
+    """How one query runs; the defaults are the measured best on the demo and benchmarks."""
+
+    lam: Annotated[float, Field(ge=1.0)] = Field(1.5, description="λ: expert iff probe score ≥ λ/|C|")
+    probe: ProbeConfig = ProbeConfig()
+    inversion: InversionConfig = InversionConfig()
+    mixup: bool = Field(True, description="widen the transfer inputs with mixup of local and synthetic inputs")
+    mixup_alpha: Rate = 0.4
+    temperature: Rate = 2.0
+    kd_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of the distillation term against the local cross-entropy")
+    phase1_epochs: NonNegative = 10
+    phase2_epochs: NonNegative = 20
+    lr: Rate = 1e-3
+    head_lr: Rate = 5e-3
+    batch_size: Positive = 64
+    light: bool = Field(False, description="QKT Light: experts send float16 weights; Phase 1 trains the last block and the head")
+    use_masks: bool = Field(True, description="ablation switch: False treats every teacher as expert in every query class")
+    phase2: bool = Field(True, description="ablation switch: False skips head refinement")
+    merged: bool = Field(False, description="ablation switch: one class-balanced phase instead of Phase 1 then Phase 2")
+    seed: int = 0
+
+
+Arch = Literal["mlp", "cnn", "resnet"]
+
+
+class DataConfig(Section):
+    name: str = "digits"
+    root: str | None = Field(None, description="folder with the data files (default: $QKT_DATA_ROOT or ./data)")
+    path: str | None = Field(None, description="an explicit data file, e.g. your own .npz")
+
+
+class PartitionConfig(Section):
+    num_parties: Annotated[int, Field(ge=2)] = 10
+    kind: Literal["dirichlet", "k_classes"] = "dirichlet"
+    alpha: Rate = 0.1
+    classes_per_party: Positive = 2
+    seed: int = 0
+
+
+class ScenarioConfig(Section):
+    querier: NonNegative | None = Field(None, description="the querying party (default: the eligible party with most samples)")
+    query: list[NonNegative] | None = Field(None, description="fixed query classes (default: drawn)")
+    query_size: Positive = 1
+    max_query_samples: NonNegative = Field(10, description="a class the querier holds fewer samples of than this may be queried")
+    min_expert_samples: Positive = 10
+
+
+class TrainingConfig(Section):
+    arch: Arch = "mlp"
+    teacher_archs: list[Arch] | None = Field(None, description="architectures of the teachers, cycled over the parties (default: arch)")
+    epochs: Positive = 20
+    lr: Rate = 1e-3
+    batch_size: Positive = 64
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    augment: bool = Field(False, description="random flips and crops for 32-pixel images")
+    seed: int = 0
+
+
+class RunConfig(Section):
+    """A whole experiment: data, who holds what, local training and one query."""
+
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    scenario: ScenarioConfig = ScenarioConfig()
+    training: TrainingConfig = TrainingConfig()
+    query: QueryConfig = QueryConfig()
+    methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light"]] = ["local", "ensemble", "kd", "qkt", "qkt_light"]
+
+    @model_validator(mode="after")
+    def _query_fits(self) -> RunConfig:
+        if self.scenario.querier is not None and self.scenario.querier >= self.partition.num_parties:
+            raise ValueError(f"scenario.querier={self.scenario.querier} but there are only {self.partition.num_parties} parties")
+        return self
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} invalid setting(s)"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key; check its spelling and section")
+        else:
+            value = "" if e["type"] == "missing" else f" (got {json.dumps(e.get('input'), default=str)[:60]})"
+            lines.append(f"  - {key}: {e['msg']}{value}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: object, source: str = "config") -> RunConfig:
+    """Validate a mapping (as read from YAML/TOML) into a :class:`RunConfig`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, not {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from None
+    return parse_config(raw, str(path))

@@ -1,0 +1,114 @@
+"""Phase 1: query-focused masked distillation (SPEC §2, step 4).
+
+The target of an input is built class by class: for a query class, the experts
+whose mask bit is set speak; for every other class, the querier's own frozen
+model does. Non-experts and the experts' non-query outputs contribute nothing,
+which is what keeps the querier's own knowledge and keeps interference out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import QueryConfig
+from ..training import fit, predict_logits
+
+
+def softmax_outputs(model: nn.Module, x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Tempered softmax of a frozen model on fixed inputs; computed once per input and reused every epoch."""
+    return torch.softmax(predict_logits(model, x) / temperature, dim=1)
+
+
+def combine_targets(
+    own: torch.Tensor,
+    experts: Mapping[str, torch.Tensor],
+    masks: Mapping[str, np.ndarray],
+    query: Sequence[int],
+) -> torch.Tensor:
+    """The distillation target of SPEC §2, class by class.
+
+    Parameters
+    ----------
+    own:
+        ``(N, C)`` probabilities of the querier's frozen original model.
+    experts:
+        ``(N, C)`` probabilities of each teacher whose model was received.
+    masks:
+        ``masks[k][j]`` is True iff teacher ``k`` is an expert in ``query[j]``.
+
+    For ``c`` in the query the target is the mean of the experts' probabilities of
+    ``c`` (the querier's own if ``c`` has no expert); the remaining mass is shared
+    among the other classes in the proportions of the querier's own model.
+    """
+    query = list(query)
+    target = torch.zeros_like(own)
+    for j, c in enumerate(query):
+        speakers = [experts[k][:, c] for k, m in masks.items() if m[j] and k in experts]
+        target[:, c] = torch.stack(speakers).mean(0) if speakers else own[:, c]
+    query_mass = target[:, query].sum(1, keepdim=True)
+    excess = query_mass.clamp_min(1.0)
+    target[:, query] /= excess
+    query_mass = query_mass / excess
+    rest = torch.ones(own.shape[1], dtype=torch.bool)
+    rest[query] = False
+    own_rest = own[:, rest]
+    target[:, rest] = own_rest / own_rest.sum(1, keepdim=True).clamp_min(1e-12) * (1 - query_mass)
+    return target
+
+
+@dataclass
+class TransferSet:
+    """The inputs of Phases 1 and 2 with their targets.
+
+    ``labels`` are the querier's own labels (``-1`` for synthetic inputs);
+    ``weights`` scale each sample's loss (class balance).
+    """
+
+    x: torch.Tensor
+    targets: torch.Tensor
+    labels: torch.Tensor
+    weights: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.x, self.targets, self.labels, self.weights
+
+    def balanced(self) -> TransferSet:
+        """The same set with weights making every class (label, else argmax target) weigh the same."""
+        cls = torch.where(self.labels >= 0, self.labels, self.targets.argmax(1))
+        counts = torch.bincount(cls, minlength=self.targets.shape[1]).float()
+        weights = 1.0 / counts[cls]
+        return TransferSet(self.x, self.targets, self.labels, weights * len(weights) / weights.sum())
+
+
+def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                      temperature: float, kd_weight: float) -> torch.Tensor:
+    """Cross-entropy on the querier's labels plus the temperature-scaled KL towards the combined target."""
+    log_student = F.log_softmax(logits / temperature, dim=1)
+    kl = (targets * (targets.clamp_min(1e-12).log() - log_student)).sum(1)
+    loss = kd_weight * temperature**2 * (weights * kl).mean()
+    labelled = labels >= 0
+    if labelled.any():
+        ce = F.cross_entropy(logits[labelled], labels[labelled], reduction="none")
+        loss = loss + (weights[labelled] * ce).sum() / len(labels)
+    return loss
+
+
+def train_on_transfer(model: nn.Module, transfer: TransferSet, config: QueryConfig, epochs: int, lr: float,
+                      params: Iterable[nn.Parameter] | None = None, desc: str | None = None, progress: bool = True) -> nn.Module:
+    """Fit ``model`` (or only ``params``) to the transfer set with :func:`distillation_loss`."""
+
+    def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x, targets, labels, weights = batch
+        return distillation_loss(net(x), targets, labels, weights, config.temperature, config.kd_weight)
+
+    return fit(model, transfer.tensors(), epochs, lr=lr, batch_size=config.batch_size, weight_decay=0.0,
+               seed=config.seed, loss_fn=loss_fn, params=params, desc=desc, progress=progress)

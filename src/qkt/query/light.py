@@ -1,0 +1,23 @@
+"""QKT Light: half the bytes on the wire and a fraction of Phase 1's compute (SPEC §2, step 6).
+
+Experts send float16 weights, and Phase 1 trains only the last block of the
+feature extractor and the head; the measured accuracy cost is reported as its own row.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models import find_head, last_block
+
+WIRE_DTYPE = torch.float16
+
+
+def light_parameters(model: nn.Module, head_name: str | None = None) -> list[nn.Parameter]:
+    """The parameters Phase 1 of QKT Light trains: the last feature block (if the model exposes one) and the head."""
+    params = list(find_head(model, head_name).parameters())
+    block = last_block(model)
+    if block is not None:
+        params = list(block.parameters()) + params
+    return params

@@ -1,0 +1,306 @@
+"""One query, end to end, independent of the transport (SPEC §2).
+
+The teacher side is :func:`answer_probe` and :func:`export_weights`; the querier
+side is :func:`select_experts` and :func:`learn`. :func:`query` drives both in one
+process on the user's own models; the Flower app drives the same functions over
+Flower messages.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import QueryConfig
+from ..errors import QueryError
+from ..training import predict_logits
+from . import light, probe, synth
+from .distill import TransferSet, combine_targets, softmax_outputs, train_on_transfer
+from .refine import refine_head
+
+SCORE_BYTES = 4  # one float32 per query class
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """What the querier sends every candidate teacher: the query, the input shape and the probe recipe. Nothing else."""
+
+    query: tuple[int, ...]
+    num_classes: int
+    input_shape: tuple[int, ...]
+    probe_kind: str = "statistics"
+    probe_samples: int = 512
+    probe_steps: int = 100
+    probe_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
+    probe_seed: int = 0
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Announcement:
+        raw = json.loads(blob)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+@dataclass
+class Teacher:
+    """A teacher as the in-process API sees it: its model and, for the 'self' probe, its own held-out data."""
+
+    model: nn.Module
+    holdout: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def answer_probe(model: nn.Module, announcement: Announcement, holdout: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
+    """Teacher side: the scores ``s[k, Q]`` (one float32 per query class), computed on the teacher's own model."""
+    if announcement.probe_kind == "self":
+        if holdout is None:
+            raise QueryError("the 'self' probe needs each teacher's held-out data")
+        scores = probe.self_scores(model, holdout[0], holdout[1], announcement.num_classes)
+    else:
+        probes = probe.noise_probes(announcement.input_shape, announcement.probe_samples, announcement.probe_scales, announcement.probe_seed)
+        if announcement.probe_kind == "statistics":
+            probes = probe.statistics_probes(model, probes, announcement.probe_steps)
+        scores = probe.noise_scores(model, probes)
+    if len(scores) != announcement.num_classes:
+        raise QueryError(f"the teacher's model outputs {len(scores)} classes but the label space has {announcement.num_classes}")
+    return scores[list(announcement.query)].astype(np.float32)
+
+
+def export_weights(model: nn.Module, half: bool = False) -> dict[str, np.ndarray]:
+    """Teacher side: the model's state as arrays, floats cast to float16 for QKT Light."""
+    dtype = light.WIRE_DTYPE if half else None
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def import_weights(template: nn.Module, arrays: Mapping[str, np.ndarray]) -> nn.Module:
+    """Querier side: a copy of ``template`` holding the received weights, after checking them."""
+    model = copy.deepcopy(template)
+    state = model.state_dict()
+    if set(arrays) != set(state):
+        raise QueryError(f"received weights do not fit the model: keys differ ({sorted(set(arrays) ^ set(state))[:3]} …)")
+    loaded = {}
+    for key, ref in state.items():
+        value = torch.as_tensor(np.asarray(arrays[key]))
+        if value.shape != ref.shape:
+            raise QueryError(f"received weight '{key}' has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise QueryError(f"received weight '{key}' holds NaN or infinite values")
+        loaded[key] = value.to(ref.dtype)
+    model.load_state_dict(loaded)
+    return model.eval()
+
+
+def select_experts(scores: Mapping[str, Sequence[float]], query: Sequence[int], num_classes: int, lam: float) -> dict[str, np.ndarray]:
+    """Querier side: the masks, restricted to teachers with at least one bit inside ``Q``.
+
+    Raises :class:`QueryError` when no query class has an expert; warns for each class left without one.
+    """
+    masks = probe.expert_masks(scores, query, num_classes, lam)
+    by_class = probe.experts_by_class(masks, query)
+    missing = [c for c, experts in by_class.items() if not experts]
+    if len(missing) == len(query):
+        raise QueryError(probe.no_expert_message(scores, query, num_classes, lam, missing))
+    if missing:
+        warnings.warn(probe.no_expert_message(scores, query, num_classes, lam, missing), stacklevel=2)
+    return {k: m for k, m in masks.items() if m.any()}
+
+
+@dataclass
+class QueryReport:
+    """What happened in one query: who was asked, who answered as expert, what it cost."""
+
+    query: tuple[int, ...]
+    scores: dict[str, list[float]]
+    experts: dict[int, list[str]]
+    bytes_sent: int
+    bytes_received: int
+    messages: list[dict] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    num_transfer_inputs: int = 0
+    num_synthetic: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["experts"] = {str(c): v for c, v in self.experts.items()}
+        return out
+
+
+def build_transfer_set(
+    original: nn.Module,
+    experts: Mapping[str, nn.Module],
+    masks: Mapping[str, np.ndarray],
+    query: Sequence[int],
+    local_x: torch.Tensor,
+    local_y: torch.Tensor,
+    config: QueryConfig,
+    progress: bool = True,
+) -> tuple[TransferSet, int]:
+    """Querier side: local data, inversions of the experts and mixups, each with its combined target."""
+    input_shape = tuple(local_x.shape[1:])
+    by_class = probe.experts_by_class(masks, query)
+    synthetic = []
+    if config.inversion.enabled and config.inversion.samples_per_class:
+        for i, (name, model) in enumerate(experts.items()):
+            classes = [c for c, names in by_class.items() if name in names]
+            per_class = max(1, config.inversion.samples_per_class // max(len(by_class[c]) for c in classes))
+            x, _ = synth.invert(model, classes, input_shape, config.inversion, seed=config.seed * 1000 + i,
+                                num_per_class=per_class, desc=f"inverting expert {name}" if progress else None)
+            synthetic.append(x)
+    x_synth = torch.cat(synthetic) if synthetic else local_x[:0]
+    x = torch.cat([local_x, x_synth])
+    if config.mixup:
+        generator = torch.Generator().manual_seed(config.seed)
+        x = torch.cat([x, synth.mixup(x, len(x), config.mixup_alpha, generator)])
+    labels = torch.cat([local_y, torch.full((len(x) - len(local_y),), -1, dtype=torch.long)])
+    own = softmax_outputs(original, x, config.temperature)
+    outputs = {name: softmax_outputs(model, x, config.temperature) for name, model in experts.items()}
+    targets = combine_targets(own, outputs, masks, query)
+    return TransferSet(x, targets, labels, torch.ones(len(x))), len(x_synth)
+
+
+def learn(
+    student: nn.Module,
+    experts: Mapping[str, nn.Module],
+    masks: Mapping[str, np.ndarray],
+    query: Sequence[int],
+    local_x: torch.Tensor,
+    local_y: torch.Tensor,
+    config: QueryConfig,
+    head: str | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, float], TransferSet, int]:
+    """Querier side: build the transfer set, then Phase 1 and Phase 2 on a copy of ``student``."""
+    seconds: dict[str, float] = {}
+    original = copy.deepcopy(student).eval()
+    new = copy.deepcopy(student)
+    start = time.perf_counter()
+    transfer, num_synthetic = build_transfer_set(original, experts, masks, query, local_x, local_y, config, progress)
+    seconds["synthesis"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    params = light.light_parameters(new, head) if config.light else None
+    phase1_set = transfer.balanced() if config.merged else transfer
+    train_on_transfer(new, phase1_set, config, config.phase1_epochs, config.lr, params=params,
+                      desc="phase 1 (distill)", progress=progress)
+    seconds["phase1"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if config.phase2 and not config.merged and config.phase2_epochs:
+        refine_head(new, transfer, config, head, progress)
+    seconds["phase2"] = time.perf_counter() - start
+    return new.eval(), seconds, transfer, num_synthetic
+
+
+def query(
+    student: nn.Module,
+    teachers: Mapping[str, nn.Module | Teacher] | Sequence[nn.Module | Teacher],
+    query_classes: Sequence[int],
+    local_data: tuple[torch.Tensor, torch.Tensor],
+    config: QueryConfig | None = None,
+    *,
+    num_classes: int | None = None,
+    head: str | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, QueryReport]:
+    """Ask ``teachers`` for ``query_classes`` and learn them into a copy of ``student``.
+
+    Parameters
+    ----------
+    student:
+        The querier's trained model; it is not modified. It must map inputs to
+        logits over all classes and expose a classification head (``head``
+        attribute, the submodule named by ``head``, or its last ``nn.Linear``).
+    teachers:
+        The other parties' trained models, by name (or a list, named ``"0"``,
+        ``"1"``, …). Wrap one in :class:`Teacher` to give it held-out data for
+        the ``self`` probe. Architectures may differ from the student's.
+    query_classes:
+        The classes to acquire, ``Q``; the querier should hold (almost) none of them.
+    local_data:
+        The querier's own inputs (normalised as the models expect) and labels.
+    config:
+        :class:`~qkt.config.QueryConfig`; the defaults are measured on the demo and benchmarks.
+    num_classes:
+        ``|C|``; defaults to the student's output size.
+
+    Returns
+    -------
+    (model, report):
+        The new model, which knows ``Q`` and keeps what the student knew, and a
+        :class:`QueryReport` with experts, bytes and timings.
+    """
+    config = config or QueryConfig()
+    local_x, local_y = local_data
+    if len(local_x) != len(local_y) or not len(local_x):
+        raise QueryError(f"local data must be non-empty inputs and labels of equal length (got {len(local_x)} and {len(local_y)})")
+    named = dict(teachers) if isinstance(teachers, Mapping) else {str(i): t for i, t in enumerate(teachers)}
+    if not named:
+        raise QueryError("no teachers to ask")
+    named = {str(k): t if isinstance(t, Teacher) else Teacher(t) for k, t in named.items()}
+    if num_classes is None:
+        num_classes = int(predict_logits(student, local_x[:2]).shape[1])
+    query_classes = probe.check_query(query_classes, num_classes)
+    notes: list[str] = []
+    held = torch.bincount(local_y, minlength=num_classes)
+    for c in query_classes:
+        if held[c] >= max(10, 0.05 * len(local_y)):
+            notes.append(f"the querier already holds {int(held[c])} samples of query class {c}; a query is meant for classes it lacks")
+            warnings.warn(notes[-1], stacklevel=2)
+    for name, t in named.items():
+        outputs = int(predict_logits(t.model, local_x[:2]).shape[1])
+        if outputs != num_classes:
+            raise QueryError(f"teacher '{name}' outputs {outputs} classes but the label space has {num_classes}")
+
+    seconds: dict[str, float] = {}
+    messages: list[dict] = []
+    p = config.probe
+    announcement = Announcement(query_classes, num_classes, tuple(local_x.shape[1:]), p.kind, p.num_samples, p.steps, tuple(p.scales), p.seed)
+    start = time.perf_counter()
+    scores = {}
+    for name, t in named.items():
+        messages.append({"to": name, "kind": "announce", "bytes": len(announcement.to_bytes())})
+        scores[name] = answer_probe(t.model, announcement, t.holdout)
+        messages.append({"from": name, "kind": "scores", "bytes": SCORE_BYTES * len(query_classes)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        masks = select_experts(scores, query_classes, num_classes, config.lam)
+    for w in caught:
+        notes.append(str(w.message))
+        warnings.warn(str(w.message), stacklevel=2)
+    seconds["probe"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    experts = {}
+    for name in masks:
+        messages.append({"to": name, "kind": "request_weights", "bytes": len(json.dumps({"half": config.light}).encode())})
+        arrays = export_weights(named[name].model, half=config.light)
+        messages.append({"from": name, "kind": "weights", "bytes": int(sum(a.nbytes for a in arrays.values()))})
+        experts[name] = import_weights(named[name].model, arrays)
+    seconds["transfer"] = time.perf_counter() - start
+
+    model, learn_seconds, transfer, num_synthetic = learn(student, experts, masks, query_classes, local_x, local_y, config, head, progress)
+    seconds.update(learn_seconds)
+    seconds["total"] = sum(seconds.values())
+    report = QueryReport(
+        query=query_classes,
+        scores={k: [float(v) for v in s] for k, s in scores.items()},
+        experts=probe.experts_by_class(masks, query_classes),
+        bytes_sent=sum(m["bytes"] for m in messages if "to" in m),
+        bytes_received=sum(m["bytes"] for m in messages if "from" in m),
+        messages=messages,
+        seconds=seconds,
+        num_transfer_inputs=len(transfer),
+        num_synthetic=num_synthetic,
+        warnings=notes,
+    )
+    return model, report

@@ -1,0 +1,108 @@
+"""Transfer inputs made at the querier: mixup and model inversion of the experts.
+
+The querier's own data hold no image of the query classes, so distillation on
+them alone carries little of the experts' knowledge of those classes. Inverting
+each expert — optimising inputs until it predicts a query class while its
+BatchNorm layers see the statistics of its training data (DeepInversion, Yin et
+al. 2020) — makes such inputs without any data leaving any party.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import InversionConfig
+
+
+def mixup(x: torch.Tensor, num: int, alpha: float, generator: torch.Generator) -> torch.Tensor:
+    """``num`` convex combinations of random pairs of ``x`` with Beta(alpha, alpha) weights."""
+    i = torch.randint(len(x), (num,), generator=generator)
+    j = torch.randint(len(x), (num,), generator=generator)
+    weight = torch.distributions.Beta(alpha, alpha).sample((num,)) if alpha else torch.full((num,), 0.5)
+    weight = weight.view(-1, *([1] * (x.ndim - 1)))
+    return weight * x[i] + (1 - weight) * x[j]
+
+
+def input_prior(x: torch.Tensor, tv_weight: float = 1e-4, l2_weight: float = 1e-5) -> torch.Tensor:
+    """Image priors of DeepInversion: smooth (total variation) and bounded (L2) inputs."""
+    loss = l2_weight * x.pow(2).mean()
+    if x.ndim == 4:
+        tv = (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+        loss = loss + tv_weight * tv
+    return loss
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluation mode with no parameter gradients, restored afterwards: inputs are optimised, not the model."""
+    was_training, grad_flags = model.training, [p.requires_grad for p in model.parameters()]
+    model.eval()
+    model.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), grad_flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+class BatchNormStatistics:
+    """Forward hooks that measure how far a batch's statistics are from a BatchNorm layer's running ones."""
+
+    def __init__(self, model: nn.Module):
+        self.losses: list[torch.Tensor] = []
+        self.handles = [m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def _hook(self, module: nn.modules.batchnorm._BatchNorm, inputs: tuple[torch.Tensor], _output) -> None:
+        x = inputs[0]
+        dims = [0] + list(range(2, x.ndim))
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        self.losses.append(torch.norm(mean - module.running_mean, 2) + torch.norm(var - module.running_var, 2))
+
+    def pop(self) -> torch.Tensor:
+        total = torch.stack(self.losses).sum() if self.losses else torch.zeros(())
+        self.losses = []
+        return total
+
+    def __enter__(self) -> BatchNormStatistics:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def invert(
+    model: nn.Module,
+    classes: Sequence[int],
+    input_shape: Sequence[int],
+    config: InversionConfig,
+    seed: int,
+    num_per_class: int | None = None,
+    desc: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthesise inputs that ``model`` classifies as each of ``classes``.
+
+    Returns the inputs and the class each was made for. The model is left unchanged.
+    """
+    num_per_class = config.samples_per_class if num_per_class is None else num_per_class
+    targets = torch.tensor(list(classes), dtype=torch.long).repeat_interleave(num_per_class)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(targets), *input_shape, generator=generator).requires_grad_(True)
+    if not len(targets):
+        return x.detach(), targets
+    optimizer = torch.optim.Adam([x], lr=config.lr)
+    with frozen(model), BatchNormStatistics(model) as stats:
+        for _ in tqdm(range(config.steps), desc=desc, leave=False, disable=desc is None, unit="step"):
+            loss = F.cross_entropy(model(x), targets) + config.bn_weight * stats.pop()
+            loss = loss + input_prior(x, config.tv_weight, config.l2_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return x.detach(), targets

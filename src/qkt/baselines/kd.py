@@ -1,0 +1,31 @@
+"""KD: plain multi-teacher distillation into the querier, from all teachers, with no masks, in one phase.
+
+It uses the querier's local data widened by mixup, the same loss and the same
+training loop as QKT's Phase 1, so the comparison isolates the masks, the
+synthesis from the experts and Phase 2.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..config import QueryConfig
+from ..query.distill import TransferSet, softmax_outputs, train_on_transfer
+from ..query.synth import mixup
+
+
+def distill_all(student: nn.Module, teachers: Sequence[nn.Module], local_x: torch.Tensor, local_y: torch.Tensor,
+                config: QueryConfig, progress: bool = True) -> nn.Module:
+    """A copy of ``student`` distilled from the mean softmax of ``teachers`` (Hinton et al. 2015)."""
+    x = local_x
+    if config.mixup:
+        x = torch.cat([x, mixup(x, len(x), config.mixup_alpha, torch.Generator().manual_seed(config.seed))])
+    targets = torch.stack([softmax_outputs(t, x, config.temperature) for t in teachers]).mean(0)
+    labels = torch.cat([local_y, torch.full((len(x) - len(local_y),), -1, dtype=torch.long)])
+    new = copy.deepcopy(student)
+    return train_on_transfer(new, TransferSet(x, targets, labels, torch.ones(len(x))), config,
+                             config.phase1_epochs, config.lr, desc="KD", progress=progress)

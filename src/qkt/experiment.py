@@ -1,0 +1,186 @@
+"""A whole experiment from a validated config: data, partition, local training, one query, every method.
+
+This is what ``qkt demo`` and ``qkt run`` call; the benchmark repeats it over
+queriers and seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import partition
+from .baselines.ensemble import SoftmaxEnsemble
+from .baselines.kd import distill_all
+from .config import RunConfig
+from .data import DataSet, load_dataset
+from .errors import QKTError
+from .metrics import MethodResult, score
+from .models import build_model, num_bytes
+from .query import query
+from .training import fit, load_checkpoint, per_class_accuracy, save_checkpoint
+
+
+@dataclass
+class World:
+    """Everything a method needs: the data as tensors, who holds what, and every party's trained model."""
+
+    dataset: DataSet
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    scenario: partition.Scenario
+    models: list[nn.Module]
+
+    @property
+    def querier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(self.scenario.parts[self.scenario.querier])
+        return self.x_train[idx], self.y_train[idx]
+
+    @property
+    def teachers(self) -> dict[str, nn.Module]:
+        return {str(k): m for k, m in enumerate(self.models) if k != self.scenario.querier}
+
+
+def make_partition(config: RunConfig, labels: np.ndarray) -> list[np.ndarray]:
+    p = config.partition
+    if p.kind == "dirichlet":
+        return partition.dirichlet(labels, p.num_parties, p.alpha, p.seed)
+    return partition.k_classes(labels, p.num_parties, p.classes_per_party, p.seed)
+
+
+def make_scenario(config: RunConfig, dataset: DataSet) -> partition.Scenario:
+    """The configured query, or one drawn for the eligible party holding the most samples."""
+    s = config.scenario
+    parts = make_partition(config, dataset.y_train)
+    querier = s.querier
+    if querier is None:
+        eligible = partition.eligible_queriers(dataset.y_train, parts, dataset.num_classes, s.query_size,
+                                               s.max_query_samples, s.min_expert_samples)
+        if not eligible:
+            raise QKTError(f"no party lacks {s.query_size} class(es) that another party could teach; "
+                                     "try a smaller scenario.query_size or a more skewed partition (smaller alpha)")
+        querier = max(eligible, key=lambda k: len(parts[k]))
+    query_classes = tuple(s.query) if s.query else None
+    return partition.make_scenario(dataset.y_train, parts, querier, s.query_size, config.partition.seed, dataset.num_classes,
+                                   s.max_query_samples, s.min_expert_samples, query_classes)
+
+
+def party_arch(config: RunConfig, party: int, querier: int) -> str:
+    archs = config.training.teacher_archs
+    return config.training.arch if party == querier or not archs else archs[party % len(archs)]
+
+
+def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scenario, dataset: DataSet,
+                  checkpoints: Path | None, progress: bool) -> list[nn.Module]:
+    """Train every party's model on its own data; reuse a checkpoint when the same party was trained before."""
+    x_train, y_train = world_data
+    t = config.training
+    models = []
+    bar = tqdm(range(len(scenario.parts)), desc="local training", unit="party", disable=not progress)
+    for k in bar:
+        arch = party_arch(config, k, scenario.querier)
+        torch.manual_seed(t.seed * 1000 + k)
+        model = build_model(arch, dataset.input_shape, dataset.num_classes)
+        idx = scenario.parts[k]
+        key = hashlib.sha1(json.dumps([dataset.name, len(dataset.y_train), arch, t.model_dump()]).encode() + idx.tobytes()).hexdigest()[:12]
+        path = checkpoints / f"party{k}-{arch}-{key}.pt" if checkpoints else None
+        if path is None or not load_checkpoint(model, path):
+            tensor_idx = torch.as_tensor(idx)
+            fit(model, (x_train[tensor_idx], y_train[tensor_idx]), t.epochs, t.lr, t.batch_size, t.weight_decay,
+                seed=t.seed * 1000 + k, augment=t.augment, progress=False)
+            if path is not None:
+                save_checkpoint(model, path)
+        models.append(model.eval())
+    return models
+
+
+def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bool = True,
+                dataset: DataSet | None = None) -> World:
+    dataset = dataset or load_dataset(config.data.name, config.data.root, config.data.path)
+    scenario = make_scenario(config, dataset)
+    x_train, y_train, x_test, y_test = dataset.normalized()
+    models = train_parties(config, (x_train, y_train), scenario, dataset, checkpoints, progress)
+    return World(dataset, x_train, y_train, x_test, y_test, scenario, models)
+
+
+def _timed(fn: Callable[[], nn.Module]) -> tuple[nn.Module, float]:
+    start = time.perf_counter()
+    model = fn()
+    return model, time.perf_counter() - start
+
+
+def run_methods(world: World, config: RunConfig, progress: bool = True) -> tuple[dict[str, MethodResult], dict[str, dict]]:
+    """Evaluate every configured method on the world's query; returns results and QKT's query reports."""
+    s = world.scenario
+    student = world.models[s.querier]
+    local_x, local_y = world.querier_data
+    test_counts = np.bincount(world.dataset.y_test, minlength=world.dataset.num_classes)
+
+    def evaluate(model: nn.Module) -> np.ndarray:
+        return per_class_accuracy(model, world.x_test, world.y_test, world.dataset.num_classes)
+
+    before = evaluate(student)
+    local_before = score("local", before, 0.0, test_counts, s.query, s.local_classes).local_accuracy
+    all_weights = sum(num_bytes(m) for m in world.teachers.values())
+    results: dict[str, MethodResult] = {}
+    reports: dict[str, dict] = {}
+    for method in config.methods:
+        costs: dict = {}
+        if method == "local":
+            model, seconds = student, 0.0
+        elif method == "ensemble":
+            model, seconds = SoftmaxEnsemble(world.models), 0.0
+            costs = {"bytes_received": all_weights}
+        elif method == "kd":
+            model, seconds = _timed(lambda: distill_all(student, list(world.teachers.values()), local_x, local_y, config.query, progress))
+            costs = {"bytes_received": all_weights}
+        else:
+            query_config = config.query.model_copy(update={"light": method == "qkt_light"})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the report carries them
+                (model, report), seconds = _timed(lambda: query(student, world.teachers, s.query, (local_x, local_y), query_config, progress=progress))
+            reports[method] = report.to_dict()
+            costs = {"bytes_sent": report.bytes_sent, "bytes_received": report.bytes_received,
+                     "details": {"experts": reports[method]["experts"], "seconds_per_phase": report.seconds}}
+        results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,
+                                seconds=seconds, **costs)
+    return results, reports
+
+
+def run(config: RunConfig, output: Path | None = None, progress: bool = True) -> dict:
+    """Run one experiment; if ``output`` is given, write ``results.json`` and the chart there."""
+    from .report import write_outputs
+
+    checkpoints = output / "checkpoints" if output else None
+    world = build_world(config, checkpoints, progress)
+    results, reports = run_methods(world, config, progress)
+    s = world.scenario
+    summary = {
+        "dataset": world.dataset.name,
+        "classes": list(world.dataset.classes),
+        "scenario": {
+            "querier": s.querier,
+            "query": list(s.query),
+            "local_classes": list(s.local_classes),
+            "removed_query_samples": s.removed,
+            "holdings": partition.class_counts(world.dataset.y_train, list(s.parts), world.dataset.num_classes).tolist(),
+        },
+        "methods": {k: v.to_dict() for k, v in results.items()},
+        "reports": reports,
+        "config": config.model_dump(),
+    }
+    if output is not None:
+        write_outputs(summary, output)
+    return summary

@@ -1,0 +1,104 @@
+"""Tables, results files and charts of an experiment."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: qkt runs on servers without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+METHOD_NAMES = {
+    "local": "Local",
+    "ensemble": "Ensemble",
+    "kd": "KD (all teachers)",
+    "qkt": "QKT",
+    "qkt_light": "QKT Light",
+}
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def format_table(methods: dict[str, dict]) -> str:
+    """A markdown table of the SPEC §3 figures, one row per method."""
+    rows = [
+        "| method | query acc | local acc | overall acc | forgetting | bytes sent | bytes received | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in methods.items():
+        rows.append(
+            f"| {METHOD_NAMES.get(name, name)} | {r['query_accuracy']:.3f} | {r['local_accuracy']:.3f} | "
+            f"{r['overall_accuracy']:.3f} | {r['forgetting']:+.3f} | {human_bytes(r['bytes_sent'])} | "
+            f"{human_bytes(r['bytes_received'])} | {r['seconds']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def describe_scenario(summary: dict) -> str:
+    s = summary["scenario"]
+    classes = summary["classes"]
+    names = ", ".join(f"{c} ({classes[c]})" for c in s["query"])
+    experts = summary["reports"].get("qkt", {}).get("experts", {})
+    line = f"querier: party {s['querier']} ({sum(s['holdings'][s['querier']])} samples), query: {names}"
+    if experts:
+        line += "; experts found: " + ", ".join(f"class {c} ← parties {', '.join(v)}" for c, v in experts.items())
+    return line
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file and rename, so an interrupt never leaves a file cut short."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_per_class(summary: dict, path: Path) -> None:
+    """Bars of the querier's per-class test accuracy before (Local) and after (QKT, QKT Light) the query."""
+    methods = {k: v for k, v in summary["methods"].items() if k in ("local", "qkt", "qkt_light")}
+    classes = summary["classes"]
+    query = set(summary["scenario"]["query"])
+    local = set(summary["scenario"]["local_classes"])
+    x = np.arange(len(classes))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) + 2), 3.8))
+    for i, (name, r) in enumerate(methods.items()):
+        label = "before (Local)" if name == "local" else f"after ({METHOD_NAMES[name]})"
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, r["per_class_accuracy"], width, label=label)
+    for c in query:
+        ax.axvspan(c - 0.45, c + 0.45, color="gold", alpha=0.25, lw=0)
+    ax.set_xticks(x, [f"{'*' if c in query else ''}{name}{'' if c in local or c in query else ' ·'}" for c, name in enumerate(classes)],
+                  rotation=30 if len(classes) > 10 or max(map(len, classes)) > 4 else 0, ha="right" if len(classes) > 10 else "center")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{summary['dataset']}: querier {summary['scenario']['querier']} — query classes shaded (*), · = neither local nor queried", fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(methods), fontsize=8, frameon=False)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_outputs(summary: dict, output: Path) -> None:
+    """``results.json``, ``results.md`` and ``per_class_accuracy.png`` in ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    plot_per_class(summary, output / "per_class_accuracy.png")
+    atomic_write(output / "results.md", (describe_scenario(summary) + "\n\n" + format_table(summary["methods"]) + "\n").encode())
+    atomic_write(output / "results.json", json.dumps(summary, indent=2).encode())

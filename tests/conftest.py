@@ -1,0 +1,44 @@
+"""Shared fixtures: seeded, offline, CPU-only, and fast."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from qkt.training import set_threads
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data_root() -> Path | None:
+    """Where the real data files are: $QKT_DATA_ROOT, else ../shared/data beside the clone."""
+    env = os.environ.get("QKT_DATA_ROOT")
+    for root in ([Path(env)] if env else []) + [SHARED_DATA]:
+        if root.is_dir():
+            return root
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _seeded_cpu():
+    torch.manual_seed(0)
+    set_threads(2)
+    yield
+
+
+@pytest.fixture
+def data_root() -> Path:
+    root = shared_data_root()
+    if root is None:
+        pytest.skip("real data files not found: set QKT_DATA_ROOT to the folder holding cifar10-jpeg.tar.xz and bloodcell-28.npz")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Tests never write into the user's cache, except the decoded real data sets, which are costly to rebuild.
+    if "QKT_CACHE_DIR" not in os.environ:
+        monkeypatch.setenv("QKT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "qkt-cache"))

@@ -273,7 +273,10 @@ def query(
         messages.append({"from": name, "kind": "scores", "bytes": SCORE_BYTES * len(query_classes)})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        masks = select_experts(scores, query_classes, num_classes, config.lam)
+        if config.use_masks:
+            masks = select_experts(scores, query_classes, num_classes, config.lam)
+        else:  # the "no masks" ablation: every teacher speaks for every query class
+            masks = {k: np.ones(len(query_classes), dtype=bool) for k in scores}
     for w in caught:
         notes.append(str(w.message))
         warnings.warn(str(w.message), stacklevel=2)

@@ -85,6 +85,8 @@ class DataConfig(Section):
     name: str = "digits"
     root: str | None = Field(None, description="folder with the data files (default: $QKT_DATA_ROOT or ./data)")
     path: str | None = Field(None, description="an explicit data file, e.g. your own .npz")
+    max_train: Positive | None = Field(None, description="use a seeded, stratified subset of this many training samples")
+    max_test: Positive | None = Field(None, description="use a seeded, stratified subset of this many test samples")
 
 
 class PartitionConfig(Section):

@@ -109,6 +109,7 @@ def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scen
 def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bool = True,
                 dataset: DataSet | None = None) -> World:
     dataset = dataset or load_dataset(config.data.name, config.data.root, config.data.path)
+    dataset = dataset.subsample(config.data.max_train, config.data.max_test, config.partition.seed)
     scenario = make_scenario(config, dataset)
     x_train, y_train, x_test, y_test = dataset.normalized()
     models = train_parties(config, (x_train, y_train), scenario, dataset, checkpoints, progress)

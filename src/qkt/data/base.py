@@ -47,6 +47,21 @@ class DataSet:
             return (c, h, w)
         return (self.x_train.shape[1],)
 
+    def subsample(self, max_train: int | None = None, max_test: int | None = None, seed: int = 0) -> DataSet:
+        """A seeded, stratified subset (for quick runs); the class proportions are kept."""
+        from sklearn.model_selection import train_test_split
+
+        def take(x: np.ndarray, y: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+            if limit is None or limit >= len(y):
+                return x, y
+            keep, _ = train_test_split(np.arange(len(y)), train_size=limit, random_state=seed, stratify=y)
+            keep = np.sort(keep)
+            return x[keep], y[keep]
+
+        x_train, y_train = take(self.x_train, self.y_train, max_train)
+        x_test, y_test = take(self.x_test, self.y_test, max_test)
+        return DataSet(self.name, x_train, y_train, x_test, y_test, self.classes)
+
     def normalized(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Float tensors standardised with training statistics, and long labels.
 

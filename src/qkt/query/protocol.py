@@ -159,8 +159,7 @@ def build_transfer_set(
     x_synth = torch.cat(synthetic) if synthetic else local_x[:0]
     x = torch.cat([local_x, x_synth])
     if config.mixup:
-        generator = torch.Generator().manual_seed(config.seed)
-        x = torch.cat([x, synth.mixup(x, len(x), config.mixup_alpha, generator)])
+        x = torch.cat([x, synth.mixup(x, len(x), config.mixup_alpha, config.seed)])
     labels = torch.cat([local_y, torch.full((len(x) - len(local_y),), -1, dtype=torch.long)])
     own = softmax_outputs(original, x, config.temperature)
     outputs = {name: softmax_outputs(model, x, config.temperature) for name, model in experts.items()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,12 +21,12 @@ from tqdm.auto import tqdm
 from ..config import InversionConfig
 
 
-def mixup(x: torch.Tensor, num: int, alpha: float, generator: torch.Generator) -> torch.Tensor:
-    """``num`` convex combinations of random pairs of ``x`` with Beta(alpha, alpha) weights."""
-    i = torch.randint(len(x), (num,), generator=generator)
-    j = torch.randint(len(x), (num,), generator=generator)
-    weight = torch.distributions.Beta(alpha, alpha).sample((num,)) if alpha else torch.full((num,), 0.5)
-    weight = weight.view(-1, *([1] * (x.ndim - 1)))
+def mixup(x: torch.Tensor, num: int, alpha: float, seed: int) -> torch.Tensor:
+    """``num`` convex combinations of random pairs of ``x`` with Beta(alpha, alpha) weights, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    i = torch.from_numpy(rng.integers(len(x), size=num))
+    j = torch.from_numpy(rng.integers(len(x), size=num))
+    weight = torch.from_numpy(rng.beta(alpha, alpha, size=num)).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
     return weight * x[i] + (1 - weight) * x[j]
 
 

@@ -1,0 +1,61 @@
+"""The Phase 1 target: experts speak only for their query classes; everything else is the querier's own."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from qkt.query.distill import TransferSet, combine_targets
+
+N, C = 6, 5
+QUERY = (1, 3)
+
+
+def _probs(seed):
+    return torch.softmax(torch.randn(N, C, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def test_target_is_a_distribution_with_expert_mass_on_query_classes():
+    own, expert = _probs(0), _probs(1)
+    target = combine_targets(own, {"e": expert}, {"e": np.array([True, True])}, QUERY)
+    assert torch.allclose(target.sum(1), torch.ones(N))
+    assert torch.allclose(target[:, list(QUERY)], expert[:, list(QUERY)])
+    rest = [0, 2, 4]
+    # The other classes keep the querier's own proportions.
+    assert torch.allclose(target[:, rest] / target[:, rest].sum(1, keepdim=True), own[:, rest] / own[:, rest].sum(1, keepdim=True))
+
+
+def test_a_non_expert_teacher_changes_nothing():
+    own, expert, bystander = _probs(0), _probs(1), _probs(2)
+    masks = {"e": np.array([True, False])}
+    alone = combine_targets(own, {"e": expert}, masks, QUERY)
+    with_bystander = combine_targets(own, {"e": expert, "b": bystander}, {**masks, "b": np.array([False, False])}, QUERY)
+    assert torch.equal(alone, with_bystander)
+
+
+def test_non_query_outputs_of_an_expert_change_nothing():
+    own, expert = _probs(0), _probs(1)
+    masks = {"e": np.array([True, True])}
+    edited = expert.clone()
+    edited[:, [0, 2, 4]] = torch.rand(N, 3)  # rewrite what the expert says about classes outside Q
+    assert torch.equal(combine_targets(own, {"e": expert}, masks, QUERY), combine_targets(own, {"e": edited}, masks, QUERY))
+
+
+def test_expert_bits_are_per_class():
+    own, e1, e2 = _probs(0), _probs(1), _probs(2)
+    target = combine_targets(own, {"e1": e1, "e2": e2}, {"e1": np.array([True, False]), "e2": np.array([True, True])}, QUERY)
+    assert torch.allclose(target[:, 1], (e1[:, 1] + e2[:, 1]) / 2)
+    assert torch.allclose(target[:, 3], e2[:, 3])
+
+
+def test_query_class_without_expert_keeps_own_probability():
+    own, expert = _probs(0), _probs(1)
+    target = combine_targets(own, {"e": expert}, {"e": np.array([True, False])}, QUERY)
+    assert torch.allclose(target[:, 3], own[:, 3])
+
+
+def test_balanced_weights_equalise_classes():
+    targets = torch.eye(3)[[0, 0, 0, 1, 2, 2]]
+    balanced = TransferSet(torch.zeros(6, 2), targets, torch.tensor([0, 0, 0, -1, -1, -1]), torch.ones(6)).balanced()
+    per_class = [float(balanced.weights[i].sum()) for i in ([0, 1, 2], [3], [4, 5])]
+    assert np.allclose(per_class, per_class[0])

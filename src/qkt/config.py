@@ -78,6 +78,27 @@ class QueryConfig(Section):
     seed: int = 0
 
 
+class FederatedConfig(Section):
+    """FedAvg, FedProx and FedGen (SPEC §4): one global model trained over all parties.
+
+    The total local-epoch budget equals the parties' own training: ``training.epochs``
+    split into rounds of ``local_epochs``; optimiser, learning rate and batch size are
+    those of ``training``. The other defaults are the values the authors published.
+    """
+
+    local_epochs: Positive = Field(1, description="local epochs per round (McMahan et al. 2017 use 1-5); rounds = training.epochs / local_epochs")
+    prox_mu: Annotated[float, Field(ge=0)] = Field(0.01, description="FedProx μ (Li et al. 2020 pick from 0.001-1; 0.01 is their best under label skew)")
+    gen_noise_dim: Positive = Field(32, description="FedGen: noise dimension of the generator (Zhu et al. 2021)")
+    gen_hidden: Positive = Field(256, description="FedGen: hidden width of the generator")
+    gen_lr: Rate = Field(3e-4, description="FedGen: Adam learning rate of the generator")
+    gen_steps: Positive = Field(50, description="FedGen: generator steps per round (10 epochs × 5 teacher iterations in the authors' code)")
+    gen_batch_size: Positive = Field(64, description="FedGen: generated features per step")
+    gen_alpha: Annotated[float, Field(ge=0)] = Field(10.0, description="FedGen: weight of the generated-feature cross-entropy in local training")
+    gen_beta: Annotated[float, Field(ge=0)] = Field(10.0, description="FedGen: weight of the latent KL term in local training")
+    gen_diversity: Annotated[float, Field(ge=0)] = Field(1.0, description="FedGen: weight of the generator's diversity loss (η)")
+    gen_decay: Annotated[float, Field(gt=0, le=1)] = Field(0.98, description="FedGen: per-round decay of gen_alpha and gen_beta")
+
+
 Arch = Literal["mlp", "cnn", "resnet"]
 
 
@@ -124,7 +145,9 @@ class RunConfig(Section):
     scenario: ScenarioConfig = ScenarioConfig()
     training: TrainingConfig = TrainingConfig()
     query: QueryConfig = QueryConfig()
-    methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light"]] = ["local", "ensemble", "kd", "qkt", "qkt_light"]
+    federated: FederatedConfig = FederatedConfig()
+    methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light", "fedavg", "fedprox", "fedgen",
+                          "qkt_no_masks", "qkt_no_phase2", "qkt_merged"]] = ["local", "ensemble", "kd", "qkt", "qkt_light"]
 
     @model_validator(mode="after")
     def _query_fits(self) -> RunConfig:

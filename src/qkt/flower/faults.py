@@ -1,0 +1,41 @@
+"""Rehearse a teacher's failure on a real deployment: SuperNode option ``qkt-fault``.
+
+Start one SuperNode with ``--node-config '... qkt-fault="nan"'`` to check, before
+relying on a federation, that the querier survives that failure and names the
+culprit. The fault strikes when the querier asks the party for its weights:
+
+- ``die``: the SuperNode process is killed, as when its machine goes down;
+- ``hang``: the party never answers;
+- ``nan``: the weights hold NaN values;
+- ``shape``: one weight tensor has the wrong shape.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+
+FAULTS = ("", "die", "hang", "nan", "shape")
+
+
+def strike(fault: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Apply ``fault`` to the weights about to be sent (or to the process sending them)."""
+    if fault not in FAULTS:
+        raise ValueError(f"unknown qkt-fault '{fault}'; choose among {', '.join(f for f in FAULTS if f)}")
+    if fault == "die":
+        # The ClientApp runs as a child of its SuperNode: take both down, with no reply.
+        os.kill(os.getppid(), signal.SIGKILL)
+        os._exit(1)
+    if fault == "hang":
+        while True:
+            time.sleep(60)
+    arrays = dict(arrays)
+    name = next(k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating))
+    if fault == "nan":
+        arrays[name] = np.full_like(arrays[name], np.nan)
+    elif fault == "shape":
+        arrays[name] = arrays[name][..., :-1]
+    return arrays

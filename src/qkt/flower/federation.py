@@ -1,0 +1,132 @@
+"""A Flower federation on this machine: a real SuperLink, real SuperNodes, and ``flwr run``.
+
+``qkt flower simulate`` starts a SuperLink with Flower's simulation runtime (Ray);
+the loopback tests start a SuperLink and one SuperNode process per party, as a
+deployment across machines would, only on 127.0.0.1. Every process is started in
+its own session and stopped, with its children, when the federation is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import tomli_w
+
+from ..errors import QKTError
+
+APP_DIR = Path(__file__).resolve().parent / "app"
+CONNECTION = "qkt-local"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+class LocalFederation:
+    """A SuperLink on 127.0.0.1 (simulation runtime or deployment), its SuperNodes, and runs of the qkt app.
+
+    Parameters
+    ----------
+    workdir:
+        Folder for Flower's home (``FLWR_HOME``), the logs of every process and run configs.
+    simulation:
+        Start the SuperLink with Flower's simulation runtime (virtual SuperNodes on Ray)
+        instead of waiting for SuperNode processes.
+    """
+
+    def __init__(self, workdir: Path, simulation: bool = False):
+        self.workdir = Path(workdir).resolve()
+        self.simulation = simulation
+        self.port = free_port()
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.env = {**os.environ, "FLWR_HOME": str(self.workdir / "flwr-home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LocalFederation:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        """Start a process in its own session (so it is stopped with its children), logging to ``<name>.log``."""
+        with open(self.workdir / f"{name}.log", "wb") as out:
+            process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the SuperLink and wait until it accepts connections."""
+        (self.workdir / "flwr-home").mkdir(parents=True, exist_ok=True)
+        connection = {"superlink": {"default": CONNECTION, CONNECTION: {"address": self.address, "insecure": True}}}
+        (self.workdir / "flwr-home" / "config.toml").write_text(tomli_w.dumps(connection))
+        # No internet here and qkt is already installed: never let Flower `uv sync` an app's dependencies.
+        args = ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+                "--disable-runtime-dependency-installation"]
+        process = self.spawn("superlink", args + (["--simulation"] if self.simulation else []))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise QKTError(f"flower-superlink exited with code {process.returncode}:\n{_tail(self.workdir / 'superlink.log')}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise QKTError(f"flower-superlink did not listen on {self.address} within {timeout:g} s")
+
+    def add_supernode(self, partition_id: int, num_partitions: int, **node_config: str) -> subprocess.Popen:
+        """Start a SuperNode process playing party ``partition_id`` (extra ``node_config`` such as ``qkt_fault="nan"``)."""
+        options = {"partition-id": partition_id, "num-partitions": num_partitions,
+                   **{k.replace("_", "-"): f'"{v}"' for k, v in node_config.items()}}
+        args = ["flower-supernode", "--insecure", "--superlink", self.address, "--port", str(free_port()),
+                "--node-config", " ".join(f"{k}={v}" for k, v in options.items())]
+        return self.spawn(f"supernode{partition_id}", args)
+
+    def run(self, run_config: Mapping[str, object], timeout: float, num_supernodes: int | None = None) -> str:
+        """``flwr run`` the qkt app with ``run_config`` and wait until the run ends; return its streamed log."""
+        path = self.workdir / "run.toml"
+        path.write_text(tomli_w.dumps(dict(run_config)))
+        args = ["flwr", "run", str(APP_DIR), CONNECTION, "--run-config", str(path), "--stream"]
+        if num_supernodes is not None:
+            args += ["--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus=1"]
+        try:
+            done = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=self.workdir)
+        except subprocess.TimeoutExpired as exc:
+            raise QKTError(f"the Flower run did not finish within {timeout:g} s; logs are in {self.workdir}") from exc
+        (self.workdir / "flwr-run.log").write_text(done.stdout + done.stderr)
+        if done.returncode:
+            raise QKTError(f"flwr run failed (exit {done.returncode}):\n{_tail(self.workdir / 'flwr-run.log')}")
+        return done.stdout + done.stderr
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop every process started here, with its children: politely, then by force."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in self.processes.values():
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # children left behind in the session
+            except ProcessLookupError:
+                pass
+        self.processes.clear()

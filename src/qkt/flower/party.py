@@ -1,0 +1,155 @@
+"""One party of a Flower federation: the run's settings, and the party's own data and model.
+
+Every process of the app (the querier's ServerApp, each SuperNode's ClientApp)
+reads the same run config. A party derives the benchmark's partition from the
+shared data set and keeps only its own share (``partition-id`` in its node
+config), exactly as :func:`qkt.experiment.build_world` does in one process, so
+a query over Flower and the in-process run of the same seed see the same data
+and the same models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from ..config import RunConfig, parse_config
+from ..data import DataSet, load_dataset
+from ..data.base import cache_dir
+from ..errors import ConfigError
+from ..experiment import make_scenario, party_arch
+from ..models import build_model
+from ..partition import Scenario
+from ..training import fit, load_checkpoint, save_checkpoint
+
+METHODS = ("local", "qkt", "qkt_light", "fedavg", "fedprox")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The run config of the Flower app (``[tool.flwr.app.config]``), validated.
+
+    Attributes
+    ----------
+    config:
+        The qkt experiment (``qkt-config``: the YAML of a ``qkt run`` config);
+        its ``methods`` list is replaced by ``methods`` below.
+    output_dir:
+        Where the querier writes ``results.json``, ``results.md`` and the chart.
+    reply_timeout:
+        Seconds the querier waits for the replies of one exchange; a party that
+        has not answered by then is reported as lost.
+    methods:
+        Among ``local``, ``qkt``, ``qkt_light``, ``fedavg``, ``fedprox``.
+    rounds, proximal_mu:
+        FedAvg/FedProx rounds (the local epochs are split over them, so the total
+        budget equals ``training.epochs``) and FedProx's μ.
+    min_supernodes:
+        SuperNodes to wait for (up to ``reply_timeout``) before announcing the query.
+    threads:
+        Torch threads of the querier's process (a party sets its own with node config ``threads``).
+    """
+
+    config: RunConfig
+    output_dir: Path
+    reply_timeout: float
+    methods: tuple[str, ...]
+    rounds: int
+    proximal_mu: float
+    min_supernodes: int = 0
+    threads: int = 1
+
+    @property
+    def local_epochs(self) -> int:
+        return max(1, -(-self.config.training.epochs // self.rounds))
+
+
+def read_settings(run_config: Mapping[str, object]) -> Settings:
+    """Validate a Flower run config; raise :class:`~qkt.errors.ConfigError` naming the bad key."""
+    text = str(run_config.get("qkt-config", ""))
+    try:
+        raw = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"run config 'qkt-config' is not valid YAML: {exc}") from None
+    config = parse_config(raw, "run config 'qkt-config'")
+    methods = tuple(m.strip() for m in str(run_config.get("methods", "local,qkt")).split(",") if m.strip())
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise ConfigError(f"run config 'methods': unknown {unknown or 'empty list'}; choose among {', '.join(METHODS)}")
+    rounds = int(run_config.get("rounds", 5))
+    timeout = float(run_config.get("reply-timeout", 600.0))
+    if rounds < 1 or timeout <= 0:
+        raise ConfigError("run config 'rounds' and 'reply-timeout' must be positive")
+    return Settings(config, Path(str(run_config.get("output-dir", "qkt-output/flower"))).expanduser(), timeout,
+                    methods, rounds, float(run_config.get("proximal-mu", 0.01)), int(run_config.get("min-supernodes", 0)),
+                    max(1, int(run_config.get("threads", 1))))
+
+
+def partition_id(node_config: Mapping[str, object], config: RunConfig) -> int:
+    """The party a SuperNode plays, checked against the partition of the run."""
+    if "partition-id" not in node_config:
+        raise ConfigError("this SuperNode has no 'partition-id': start it with --node-config 'partition-id=K num-partitions=N'")
+    index, total = int(node_config["partition-id"]), int(node_config.get("num-partitions", config.partition.num_parties))
+    if total != config.partition.num_parties or not 0 <= index < total:
+        raise ConfigError(f"SuperNode says partition-id={index} num-partitions={total}, but the run has "
+                          f"partition.num_parties={config.partition.num_parties}")
+    return index
+
+
+@dataclass
+class Party:
+    """One party's share of the world: its own training data and, once trained, its own model."""
+
+    index: int
+    dataset: DataSet
+    scenario: Scenario
+    x: torch.Tensor
+    y: torch.Tensor
+    test: tuple[torch.Tensor, torch.Tensor]
+
+    @property
+    def name(self) -> str:
+        return str(self.index)
+
+    @property
+    def is_querier(self) -> bool:
+        return self.index == self.scenario.querier
+
+
+def load_party(config: RunConfig, index: int | None = None) -> Party:
+    """Party ``index`` (default: the querier of the run's scenario), holding only its own training share."""
+    dataset = load_dataset(config.data.name, config.data.root, config.data.path)
+    dataset = dataset.subsample(config.data.max_train, config.data.max_test, config.partition.seed)
+    scenario = make_scenario(config, dataset)
+    index = scenario.querier if index is None else index
+    x_train, y_train, x_test, y_test = dataset.normalized()
+    own = torch.as_tensor(scenario.parts[index])
+    return Party(index, dataset, scenario, x_train[own], y_train[own], (x_test, y_test))
+
+
+def blank_model(config: RunConfig, party: Party, index: int | None = None) -> nn.Module:
+    """An untrained model of party ``index``'s architecture (default: ``party`` itself), seeded as in-process training seeds it."""
+    index = party.index if index is None else index
+    torch.manual_seed(config.training.seed * 1000 + index)
+    return build_model(party_arch(config, index, party.scenario.querier), party.dataset.input_shape, party.dataset.num_classes)
+
+
+def trained_model(config: RunConfig, party: Party) -> nn.Module:
+    """The party's own model, trained on its own share with the seed of the in-process run; checkpointed between messages."""
+    t = config.training
+    model = blank_model(config, party)
+    key = hashlib.sha1(json.dumps([config.data.model_dump(), config.partition.model_dump(), config.scenario.model_dump(),
+                                   t.model_dump(), party.index]).encode()).hexdigest()[:16]
+    path = cache_dir() / "flower-parties" / f"party{party.index}-{key}.pt"
+    if not load_checkpoint(model, path):
+        fit(model, (party.x, party.y), t.epochs, t.lr, t.batch_size, t.weight_decay,
+            seed=t.seed * 1000 + party.index, augment=t.augment, progress=False)
+        save_checkpoint(model, path)
+    return model.eval()

@@ -1,0 +1,210 @@
+"""The querier's ServerApp: one query of SPEC §2 over Flower messages, and the baselines through Flower's strategies.
+
+The querier announces ``Q`` to every SuperNode, collects their probe scores,
+picks the experts with :func:`~qkt.query.protocol.select_experts`, asks only
+them for their weights, checks each with :func:`~qkt.query.protocol.import_weights`
+and learns with :func:`~qkt.query.protocol.learn` (Phase 1 and Phase 2). A party
+that fails, does not answer within ``reply-timeout`` or sends weights that do not
+fit is dropped and named in the report; the query goes on with the others.
+FedAvg and FedProx run through Flower's own strategies on the same parties.
+Every message is counted on the wire (:class:`~qkt.flower.wire.CountingGrid`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, FedProx
+from torch import nn
+
+from ..errors import QKTError, QueryError
+from ..metrics import score
+from ..partition import class_counts
+from ..query import probe
+from ..query.protocol import Announcement, QueryReport, import_weights, learn, select_experts
+from ..report import write_outputs
+from ..training import per_class_accuracy, set_threads
+from . import wire
+from .party import Party, Settings, blank_model, load_party, read_settings, trained_model
+
+app = ServerApp()
+log = logging.getLogger(__name__)
+
+
+def exchange(grid: Grid, contents: dict[int, RecordDict], kind: str, timeout: float) -> dict[int, RecordDict | str]:
+    """Send one message per node and wait; each node maps to its reply's content or to why there is none."""
+    messages = [Message(content, dst_node_id=node, message_type=kind) for node, content in contents.items()]
+    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=timeout)}
+    out: dict[int, RecordDict | str] = {}
+    for node in contents:
+        reply = replies.get(node)
+        if reply is None:
+            out[node] = f"did not answer within {timeout:g} s"
+        elif reply.has_error():
+            out[node] = f"failed: {reply.error.reason}"
+        else:
+            out[node] = reply.content
+    return out
+
+
+def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, student: nn.Module,
+                 light: bool) -> tuple[nn.Module, dict]:
+    """Run one query over ``grid`` and return the new model and the report (a :class:`QueryReport` dict plus ``lost``)."""
+    config = settings.config.query.model_copy(update={"light": light})
+    query, num_classes = querier.scenario.query, querier.dataset.num_classes
+    first = len(grid.log)
+    seconds: dict[str, float] = {}
+    lost: dict[str, str] = {}
+    p = config.probe
+    announcement = Announcement(query, num_classes, tuple(querier.x.shape[1:]), p.kind, p.num_samples, p.steps, tuple(p.scales), p.seed)
+
+    start = time.perf_counter()
+    nodes = list(grid.get_node_ids())
+    scores, node_of = {}, {}
+    for node, reply in exchange(grid, {n: wire.announce_content(announcement) for n in nodes}, wire.PROBE, settings.reply_timeout).items():
+        if isinstance(reply, str):
+            lost[f"node {node}"] = reply
+            continue
+        party, party_scores = wire.read_scores(reply)
+        if party_scores is not None:  # None: the querier's own SuperNode, in a simulation
+            scores[party], node_of[party] = np.asarray(party_scores, dtype=np.float32), node
+    if not scores:
+        raise QueryError(f"no teacher answered the announcement ({len(nodes)} SuperNode(s) connected; lost: {lost or 'none'})")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if config.use_masks:
+            masks = select_experts(scores, query, num_classes, config.lam)
+        else:  # the "no masks" ablation: every teacher speaks for every query class
+            masks = {k: np.ones(len(query), dtype=bool) for k in scores}
+    notes = [str(w.message) for w in caught]
+    seconds["probe"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    request = {node_of[k]: RecordDict({"request": ConfigRecord({"half": light})}) for k in masks}
+    replies = exchange(grid, request, wire.WEIGHTS, settings.reply_timeout)
+    experts = {}
+    for name in masks:
+        reply = replies[node_of[name]]
+        try:
+            if isinstance(reply, str):
+                raise QueryError(reply)
+            experts[name] = import_weights(blank_model(settings.config, querier, int(name)), wire.read_weights(reply))
+        except QueryError as exc:
+            lost[name] = str(exc)
+    masks = {k: m for k, m in masks.items() if k in experts}
+    seconds["transfer"] = time.perf_counter() - start
+    for who, why in lost.items():
+        notes.append(f"teacher {who} was lost: {why}")
+        log.warning(notes[-1])
+    if not masks:
+        raise QueryError("every expert was lost, nothing to learn from: " + "; ".join(f"{k}: {v}" for k, v in lost.items()))
+
+    model, learn_seconds, transfer, num_synthetic = learn(student, experts, masks, query, querier.x, querier.y, config, progress=False)
+    seconds.update(learn_seconds)
+    seconds["total"] = sum(seconds.values())
+    party_of = {node: party for party, node in node_of.items()}
+    messages = [{**{d: party_of.get(e[d], f"node {e[d]}") for d in ("to", "from") if d in e}, "kind": e["kind"], "bytes": e["bytes"]}
+                for e in grid.log[first:]]
+    report = QueryReport(
+        query=query,
+        scores={k: [float(v) for v in s] for k, s in scores.items()},
+        experts=probe.experts_by_class(masks, query),
+        bytes_sent=sum(m["bytes"] for m in messages if "to" in m),
+        bytes_received=sum(m["bytes"] for m in messages if "from" in m),
+        messages=messages,
+        seconds=seconds,
+        num_transfer_inputs=len(transfer),
+        num_synthetic=num_synthetic,
+        warnings=notes,
+    )
+    return model, {**report.to_dict(), "lost": lost}
+
+
+def federated(grid: wire.CountingGrid, settings: Settings, querier: Party, method: str) -> nn.Module:
+    """FedAvg or FedProx with Flower's strategy over every SuperNode; the global model is the querier's result."""
+    model = blank_model(settings.config, querier)
+    nodes = len(list(grid.get_node_ids()))
+    options = {"fraction_evaluate": 0.0, "min_train_nodes": nodes, "min_available_nodes": nodes}
+    strategy = FedProx(proximal_mu=settings.proximal_mu, **options) if method == "fedprox" else FedAvg(**options)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=settings.rounds,
+                            timeout=settings.reply_timeout, train_config=ConfigRecord({"local-epochs": settings.local_epochs}))
+    model.load_state_dict(result.arrays.to_torch_state_dict())
+    return model.eval()
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float) -> None:
+    """Give SuperNodes that are still starting a chance to connect before the announcement goes out."""
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < count:
+        if time.monotonic() > deadline:
+            raise QueryError(f"only {len(list(grid.get_node_ids()))} of the {count} expected SuperNodes connected within {timeout:g} s")
+        time.sleep(0.5)
+
+
+def run(grid: Grid, settings: Settings) -> dict:
+    """Every configured method at the querier; the summary has the shape of :func:`qkt.experiment.run`'s, plus ``flower``."""
+    grid = wire.CountingGrid(grid)
+    wait_for_nodes(grid, settings.min_supernodes, settings.reply_timeout)
+    querier = load_party(settings.config)
+    s, dataset = querier.scenario, querier.dataset
+    student = trained_model(settings.config, querier)
+    test_counts = np.bincount(dataset.y_test, minlength=dataset.num_classes)
+
+    def evaluate(model: nn.Module) -> np.ndarray:
+        return per_class_accuracy(model, *querier.test, dataset.num_classes)
+
+    local_before = score("local", evaluate(student), 0.0, test_counts, s.query, s.local_classes).local_accuracy
+    results, reports = {}, {}
+    for method in settings.methods:
+        first, start = len(grid.log), time.perf_counter()
+        if method == "local":
+            model = student
+        elif method in ("qkt", "qkt_light"):
+            model, reports[method] = flower_query(grid, settings, querier, student, light=method == "qkt_light")
+        else:
+            model = federated(grid, settings, querier, method)
+        sent = sum(e["bytes"] for e in grid.log[first:] if "to" in e)
+        received = sum(e["bytes"] for e in grid.log[first:] if "from" in e)
+        details = {"messages": len(grid.log) - first}
+        if method in reports:
+            details.update(experts=reports[method]["experts"], lost=reports[method]["lost"], seconds_per_phase=reports[method]["seconds"])
+        results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,
+                                seconds=time.perf_counter() - start, bytes_sent=sent, bytes_received=received, details=details)
+    return {
+        "dataset": dataset.name,
+        "classes": list(dataset.classes),
+        "scenario": {
+            "querier": s.querier,
+            "query": list(s.query),
+            "local_classes": list(s.local_classes),
+            "removed_query_samples": s.removed,
+            "holdings": class_counts(dataset.y_train, list(s.parts), dataset.num_classes).tolist(),
+        },
+        "methods": {k: v.to_dict() for k, v in results.items()},
+        "reports": reports,
+        "config": settings.config.model_dump(),
+        "flower": {"supernodes": len(list(grid.get_node_ids())), "methods": list(settings.methods), "rounds": settings.rounds,
+                   "local_epochs_per_round": settings.local_epochs, "reply_timeout": settings.reply_timeout},
+    }
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """The querier's entry point under ``flwr run``: run, then write the outputs to ``output-dir``."""
+    settings = read_settings(context.run_config)
+    set_threads(settings.threads)
+    try:
+        summary = run(grid, settings)
+    except QKTError as exc:
+        # Written out so the caller (qkt flower, a test) can show the reason without digging in Flower's logs.
+        settings.output_dir.mkdir(parents=True, exist_ok=True)
+        (settings.output_dir / "error.txt").write_text(f"{exc}\n")
+        raise
+    write_outputs(summary, settings.output_dir)
+    log.warning("qkt: wrote %s", settings.output_dir / "results.json")

@@ -1,0 +1,103 @@
+"""The query's messages as Flower records, and the bytes each one puts on the wire.
+
+The payloads are the transport-agnostic objects of :mod:`qkt.query.protocol`
+(the :class:`~qkt.query.protocol.Announcement`, the probe scores, the exported
+weights); this module only packs them into ``RecordDict`` s and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+from ..query.protocol import Announcement
+
+PROBE = "query.probe"
+WEIGHTS = "query.weights"
+
+
+def announce_content(announcement: Announcement) -> RecordDict:
+    """Step 1 of SPEC §2: the announcement, and nothing else."""
+    return RecordDict({"announce": ConfigRecord({"announcement": announcement.to_bytes()})})
+
+
+def read_announcement(content: RecordDict) -> Announcement:
+    return Announcement.from_bytes(content["announce"]["announcement"])
+
+
+def scores_content(party: str, scores: np.ndarray | None) -> RecordDict:
+    """A teacher's reply to the announcement: ``s[k, Q]``, or no scores when the party is the querier itself."""
+    record = ConfigRecord({"party": party})
+    if scores is not None:
+        record["scores"] = [float(s) for s in scores]
+    return RecordDict({"scores": record})
+
+
+def read_scores(content: RecordDict) -> tuple[str, list[float] | None]:
+    record = content["scores"]
+    return str(record["party"]), (list(record["scores"]) if "scores" in record else None)
+
+
+def weights_content(arrays: Mapping[str, np.ndarray]) -> RecordDict:
+    """An expert's model, keyed by state-dict name so the querier can check every tensor."""
+    return RecordDict({"weights": ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})})
+
+
+def read_weights(content: RecordDict) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in content["weights"].items()}
+
+
+def wire_bytes(message: Message) -> int:
+    """Bytes of the serialised message and every object it carries, as Flower pushes them to the SuperLink."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
+class CountingGrid(Grid):
+    """A :class:`~flwr.serverapp.Grid` that logs the wire size of every message it sends and receives.
+
+    QKT and Flower's own FedAvg/FedProx strategies talk through the same wrapper,
+    so their communication is counted the same way.
+    """
+
+    def __init__(self, grid: Grid):
+        self._grid = grid
+        self.log: list[dict] = []
+
+    def _record(self, direction: str, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        for m in messages:
+            node = m.metadata.dst_node_id if direction == "to" else m.metadata.src_node_id
+            self.log.append({direction: node, "kind": m.metadata.message_type, "bytes": wire_bytes(m)})
+        return messages
+
+    def total(self, direction: str, kinds: Iterable[str] | None = None) -> int:
+        """Bytes sent (``"to"``) or received (``"from"``), optionally only for some message types."""
+        kinds = None if kinds is None else set(kinds)
+        return sum(e["bytes"] for e in self.log if direction in e and (kinds is None or e["kind"] in kinds))
+
+    def set_run(self, run):  # noqa: ANN001 - Flower's own signature
+        self._grid.set_run(run)
+
+    @property
+    def run(self):
+        return self._grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: ANN001
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self):
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages):  # noqa: ANN001
+        return self._grid.push_messages(self._record("to", messages))
+
+    def pull_messages(self, message_ids):  # noqa: ANN001
+        return self._record("from", self._grid.pull_messages(message_ids))
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001
+        # The wrapped grid's send_and_receive calls its own push/pull, not ours: count here.
+        return self._record("from", self._grid.send_and_receive(self._record("to", messages), timeout=timeout))

@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-root", default=None, help="folder with the data files (default $QKT_DATA_ROOT or ./data)")
     data.add_argument("--data-path", default=None, help="an explicit data file")
     data.set_defaults(func=cmd_data)
+
+    from .flower.cli import add_parser as add_flower_parser  # imports no Flower until a flower command runs
+
+    add_flower_parser(sub)
     return parser
 
 

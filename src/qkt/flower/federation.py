@@ -8,6 +8,7 @@ its own session and stopped, with its children, when the federation is left.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,7 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import tomli_w
+import yaml
 
+from ..config import RunConfig
 from ..errors import QKTError
 
 APP_DIR = Path(__file__).resolve().parent / "app"
@@ -101,7 +104,7 @@ class LocalFederation:
     def run(self, run_config: Mapping[str, object], timeout: float, num_supernodes: int | None = None) -> str:
         """``flwr run`` the qkt app with ``run_config`` and wait until the run ends; return its streamed log."""
         path = self.workdir / "run.toml"
-        path.write_text(tomli_w.dumps(dict(run_config)))
+        path.write_text(tomli_w.dumps(dict(run_config), multiline_strings=True))
         args = ["flwr", "run", str(APP_DIR), CONNECTION, "--run-config", str(path), "--stream"]
         if num_supernodes is not None:
             args += ["--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus=1"]
@@ -130,3 +133,33 @@ class LocalFederation:
             except ProcessLookupError:
                 pass
         self.processes.clear()
+
+
+def run_config(config: RunConfig, output: Path, **options: object) -> dict[str, object]:
+    """The Flower run config for ``config``: the qkt config as YAML, the output folder, and app options (``reply_timeout=…``)."""
+    return {"qkt-config": yaml.safe_dump(config.model_dump(exclude_defaults=True), sort_keys=False), "output-dir": str(Path(output).resolve()),
+            **{k.replace("_", "-"): v for k, v in options.items()}}
+
+
+def read_results(output: Path) -> dict:
+    """The querier's ``results.json``, or the reason it could not write one."""
+    if (output / "error.txt").exists():
+        raise QKTError(f"the query failed at the querier: {(output / 'error.txt').read_text().strip()}")
+    if not (output / "results.json").exists():
+        raise QKTError(f"the Flower run wrote no results in {output}; see the logs beside it")
+    return json.loads((output / "results.json").read_text())
+
+
+def simulate(config: RunConfig, output: Path, timeout: float = 3600.0, **options: object) -> dict:
+    """One run of the qkt app in Flower's simulation runtime, one virtual SuperNode per party; return its results.
+
+    Flower's logs are kept in ``output/flower-logs``.
+    """
+    output = Path(output).resolve()
+    for stale in ("results.json", "error.txt"):
+        (output / stale).unlink(missing_ok=True)
+    logs = output / "flower-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with LocalFederation(logs, simulation=True) as federation:
+        federation.run(run_config(config, output, **options), timeout, num_supernodes=config.partition.num_parties)
+    return read_results(output)

@@ -29,7 +29,7 @@ from ..models import build_model
 from ..partition import Scenario
 from ..training import fit, load_checkpoint, save_checkpoint
 
-METHODS = ("local", "qkt", "qkt_light", "fedavg", "fedprox")
+FLOWER_METHODS = ("local", "qkt", "qkt_light", "fedavg", "fedprox")
 
 
 @dataclass(frozen=True)
@@ -39,18 +39,14 @@ class Settings:
     Attributes
     ----------
     config:
-        The qkt experiment (``qkt-config``: the YAML of a ``qkt run`` config);
-        its ``methods`` list is replaced by ``methods`` below.
+        The qkt experiment (``qkt-config``: the YAML of a ``qkt run`` config). Of its
+        ``methods``, the app runs those in :data:`FLOWER_METHODS`; FedAvg and FedProx
+        take ``federated.local_epochs`` and ``federated.prox_mu`` from it.
     output_dir:
         Where the querier writes ``results.json``, ``results.md`` and the chart.
     reply_timeout:
         Seconds the querier waits for the replies of one exchange; a party that
         has not answered by then is reported as lost.
-    methods:
-        Among ``local``, ``qkt``, ``qkt_light``, ``fedavg``, ``fedprox``.
-    rounds, proximal_mu:
-        FedAvg/FedProx rounds (the local epochs are split over them, so the total
-        budget equals ``training.epochs``) and FedProx's μ.
     min_supernodes:
         SuperNodes to wait for (up to ``reply_timeout``) before announcing the query.
     threads:
@@ -60,15 +56,22 @@ class Settings:
     config: RunConfig
     output_dir: Path
     reply_timeout: float
-    methods: tuple[str, ...]
-    rounds: int
-    proximal_mu: float
     min_supernodes: int = 0
     threads: int = 1
 
     @property
-    def local_epochs(self) -> int:
-        return max(1, -(-self.config.training.epochs // self.rounds))
+    def methods(self) -> list[str]:
+        return [m for m in self.config.methods if m in FLOWER_METHODS]
+
+    @property
+    def skipped(self) -> list[str]:
+        """Configured methods that need every teacher's model in one place, which a federation does not offer."""
+        return [m for m in self.config.methods if m not in FLOWER_METHODS]
+
+    @property
+    def rounds(self) -> int:
+        """FedAvg/FedProx rounds, so that the total local-epoch budget equals ``training.epochs``."""
+        return max(1, -(-self.config.training.epochs // self.config.federated.local_epochs))
 
 
 def read_settings(run_config: Mapping[str, object]) -> Settings:
@@ -79,17 +82,11 @@ def read_settings(run_config: Mapping[str, object]) -> Settings:
     except yaml.YAMLError as exc:
         raise ConfigError(f"run config 'qkt-config' is not valid YAML: {exc}") from None
     config = parse_config(raw, "run config 'qkt-config'")
-    methods = tuple(m.strip() for m in str(run_config.get("methods", "local,qkt")).split(",") if m.strip())
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown or not methods:
-        raise ConfigError(f"run config 'methods': unknown {unknown or 'empty list'}; choose among {', '.join(METHODS)}")
-    rounds = int(run_config.get("rounds", 5))
     timeout = float(run_config.get("reply-timeout", 600.0))
-    if rounds < 1 or timeout <= 0:
-        raise ConfigError("run config 'rounds' and 'reply-timeout' must be positive")
+    if timeout <= 0:
+        raise ConfigError(f"run config 'reply-timeout' must be positive, not {timeout:g}")
     return Settings(config, Path(str(run_config.get("output-dir", "qkt-output/flower"))).expanduser(), timeout,
-                    methods, rounds, float(run_config.get("proximal-mu", 0.01)), int(run_config.get("min-supernodes", 0)),
-                    max(1, int(run_config.get("threads", 1))))
+                    int(run_config.get("min-supernodes", 0)), max(1, int(run_config.get("threads", 1))))
 
 
 def partition_id(node_config: Mapping[str, object], config: RunConfig) -> int:

@@ -131,9 +131,10 @@ def federated(grid: wire.CountingGrid, settings: Settings, querier: Party, metho
     model = blank_model(settings.config, querier)
     nodes = len(list(grid.get_node_ids()))
     options = {"fraction_evaluate": 0.0, "min_train_nodes": nodes, "min_available_nodes": nodes}
-    strategy = FedProx(proximal_mu=settings.proximal_mu, **options) if method == "fedprox" else FedAvg(**options)
+    federated = settings.config.federated
+    strategy = FedProx(proximal_mu=federated.prox_mu, **options) if method == "fedprox" else FedAvg(**options)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=settings.rounds,
-                            timeout=settings.reply_timeout, train_config=ConfigRecord({"local-epochs": settings.local_epochs}))
+                            timeout=settings.reply_timeout, train_config=ConfigRecord({"local-epochs": federated.local_epochs}))
     model.load_state_dict(result.arrays.to_torch_state_dict())
     return model.eval()
 
@@ -189,8 +190,8 @@ def run(grid: Grid, settings: Settings) -> dict:
         "methods": {k: v.to_dict() for k, v in results.items()},
         "reports": reports,
         "config": settings.config.model_dump(),
-        "flower": {"supernodes": len(list(grid.get_node_ids())), "methods": list(settings.methods), "rounds": settings.rounds,
-                   "local_epochs_per_round": settings.local_epochs, "reply_timeout": settings.reply_timeout},
+        "flower": {"supernodes": len(list(grid.get_node_ids())), "skipped_methods": settings.skipped,
+                   "rounds": settings.rounds, "reply_timeout": settings.reply_timeout},
     }
 
 

@@ -1,0 +1,92 @@
+"""``qkt flower``: run a query in Flower's simulation runtime, or prepare one for a real federation.
+
+Importing this module does not import Flower, so ``qkt`` works without the
+``flower`` extra; the commands say how to install it when it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+from ..config import load_config, parse_config
+from ..errors import QKTError
+
+
+def _require_flower() -> None:
+    if importlib.util.find_spec("flwr") is None:
+        raise QKTError('Flower is not installed: pip install "qkt[flower]"')
+
+
+def _config(args: argparse.Namespace):
+    from ..cli import DEMO
+
+    config = load_config(args.config) if args.config else parse_config(DEMO, "demo")
+    if getattr(args, "parties", None):
+        config = parse_config({**config.model_dump(), "partition": {**config.partition.model_dump(), "num_parties": args.parties}},
+                              f"{args.config or 'demo'} with --parties {args.parties}")
+    return config
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ..cli import _print_run
+    from .federation import simulate
+
+    _require_flower()
+    config = _config(args)
+    started = time.perf_counter()
+    print(f"qkt flower simulate: {config.partition.num_parties} parties on Flower's simulation runtime (Ray); "
+          f"logs in {args.output / 'flower-logs'}", flush=True)
+    summary = simulate(config, args.output, args.timeout, reply_timeout=args.reply_timeout)
+    _print_run(summary, args.output, started)
+    if summary["flower"]["skipped_methods"]:
+        print(f"not run on Flower (they need every teacher's model in one place): {', '.join(summary['flower']['skipped_methods'])}")
+    return 0
+
+
+def cmd_app_dir(args: argparse.Namespace) -> int:
+    from .federation import APP_DIR
+
+    print(APP_DIR)
+    return 0
+
+
+def cmd_run_config(args: argparse.Namespace) -> int:
+    _require_flower()
+    import tomli_w
+
+    from .federation import run_config
+
+    options = {"reply_timeout": args.reply_timeout, "min_supernodes": args.min_supernodes}
+    sys.stdout.write(tomli_w.dumps(run_config(_config(args), args.output, **options), multiline_strings=True))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``qkt flower`` and its commands on the main parser's subcommands."""
+    flower = sub.add_parser("flower", help="run queries on Flower: simulation, or SuperLink/SuperNodes across machines",
+                            description="qkt as a Flower app. See docs/flower.md for running across machines.")
+    commands = flower.add_subparsers(dest="flower_command", required=True, metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, default=None, help="a `qkt run` config (YAML/TOML; default: the demo's)")
+        p.add_argument("--output", type=Path, default=Path("qkt-output/flower"), help="folder for the querier's results (default: %(default)s)")
+        p.add_argument("--reply-timeout", type=float, default=600.0, help="seconds to wait for each exchange; later parties are reported lost (default: %(default)s)")
+
+    simulate = commands.add_parser("simulate", help="run one query with one simulated SuperNode per party (Flower's simulation runtime)")
+    common(simulate)
+    simulate.add_argument("--parties", type=int, default=None, help="number of parties (overrides partition.num_parties)")
+    simulate.add_argument("--timeout", type=float, default=3600.0, help="give up on the whole run after this many seconds (default: %(default)s)")
+    simulate.set_defaults(func=cmd_simulate)
+
+    app_dir = commands.add_parser("app-dir", help="print the folder of the Flower app, for `flwr run <folder> <superlink>`")
+    app_dir.set_defaults(func=cmd_app_dir)
+
+    run_config = commands.add_parser("run-config", help="print a run config (TOML) for `flwr run ... --run-config run.toml`")
+    common(run_config)
+    run_config.add_argument("--parties", type=int, default=None, help="number of parties (overrides partition.num_parties)")
+    run_config.add_argument("--min-supernodes", type=int, default=0, help="SuperNodes to wait for before the query starts (default: %(default)s)")
+    run_config.set_defaults(func=cmd_run_config)

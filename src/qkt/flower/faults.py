@@ -4,7 +4,8 @@ Start one SuperNode with ``--node-config '... qkt-fault="nan"'`` to check, befor
 relying on a federation, that the querier survives that failure and names the
 culprit. The fault strikes when the querier asks the party for its weights:
 
-- ``die``: the SuperNode process is killed, as when its machine goes down;
+- ``die``: the SuperNode's process group (the SuperNode, its SuperExec and this
+  ClientApp) is killed, as when the machine goes down;
 - ``hang``: the party never answers;
 - ``nan``: the weights hold NaN values;
 - ``shape``: one weight tensor has the wrong shape.
@@ -26,9 +27,8 @@ def strike(fault: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if fault not in FAULTS:
         raise ValueError(f"unknown qkt-fault '{fault}'; choose among {', '.join(f for f in FAULTS if f)}")
     if fault == "die":
-        # The ClientApp runs as a child of its SuperNode: take both down, with no reply.
-        os.kill(os.getppid(), signal.SIGKILL)
-        os._exit(1)
+        # The ClientApp is a grandchild of its SuperNode, in the same process group: take them all down, no reply.
+        os.killpg(os.getpgid(0), signal.SIGKILL)
     if fault == "hang":
         while True:
             time.sleep(60)

@@ -1,0 +1,111 @@
+"""The Flower app's pieces that need no running federation: records, run config, faults, FedProx's loss."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+import tomli_w  # noqa: E402  (comes with flwr)
+
+from qkt.cli import main  # noqa: E402
+from qkt.config import parse_config  # noqa: E402
+from qkt.errors import ConfigError, QueryError  # noqa: E402
+from qkt.flower import faults, wire  # noqa: E402
+from qkt.flower.client_app import proximal_loss  # noqa: E402
+from qkt.flower.federation import run_config  # noqa: E402
+from qkt.flower.party import partition_id, read_settings  # noqa: E402
+from qkt.models import build_model  # noqa: E402
+from qkt.query.protocol import export_weights, import_weights  # noqa: E402
+from qkt.training import cross_entropy_loss  # noqa: E402
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@pytest.fixture
+def model():
+    return build_model("mlp", (64,), 10)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_weights_survive_the_records_with_every_shape_and_dtype(model, half):
+    arrays = export_weights(model, half=half)
+    back = wire.read_weights(wire.weights_content(arrays))
+    assert {k: (v.shape, v.dtype) for k, v in back.items()} == {k: (v.shape, v.dtype) for k, v in arrays.items()}
+    restored = import_weights(model, back)
+    x = torch.randn(8, 64)
+    assert torch.allclose(restored(x), model.eval()(x), atol=1e-2 if half else 0)
+
+
+@pytest.mark.parametrize(("fault", "message"), [("nan", "NaN"), ("shape", "has shape")])
+def test_a_corrupt_teacher_is_rejected_with_a_clear_message(model, fault, message):
+    sent = wire.read_weights(wire.weights_content(faults.strike(fault, export_weights(model))))
+    with pytest.raises(QueryError, match=message):
+        import_weights(model, sent)
+
+
+def test_an_unknown_fault_is_refused(model):
+    with pytest.raises(ValueError, match="unknown qkt-fault"):
+        faults.strike("explode", export_weights(model))
+
+
+def test_scores_and_announcement_round_trip():
+    from qkt.query.protocol import Announcement
+
+    announcement = Announcement((3, 5), 10, (64,), probe_seed=7)
+    assert wire.read_announcement(wire.announce_content(announcement)) == announcement
+    party, scores = wire.read_scores(wire.scores_content("4", np.array([0.25, 0.5], dtype=np.float32)))
+    assert (party, scores) == ("4", [0.25, 0.5])
+    assert wire.read_scores(wire.scores_content("2", None)) == ("2", None)
+
+
+def test_run_config_round_trips_through_toml(tmp_path):
+    config = parse_config({"partition": {"num_parties": 7}, "methods": ["local", "qkt", "kd", "fedprox"],
+                           "federated": {"local_epochs": 4}, "training": {"epochs": 10}})
+    text = tomli_w.dumps(run_config(config, tmp_path, reply_timeout=30.0), multiline_strings=True)
+    settings = read_settings(tomllib.loads(text))
+    assert settings.config == config
+    assert settings.methods == ["local", "qkt", "fedprox"] and settings.skipped == ["kd"]
+    assert settings.rounds == 3 and settings.reply_timeout == 30.0 and settings.output_dir == tmp_path.resolve()
+
+
+@pytest.mark.parametrize(("run", "message"), [
+    ({"qkt-config": "partition: [unclosed"}, "not valid YAML"),
+    ({"qkt-config": "partition: {num_partys: 3}"}, "num_partys: unknown key"),
+    ({"reply-timeout": 0.0}, "must be positive"),
+])
+def test_bad_run_config_names_the_key(run, message):
+    with pytest.raises(ConfigError, match=message):
+        read_settings(run)
+
+
+def test_a_supernode_must_match_the_partition():
+    config = parse_config({"partition": {"num_parties": 4}})
+    assert partition_id({"partition-id": 3, "num-partitions": 4}, config) == 3
+    with pytest.raises(ConfigError, match="num-partitions=5"):
+        partition_id({"partition-id": 3, "num-partitions": 5}, config)
+    with pytest.raises(ConfigError, match="partition-id"):
+        partition_id({}, config)
+
+
+def test_fedprox_loss_is_cross_entropy_at_the_global_weights_and_grows_away_from_them(model):
+    batch = (torch.randn(16, 64), torch.randint(0, 10, (16,)))
+    anchor = [p.detach().clone() for p in model.parameters()]
+    loss = proximal_loss(anchor, mu=0.5)
+    assert torch.isclose(loss(model, batch), cross_entropy_loss(model, batch))
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert loss(model, batch) > cross_entropy_loss(model, batch)
+
+
+def test_cli_prints_a_run_config_flwr_accepts(tmp_path, capsys):
+    assert main(["flower", "run-config", "--parties", "5", "--output", str(tmp_path), "--min-supernodes", "4"]) == 0
+    settings = read_settings(tomllib.loads(capsys.readouterr().out))
+    assert settings.config.partition.num_parties == 5 and settings.min_supernodes == 4

@@ -86,6 +86,19 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+    from .training import set_threads
+
+    set_threads(args.threads)
+    state = run_bench(args.profile, args.dataset, args.output, args.data_root, args.scenario, args.resume,
+                      progress=not args.quiet and sys.stderr.isatty())
+    print((args.output / "bench.md").read_text() if (args.output / "bench.md").exists() else "no query was eligible")
+    print(f"wrote {args.output}/bench.json, bench.md, bench.csv, headline.md and bench.png "
+          f"(wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qkt", description="Query-based Knowledge Transfer: learn the classes you lack from your peers' models, in one exchange, with no data leaving anyone.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -109,6 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print every config option with its default, as YAML")
     config.add_argument("--demo", action="store_true", help="print the demo's config instead of the defaults")
     config.set_defaults(func=cmd_config)
+
+    bench = sub.add_parser("bench", help="compare QKT with federated, distillation and ensemble methods (SPEC §4, §5)",
+                           description="Run every method on every eligible querier of each scenario and seed; write tables "
+                                       "(markdown, CSV), bench.json and a chart. 'quick' takes minutes, 'full' hours.")
+    bench.add_argument("--profile", choices=["quick", "full"], default="quick", help="how much of the protocol to run (default: %(default)s)")
+    bench.add_argument("--dataset", action="append", default=None, help="data set to run (repeatable; default: digits and every data set found under --data-root)")
+    bench.add_argument("--scenario", action="append", default=None, help="run only this scenario (repeatable; default: the profile's)")
+    bench.add_argument("--output", type=Path, default=Path("qkt-output/bench"), help="folder for the results and checkpoints (default: %(default)s)")
+    bench.add_argument("--data-root", default=None, help="folder with the data files (default $QKT_DATA_ROOT or ./data)")
+    bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest")
+    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: every core; 1 is faster on a busy machine)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(func=cmd_bench)
 
     data = sub.add_parser("data", help="list, inspect or download data sets")
     data.add_argument("action", choices=["list", "info", "download"], help="list the registry; show a data set; download its official file")

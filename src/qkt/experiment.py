@@ -10,8 +10,9 @@ import hashlib
 import json
 import time
 import warnings
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import partition
-from .baselines.ensemble import SoftmaxEnsemble
+from .baselines import FEDERATED, train_global
+from .baselines.fedavg import FederatedResult
 from .baselines.kd import distill_all
 from .config import RunConfig
 from .data import DataSet, load_dataset
@@ -28,7 +30,10 @@ from .errors import QKTError
 from .metrics import MethodResult, score
 from .models import build_model, num_bytes
 from .query import query
-from .training import fit, load_checkpoint, per_class_accuracy, save_checkpoint
+from .training import fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
+
+# The ablations of SPEC §4 are QKT with one QueryConfig switch changed.
+ABLATIONS = {"qkt_no_masks": {"use_masks": False}, "qkt_no_phase2": {"phase2": False}, "qkt_merged": {"merged": True}}
 
 
 @dataclass
@@ -42,6 +47,10 @@ class World:
     y_test: torch.Tensor
     scenario: partition.Scenario
     models: list[nn.Module]
+    # Federated baselines train one global model per partition; a benchmark shares them across its queriers.
+    global_models: dict[str, FederatedResult] = field(default_factory=dict)
+    # Test-set outputs of models that no query changes (parties, global models), computed once and shared.
+    test_probs: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
 
     @property
     def querier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +141,16 @@ def run_methods(world: World, config: RunConfig, progress: bool = True) -> tuple
     def evaluate(model: nn.Module) -> np.ndarray:
         return per_class_accuracy(model, world.x_test, world.y_test, world.dataset.num_classes)
 
-    before = evaluate(student)
+    def evaluate_fixed(members: list[nn.Module]) -> np.ndarray:
+        """Per-class accuracy of the mean softmax of unchanged models, from their cached test outputs."""
+        for m in members:
+            if m not in world.test_probs:
+                world.test_probs[m] = torch.softmax(predict_logits(m, world.x_test), dim=1)
+        pred = torch.stack([world.test_probs[m] for m in members]).mean(0).argmax(1)
+        y = world.y_test
+        return (torch.bincount(y[pred == y], minlength=len(test_counts)) / torch.bincount(y, minlength=len(test_counts))).double().numpy()
+
+    before = evaluate_fixed([student])
     local_before = score("local", before, 0.0, test_counts, s.query, s.local_classes).local_accuracy
     all_weights = sum(num_bytes(m) for m in world.teachers.values())
     results: dict[str, MethodResult] = {}
@@ -140,15 +158,26 @@ def run_methods(world: World, config: RunConfig, progress: bool = True) -> tuple
     for method in config.methods:
         costs: dict = {}
         if method == "local":
-            model, seconds = student, 0.0
-        elif method == "ensemble":
-            model, seconds = SoftmaxEnsemble(world.models), 0.0
-            costs = {"bytes_received": all_weights}
-        elif method == "kd":
+            results[method] = score(method, before, local_before, test_counts, s.query, s.local_classes)
+            continue
+        if method == "ensemble":  # the mean softmax of every party (SoftmaxEnsemble), from cached outputs
+            results[method] = score(method, evaluate_fixed(world.models), local_before,
+                                    test_counts, s.query, s.local_classes, bytes_received=all_weights)
+            continue
+        if method in FEDERATED:
+            if method not in world.global_models:
+                world.global_models[method] = train_global(method, config, world.dataset.input_shape, world.dataset.num_classes,
+                                                           world.x_train, world.y_train, s.parts, progress)
+            g = world.global_models[method]
+            results[method] = score(method, evaluate_fixed([g.model]), local_before, test_counts, s.query, s.local_classes,
+                                    seconds=g.seconds, bytes_sent=g.bytes_sent, bytes_received=g.bytes_received,
+                                    details={"rounds": g.rounds})
+            continue
+        if method == "kd":
             model, seconds = _timed(lambda: distill_all(student, list(world.teachers.values()), local_x, local_y, config.query, progress))
             costs = {"bytes_received": all_weights}
         else:
-            query_config = config.query.model_copy(update={"light": method == "qkt_light"})
+            query_config = config.query.model_copy(update={"light": method == "qkt_light", **ABLATIONS.get(method, {})})
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the report carries them
                 (model, report), seconds = _timed(lambda: query(student, world.teachers, s.query, (local_x, local_y), query_config, progress=progress))

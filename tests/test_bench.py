@@ -1,0 +1,116 @@
+"""``qkt bench``: the quick profile on digits runs every method and writes complete tables; the reviewers' scenarios."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from qkt import bench
+from qkt.cli import main
+from qkt.data import load_dataset
+from qkt.errors import QKTError
+from qkt.query import protocol
+
+EVERY_METHOD = bench.BASELINES + bench.QKT_METHODS + bench.ABLATIONS
+
+
+@pytest.fixture(scope="module")
+def quick_digits(tmp_path_factory):
+    output = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "--profile", "quick", "--dataset", "digits", "--output", str(output), "--quiet"]) == 0
+    return output
+
+
+def test_quick_profile_scores_every_method_in_every_scenario(quick_digits):
+    state = json.loads((quick_digits / "bench.json").read_text())
+    summary = state["summary"]["digits"]
+    assert set(summary) == {"single", "multi"}
+    for name, scenario in summary.items():
+        assert list(scenario["rows"]) == EVERY_METHOD, name
+        assert scenario["queries"] == 2
+        for method, row in scenario["rows"].items():
+            for metric in bench.METRICS:
+                assert math.isfinite(row[metric][0]), (name, method, metric)
+        assert set(scenario["gain_over"]) == set(EVERY_METHOD) - {"qkt"}
+    assert all(len(r["query"]) == (1 if r["scenario"] == "single" else 3) for r in state["records"])
+    assert state["wall_seconds"] > 0 and state["cpu_seconds"] > 0
+
+
+def test_quick_profile_writes_complete_tables_csv_and_chart(quick_digits):
+    table = (quick_digits / "bench.md").read_text()
+    for method in EVERY_METHOD:
+        assert f"| {bench.NAMES[method]} |" in table
+    assert "## Headline" in table and "nan" not in table
+    rows = list(csv.DictReader((quick_digits / "bench.csv").open()))
+    assert len(rows) == 2 * len(EVERY_METHOD)
+    assert all(r["overall_accuracy_mean"] for r in rows)
+    assert "| digits | single-class |" in (quick_digits / "headline.md").read_text()
+    assert (quick_digits / "bench.png").stat().st_size > 10_000
+
+
+def test_qkt_beats_local_and_learns_the_query_on_digits(quick_digits):
+    rows = json.loads((quick_digits / "bench.json").read_text())["summary"]["digits"]["single"]["rows"]
+    assert rows["qkt"]["query_accuracy"][0] > 0.8
+    assert rows["local"]["query_accuracy"][0] == 0.0
+    assert rows["qkt"]["overall_accuracy"][0] > rows["local"]["overall_accuracy"][0] + 0.15
+
+
+def test_resume_keeps_finished_queries(quick_digits, monkeypatch):
+    before = json.loads((quick_digits / "bench.json").read_text())["records"]
+    monkeypatch.setattr(bench.experiment, "run_methods", lambda *a, **k: pytest.fail("a finished query ran again"))
+    state = bench.run_bench("quick", ["digits"], quick_digits, resume=True, progress=False)
+    assert state["records"] == before
+
+
+def test_unknown_profile_and_scenario_are_user_errors(tmp_path):
+    with pytest.raises(QKTError, match="unknown profile"):
+        bench.run_bench("huge", ["digits"], tmp_path)
+    with pytest.raises(QKTError, match="unknown scenario"):
+        bench.run_bench("quick", ["digits"], tmp_path, scenarios=["nope"])
+
+
+def test_multi_class_query_size_scales_with_the_label_space():
+    assert [bench.multi_query_size(c) for c in (8, 10, 100)] == [2, 3, 30]
+
+
+def _queries(scenario_name: str, seed: int = 0):
+    data = load_dataset("digits")
+    profile = bench.PROFILES["full"]
+    scenario = bench.SCENARIOS[scenario_name]
+    config = bench.run_config(profile, data, scenario, seed, None)
+    parts = bench.experiment.make_partition(config, data.y_train)
+    counts = bench.partition.class_counts(data.y_train, parts, data.num_classes)
+    return bench.querier_queries(config, data, parts, scenario, None), counts
+
+
+def test_one_teacher_scenario_gives_several_query_classes_to_one_expert():
+    pairs, counts = _queries("one-teacher-many-classes")
+    assert pairs
+    for q, query in pairs:
+        assert len(query) >= 2
+        experts = [k for k in range(len(counts)) if k != q and (counts[k, list(query)] >= 10).all()]
+        assert len(experts) == 1
+
+
+def test_many_teachers_scenario_gives_each_query_class_several_experts():
+    pairs, counts = _queries("many-teachers-one-class")
+    assert pairs
+    for q, _ in pairs:
+        lacking = np.flatnonzero(counts[q] < 10)
+        assert all((np.delete(counts[:, c], q) >= 10).sum() >= 3 for c in lacking)
+
+
+def test_a_forged_teacher_claims_every_query_class_and_others_answer_honestly():
+    liar, honest = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    announcement = protocol.Announcement((1, 2), 3, (4,), probe_kind="noise", probe_samples=16)
+    cache = bench.weakref.WeakKeyDictionary()
+    truth = protocol.answer_probe(honest, announcement)
+    with bench.teacher_replies(cache, liar):
+        assert protocol.answer_probe(liar, announcement).tolist() == [1.0, 1.0]
+        assert np.allclose(protocol.answer_probe(honest, announcement), truth)
+    assert protocol.answer_probe is not None and protocol.answer_probe(liar, announcement).max() < 1.0

@@ -69,7 +69,7 @@ class BenchScenario:
 
 SCENARIOS = {s.name: s for s in [
     BenchScenario("single", "Dirichlet(α) label skew; |Q| = 1 drawn among classes the querier holds < 10 samples of (SPEC §5)", ablations=True),
-    BenchScenario("multi", "as single, |Q| = 3 for 10 classes (scaled with |C|)", query_size="multi", ablations=True),
+    BenchScenario("multi", "as single, |Q| = 3 for 10 classes (scaled with |C|)", query_size="multi"),
     BenchScenario("one-teacher-many-classes", "every class held by one party (|C|/2 parties × 2 classes); Q = both classes of one other party, "
                   "so one teacher is the expert of several query classes", partition="one-holder", query_from_one_teacher=True),
     BenchScenario("many-teachers-one-class", "|C| parties × 3 classes, every class held by 3 parties; |Q| = 1, "
@@ -100,14 +100,15 @@ class Profile:
 
 
 # Settings per data set, sized for 2 shared CPU cores. QueryConfig's defaults were tuned on
-# digits; on images every inversion step is a CNN backward pass over a batch, so the queries
-# invert fewer samples for fewer steps and distil for fewer epochs. CIFAR-10 is cut to a
-# stratified 10,000-image training subset and 2,000 test images (seeded) so that three seeds
-# fit in half an hour; the federated baselines get the same 5-epoch budget as the parties.
+# digits; on images every probe and inversion step is a CNN backward pass over a batch, so
+# the teachers refine fewer probes for fewer steps and the querier inverts fewer samples for
+# fewer steps and distils for fewer epochs. CIFAR-10 is cut to a stratified 10,000-image
+# training subset and 2,000 test images (seeded) so that three seeds fit in about half an
+# hour; the federated baselines get the same 5-epoch budget as the parties.
 _IMAGES = {
     "data": {"max_test": 2000},
     "training": {"arch": "cnn", "epochs": 5},
-    "query": {"inversion": {"samples_per_class": 64, "steps": 50}, "probe": {"steps": 30, "num_samples": 256},
+    "query": {"inversion": {"samples_per_class": 64, "steps": 50}, "probe": {"steps": 10, "num_samples": 128},
               "phase1_epochs": 5, "phase2_epochs": 10},
 }
 _CIFAR = {**_IMAGES, "data": {"max_train": 10000, "max_test": 2000}}
@@ -116,7 +117,8 @@ _STANDARD = ("single", "multi")
 PROFILES = {
     "quick": Profile(seeds=1, max_queriers=2, scenarios={"default": _STANDARD},
                      settings={"digits": _DIGITS, "cifar10": _CIFAR, "default": _IMAGES}),
-    "full": Profile(seeds=3, max_queriers=3, scenarios={"digits": tuple(SCENARIOS), "default": _STANDARD},
+    # The first seed of 'full' is 'quick': a full run resumes from a quick one in the same folder.
+    "full": Profile(seeds=3, max_queriers=2, scenarios={"digits": tuple(SCENARIOS), "default": _STANDARD},
                     settings={"digits": _DIGITS, "cifar10": _CIFAR, "default": _IMAGES}),
 }
 
@@ -400,10 +402,10 @@ def plot(summary: dict, path: Path) -> None:
         ax.set_title(ds, fontsize=10)
     axes[0, 0].legend(ncol=6, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 1.35), frameon=False)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write(path, png.getvalue())
 
 
 def write_outputs(state: dict, output: Path) -> None:
@@ -434,7 +436,7 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     ----------
     profile_name:
         ``quick`` (one seed, two queriers, single- and multi-class) or ``full`` (three seeds,
-        three queriers each; on digits also the reviewers' scenarios).
+        two queriers each; on digits also the reviewers' scenarios).
     datasets:
         Registry names; default: ``digits`` and every data set whose file is under ``data_root``.
     scenarios:

@@ -34,25 +34,31 @@ QUICK = {
 METRICS = ("query_accuracy", "local_accuracy", "overall_accuracy", "forgetting")
 
 
-def deploy(tmp_path, config, faults=None, reply_timeout=120.0):
-    """Run ``config`` on a loopback deployment: one SuperNode per teacher; return the querier's results."""
+def deploy(tmp_path, config, faults=None, reply_timeout=120.0, secure=False, intruder=False):
+    """Run ``config`` on a loopback deployment: one SuperNode per teacher; return the querier's results.
+
+    With ``intruder``, a SuperNode with an unregistered key also tries to join; return its exit code too.
+    """
     faults = faults or {}
     querier = load_party(config).scenario.querier
     teachers = [k for k in range(config.partition.num_parties) if k != querier]
-    with LocalFederation(tmp_path / "federation") as federation:
+    with LocalFederation(tmp_path / "federation", secure=secure) as federation:
         for k in teachers:
             federation.add_supernode(k, config.partition.num_parties, **({"qkt_fault": faults[k]} if k in faults else {}))
+        rogue = federation.add_supernode(teachers[0], config.partition.num_parties, registered=False) if intruder else None
         options = {"min_supernodes": len(teachers), "reply_timeout": reply_timeout}
         federation.run(run_config(config, tmp_path / "out", **options), timeout=600)
-    return read_results(tmp_path / "out"), teachers
+        refused = rogue.wait(60) if rogue else None
+    return read_results(tmp_path / "out"), teachers, refused
 
 
-def test_a_query_across_supernodes_matches_the_in_process_run(tmp_path):
+def test_a_query_across_authenticated_supernodes_over_tls_matches_the_in_process_run(tmp_path):
     config = parse_config(QUICK)
     set_threads(1)  # as every party of the federation
     expected = run(config, None, progress=False)
-    got, teachers = deploy(tmp_path, config)
+    got, teachers, refused = deploy(tmp_path, config, secure=True, intruder=True)
 
+    assert refused != 0 and got["flower"]["supernodes"] == len(teachers)  # the unregistered SuperNode was turned away
     assert got["scenario"]["querier"] == expected["scenario"]["querier"]
     assert got["reports"]["qkt"]["experts"] == expected["reports"]["qkt"]["experts"]
     assert got["reports"]["qkt"]["lost"] == {}
@@ -79,7 +85,7 @@ def test_lost_and_corrupt_teachers_are_dropped_and_named(tmp_path):
     # The faults strike the teachers holding least of Q, so that the healthy ones can still teach it.
     teachers = sorted((k for k in range(7) if k != party.scenario.querier), key=lambda k: held[k])
     faults = dict(zip(teachers, ["die", "hang", "nan", "shape"]))
-    got, _ = deploy(tmp_path, config, faults, reply_timeout=60.0)
+    got, _, _ = deploy(tmp_path, config, faults, reply_timeout=60.0)
 
     lost = got["reports"]["qkt"]["lost"]
     by_fault = {fault: lost.get(str(k), "") for k, fault in faults.items()}

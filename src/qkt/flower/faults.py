@@ -4,8 +4,8 @@ Start one SuperNode with ``--node-config '... qkt-fault="nan"'`` to check, befor
 relying on a federation, that the querier survives that failure and names the
 culprit. The fault strikes when the querier asks the party for its weights:
 
-- ``die``: the SuperNode's process group (the SuperNode, its SuperExec and this
-  ClientApp) is killed, as when the machine goes down;
+- ``die``: the SuperNode process is killed (and with it its SuperExec and this
+  ClientApp), as when the machine goes down (Linux only: found through /proc);
 - ``hang``: the party never answers;
 - ``nan``: the weights hold NaN values;
 - ``shape``: one weight tensor has the wrong shape.
@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from .federation import parent_pid
+
 FAULTS = ("", "die", "hang", "nan", "shape")
 
 
@@ -27,8 +29,9 @@ def strike(fault: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if fault not in FAULTS:
         raise ValueError(f"unknown qkt-fault '{fault}'; choose among {', '.join(f for f in FAULTS if f)}")
     if fault == "die":
-        # The ClientApp is a grandchild of its SuperNode, in the same process group: take them all down, no reply.
-        os.killpg(os.getpgid(0), signal.SIGKILL)
+        # ClientApp ← SuperExec ← SuperNode: take the SuperNode down, then ourselves; no reply leaves.
+        os.kill(parent_pid(os.getppid()), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
     if fault == "hang":
         while True:
             time.sleep(60)

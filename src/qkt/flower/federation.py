@@ -33,6 +33,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def parent_pid(pid: int) -> int:
+    """The parent of process ``pid``, from /proc (Linux)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (Flower's SuperExec starts its own session, so process groups miss them)."""
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = parent_pid(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue  # ended while we looked
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier and p not in found}
+        found |= frontier
+    return found
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
@@ -47,11 +69,18 @@ class LocalFederation:
     simulation:
         Start the SuperLink with Flower's simulation runtime (virtual SuperNodes on Ray)
         instead of waiting for SuperNode processes.
+    secure:
+        Run as a real federation should: TLS on every connection (a throw-away CA and
+        a certificate for 127.0.0.1, made with ``openssl``) and SuperNode
+        authentication (each SuperNode gets an ECDSA key, made with ``ssh-keygen``, and
+        is registered with ``flwr supernode register`` before it starts).
     """
 
-    def __init__(self, workdir: Path, simulation: bool = False):
+    def __init__(self, workdir: Path, simulation: bool = False, secure: bool = False):
         self.workdir = Path(workdir).resolve()
         self.simulation = simulation
+        self.secure = secure
+        self.credentials = self.workdir / "credentials"
         self.port = free_port()
         self.processes: dict[str, subprocess.Popen] = {}
         self.env = {**os.environ, "FLWR_HOME": str(self.workdir / "flwr-home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -74,13 +103,46 @@ class LocalFederation:
         self.processes[name] = process
         return process
 
+    def _issue(self, *commands: list[str]) -> None:
+        for command in commands:
+            done = subprocess.run(command, cwd=self.credentials, capture_output=True, text=True)
+            if done.returncode:
+                raise QKTError(f"could not make credentials ({' '.join(command[:2])}): {done.stderr.strip()}")
+
+    def _issue_tls(self) -> list[str]:
+        """A CA and a SuperLink certificate valid for 127.0.0.1; the SuperLink's TLS options."""
+        self.credentials.mkdir(parents=True, exist_ok=True)
+        (self.credentials / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        self._issue(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=qkt-ca"],
+            ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=superlink"],
+            ["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.crt", "-days", "2", "-extfile", "san.ext"],
+        )
+        c = self.credentials
+        return ["--ssl-certfile", str(c / "server.crt"), "--ssl-keyfile", str(c / "server.key"), "--ssl-ca-certfile", str(c / "ca.crt"),
+                "--enable-supernode-auth"]
+
+    def supernode_key(self, name: str, register: bool = True) -> Path:
+        """A SuperNode's private key (its public key registered with the SuperLink unless ``register`` is False)."""
+        key = self.credentials / name
+        self._issue(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", name])
+        if register:
+            done = subprocess.run(["flwr", "supernode", "register", str(key.with_suffix(".pub")), CONNECTION],
+                                  env=self.env, capture_output=True, text=True, timeout=60)
+            if done.returncode:
+                raise QKTError(f"flwr supernode register failed: {done.stdout}{done.stderr}")
+        return key
+
     def start(self, timeout: float = 60.0) -> None:
         """Start the SuperLink and wait until it accepts connections."""
         (self.workdir / "flwr-home").mkdir(parents=True, exist_ok=True)
-        connection = {"superlink": {"default": CONNECTION, CONNECTION: {"address": self.address, "insecure": True}}}
+        security = self._issue_tls() if self.secure else ["--insecure"]
+        reach = {"root-certificates": str(self.credentials / "ca.crt")} if self.secure else {"insecure": True}
+        connection = {"superlink": {"default": CONNECTION, CONNECTION: {"address": self.address, **reach}}}
         (self.workdir / "flwr-home" / "config.toml").write_text(tomli_w.dumps(connection))
         # No internet here and qkt is already installed: never let Flower `uv sync` an app's dependencies.
-        args = ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+        args = ["flower-superlink", *security, "--host", "127.0.0.1", "--port", str(self.port),
                 "--disable-runtime-dependency-installation"]
         process = self.spawn("superlink", args + (["--simulation"] if self.simulation else []))
         deadline = time.monotonic() + timeout
@@ -93,13 +155,21 @@ class LocalFederation:
             time.sleep(0.2)
         raise QKTError(f"flower-superlink did not listen on {self.address} within {timeout:g} s")
 
-    def add_supernode(self, partition_id: int, num_partitions: int, **node_config: str) -> subprocess.Popen:
-        """Start a SuperNode process playing party ``partition_id`` (extra ``node_config`` such as ``qkt_fault="nan"``)."""
+    def add_supernode(self, partition_id: int, num_partitions: int, registered: bool = True, **node_config: str) -> subprocess.Popen:
+        """Start a SuperNode process playing party ``partition_id`` (extra ``node_config`` such as ``qkt_fault="nan"``).
+
+        In a secure federation, ``registered=False`` starts it with a key the SuperLink does not know.
+        """
+        name = f"supernode{partition_id}" + ("" if registered else "-unregistered")
         options = {"partition-id": partition_id, "num-partitions": num_partitions,
                    **{k.replace("_", "-"): f'"{v}"' for k, v in node_config.items()}}
-        args = ["flower-supernode", "--insecure", "--superlink", self.address, "--port", str(free_port()),
+        security = ["--insecure"]
+        if self.secure:
+            security = ["--root-certificates", str(self.credentials / "ca.crt"), "--max-retries", "3",
+                        "--auth-supernode-private-key", str(self.supernode_key(name, registered))]
+        args = ["flower-supernode", *security, "--superlink", self.address, "--port", str(free_port()),
                 "--node-config", " ".join(f"{k}={v}" for k, v in options.items())]
-        return self.spawn(f"supernode{partition_id}", args)
+        return self.spawn(name, args)
 
     def run(self, run_config: Mapping[str, object], timeout: float, num_supernodes: int | None = None) -> str:
         """``flwr run`` the qkt app with ``run_config`` and wait until the run ends; return its streamed log."""
@@ -118,22 +188,25 @@ class LocalFederation:
         return done.stdout + done.stderr
 
     def stop(self, grace: float = 10.0) -> None:
-        """Stop every process started here, with its children: politely, then by force."""
+        """Stop every process started here and everything they started: politely, then by force."""
+        family = {pid for p in self.processes.values() for pid in (p.pid, *descendants(p.pid))}
         for process in self.processes.values():
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                process.terminate()
         deadline = time.monotonic() + grace
         for process in self.processes.values():
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
+        for pid in family:
             try:
-                os.killpg(process.pid, signal.SIGKILL)  # children left behind in the session
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for process in self.processes.values():
+            process.wait()
         self.processes.clear()
-
 
 def run_config(config: RunConfig, output: Path, **options: object) -> dict[str, object]:
     """The Flower run config for ``config``: the qkt config as YAML, the output folder, and app options (``reply_timeout=…``)."""

@@ -66,13 +66,15 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
 
     start = time.perf_counter()
     nodes = list(grid.get_node_ids())
-    scores, node_of = {}, {}
+    scores, node_of, own = {}, {}, set()
     for node, reply in exchange(grid, {n: wire.announce_content(announcement) for n in nodes}, wire.PROBE, settings.reply_timeout).items():
         if isinstance(reply, str):
             lost[f"node {node}"] = reply
             continue
         party, party_scores = wire.read_scores(reply)
-        if party_scores is not None:  # None: the querier's own SuperNode, in a simulation
+        if party_scores is None:  # the querier's own SuperNode, in a simulation: not a teacher
+            own.add(node)
+        else:
             scores[party], node_of[party] = np.asarray(party_scores, dtype=np.float32), node
     if not scores:
         raise QueryError(f"no teacher answered the announcement ({len(nodes)} SuperNode(s) connected; lost: {lost or 'none'})")
@@ -104,13 +106,17 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
         log.warning(notes[-1])
     if not masks:
         raise QueryError("every expert was lost, nothing to learn from: " + "; ".join(f"{k}: {v}" for k, v in lost.items()))
+    orphans = [c for c, names in probe.experts_by_class(masks, query).items() if not names]
+    if orphans:
+        notes.append(f"query class(es) {orphans} lost every expert and will not be learned")
 
     model, learn_seconds, transfer, num_synthetic = learn(student, experts, masks, query, querier.x, querier.y, config, progress=False)
     seconds.update(learn_seconds)
     seconds["total"] = sum(seconds.values())
     party_of = {node: party for party, node in node_of.items()}
+    # Talking to the querier's own simulated SuperNode costs nothing on a real network.
     messages = [{**{d: party_of.get(e[d], f"node {e[d]}") for d in ("to", "from") if d in e}, "kind": e["kind"], "bytes": e["bytes"]}
-                for e in grid.log[first:]]
+                for e in grid.log[first:] if e.get("to", e.get("from")) not in own]
     report = QueryReport(
         query=query,
         scores={k: [float(v) for v in s] for k, s in scores.items()},
@@ -170,9 +176,10 @@ def run(grid: Grid, settings: Settings) -> dict:
             model, reports[method] = flower_query(grid, settings, querier, student, light=method == "qkt_light")
         else:
             model = federated(grid, settings, querier, method)
-        sent = sum(e["bytes"] for e in grid.log[first:] if "to" in e)
-        received = sum(e["bytes"] for e in grid.log[first:] if "from" in e)
-        details = {"messages": len(grid.log) - first}
+        messages = reports[method]["messages"] if method in reports else grid.log[first:]
+        sent = sum(m["bytes"] for m in messages if "to" in m)
+        received = sum(m["bytes"] for m in messages if "from" in m)
+        details = {"messages": len(messages)}
         if method in reports:
             details.update(experts=reports[method]["experts"], lost=reports[method]["lost"], seconds_per_phase=reports[method]["seconds"])
         results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,

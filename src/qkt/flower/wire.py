@@ -74,11 +74,6 @@ class CountingGrid(Grid):
             self.log.append({direction: node, "kind": m.metadata.message_type, "bytes": wire_bytes(m)})
         return messages
 
-    def total(self, direction: str, kinds: Iterable[str] | None = None) -> int:
-        """Bytes sent (``"to"``) or received (``"from"``), optionally only for some message types."""
-        kinds = None if kinds is None else set(kinds)
-        return sum(e["bytes"] for e in self.log if direction in e and (kinds is None or e["kind"] in kinds))
-
     def set_run(self, run):  # noqa: ANN001 - Flower's own signature
         self._grid.set_run(run)
 

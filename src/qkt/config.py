@@ -42,6 +42,23 @@ class ProbeConfig(Section):
     num_samples: Positive = Field(512, description="probe inputs per noise scale")
     scales: list[Rate] = Field([0.5, 1.0, 2.0], min_length=1, description="standard deviations of the Gaussian probes in the normalised input space")
     seed: int = 0
+    noise: Literal["none", "laplace"] = Field(
+        "none", description="differential privacy of the teachers' replies: 'laplace' adds Laplace noise to each probe score (docs/privacy.md)"
+    )
+    epsilon: Rate = Field(1.0, description="privacy budget ε of one probe reply when noise='laplace'; smaller hides more and costs accuracy")
+
+
+class TrustConfig(Section):
+    """Querier-side checks of the experts' claims once their weights arrive (qkt.query.trust)."""
+
+    enabled: bool = Field(True, description="check every received expert and drop what its weights do not support")
+    claim_tolerance: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.01, description="how far below the expert threshold the querier's own probe of the received weights may score before a claim is dropped"
+    )
+    min_local_agreement: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.6, description="least share of the querier's samples of a shared class the expert must label right (catches permuted or garbage models)"
+    )
+    max_samples: Positive = Field(1024, description="querier samples the checks look at")
 
 
 class InversionConfig(Section):
@@ -61,6 +78,7 @@ class QueryConfig(Section):
 
     lam: Annotated[float, Field(ge=1.0)] = Field(1.5, description="λ: expert iff probe score ≥ λ/|C|")
     probe: ProbeConfig = ProbeConfig()
+    trust: TrustConfig = TrustConfig()
     inversion: InversionConfig = InversionConfig()
     mixup: bool = Field(True, description="widen the transfer inputs with mixup of local and synthetic inputs")
     mixup_alpha: Rate = 0.4

@@ -13,16 +13,16 @@ import json
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import QueryConfig
+from ..config import QueryConfig, TrustConfig
 from ..errors import QueryError
 from ..training import predict_logits
-from . import light, probe, synth
+from . import light, privacy, probe, synth, trust
 from .distill import TransferSet, combine_targets, softmax_outputs, train_on_transfer
 from .refine import refine_head
 
@@ -41,6 +41,13 @@ class Announcement:
     probe_steps: int = 100
     probe_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
     probe_seed: int = 0
+    noise: str = "none"
+    epsilon: float = 1.0
+
+    @classmethod
+    def from_config(cls, query: tuple[int, ...], num_classes: int, input_shape: tuple[int, ...], config: QueryConfig) -> Announcement:
+        p = config.probe
+        return cls(query, num_classes, input_shape, p.kind, p.num_samples, p.steps, tuple(p.scales), p.seed, p.noise, p.epsilon)
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -59,8 +66,13 @@ class Teacher:
     holdout: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def answer_probe(model: nn.Module, announcement: Announcement, holdout: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
-    """Teacher side: the scores ``s[k, Q]`` (one float32 per query class), computed on the teacher's own model."""
+def answer_probe(model: nn.Module, announcement: Announcement, holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+    """Teacher side: the scores ``s[k, Q]`` (one float32 per query class), computed on the teacher's own model.
+
+    With ``announcement.noise == "laplace"`` the reply is ε-differentially private
+    (:mod:`qkt.query.privacy`); ``rng`` seeds that noise (default: fresh entropy).
+    """
     if announcement.probe_kind == "self":
         if holdout is None:
             raise QueryError("the 'self' probe needs each teacher's held-out data")
@@ -72,7 +84,8 @@ def answer_probe(model: nn.Module, announcement: Announcement, holdout: tuple[to
         scores = probe.noise_scores(model, probes)
     if len(scores) != announcement.num_classes:
         raise QueryError(f"the teacher's model outputs {len(scores)} classes but the label space has {announcement.num_classes}")
-    return scores[list(announcement.query)].astype(np.float32)
+    reply = scores[list(announcement.query)].astype(np.float32)
+    return privacy.privatize(reply, announcement.epsilon, rng) if announcement.noise == "laplace" else reply
 
 
 def export_weights(model: nn.Module, half: bool = False) -> dict[str, np.ndarray]:
@@ -114,6 +127,35 @@ def select_experts(scores: Mapping[str, Sequence[float]], query: Sequence[int], 
     return {k: m for k, m in masks.items() if m.any()}
 
 
+def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[float]], masks: Mapping[str, np.ndarray],
+                announcement: Announcement, local_x: torch.Tensor, local_y: torch.Tensor, lam: float,
+                config: TrustConfig, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """Querier side: check each received expert (:mod:`qkt.query.trust`) before learning from it.
+
+    Returns the masks the checks leave (experts left with no bit are removed) and,
+    for each expert that lost a bit, the reasons. Raises :class:`QueryError` when no
+    expert is left.
+    """
+    # The querier re-runs the announced probe on the weights, over all of C and without noise;
+    # the 'self' probe needs the teacher's data, so the data-free recipe stands in for it.
+    recipe = replace(announcement, query=tuple(range(announcement.num_classes)), noise="none")
+    if recipe.probe_kind == "self":
+        recipe = replace(recipe, probe_kind="statistics")
+    x, y = trust.check_sample(local_x, local_y, config.max_samples, seed)
+    kept, distrusted = {}, {}
+    for name, model in experts.items():
+        verdict = trust.check_expert(model, scores[name], answer_probe(model, recipe), masks[name], announcement.query, x, y,
+                                     lam, config, verify_claims=announcement.probe_kind != "self")
+        if verdict.reasons:
+            distrusted[name] = verdict.reasons
+        if not verdict.dropped:
+            kept[name] = verdict.mask
+    if not kept:
+        raise QueryError("every expert was distrusted, nothing to learn from: "
+                         + "; ".join(f"teacher '{k}' {', '.join(v)}" for k, v in distrusted.items()))
+    return kept, distrusted
+
+
 @dataclass
 class QueryReport:
     """What happened in one query: who was asked, who answered as expert, what it cost."""
@@ -128,6 +170,7 @@ class QueryReport:
     num_transfer_inputs: int = 0
     num_synthetic: int = 0
     warnings: list[str] = field(default_factory=list)
+    distrusted: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -262,8 +305,7 @@ def query(
 
     seconds: dict[str, float] = {}
     messages: list[dict] = []
-    p = config.probe
-    announcement = Announcement(query_classes, num_classes, tuple(local_x.shape[1:]), p.kind, p.num_samples, p.steps, tuple(p.scales), p.seed)
+    announcement = Announcement.from_config(query_classes, num_classes, tuple(local_x.shape[1:]), config)
     start = time.perf_counter()
     scores = {}
     for name, t in named.items():
@@ -282,12 +324,29 @@ def query(
     seconds["probe"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    experts = {}
+    experts, distrusted = {}, {}
     for name in masks:
         messages.append({"to": name, "kind": "request_weights", "bytes": len(json.dumps({"half": config.light}).encode())})
         arrays = export_weights(named[name].model, half=config.light)
         messages.append({"from": name, "kind": "weights", "bytes": int(sum(a.nbytes for a in arrays.values()))})
-        experts[name] = import_weights(named[name].model, arrays)
+        try:
+            experts[name] = import_weights(named[name].model, arrays)
+        except QueryError as exc:  # one broken teacher must not sink the query
+            distrusted[name] = [str(exc)]
+    # Checking what arrived is part of the transfer: its time is counted there.
+    masks = {k: m for k, m in masks.items() if k in experts}
+    if config.trust.enabled and masks:
+        masks, vetted = vet_experts(experts, scores, masks, announcement, local_x, local_y, config.lam, config.trust, config.seed)
+        distrusted.update(vetted)
+    if not masks:
+        raise QueryError("no usable expert: " + "; ".join(f"teacher '{k}': {', '.join(v)}" for k, v in distrusted.items()))
+    experts = {k: experts[k] for k in masks}
+    for name, reasons in distrusted.items():
+        notes.append(f"teacher '{name}' distrusted: {'; '.join(reasons)}")
+        warnings.warn(notes[-1], stacklevel=2)
+    orphans = [c for c, names in probe.experts_by_class(masks, query_classes).items() if not names]
+    if orphans and distrusted:
+        notes.append(f"query class(es) {orphans} have no trusted expert left; the querier's own outputs stand for them")
     seconds["transfer"] = time.perf_counter() - start
 
     model, learn_seconds, transfer, num_synthetic = learn(student, experts, masks, query_classes, local_x, local_y, config, head, progress)
@@ -304,5 +363,6 @@ def query(
         num_transfer_inputs=len(transfer),
         num_synthetic=num_synthetic,
         warnings=notes,
+        distrusted=distrusted,
     )
     return model, report

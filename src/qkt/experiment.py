@@ -26,7 +26,7 @@ from .baselines.fedavg import FederatedResult
 from .baselines.kd import distill_all
 from .config import RunConfig
 from .data import DataSet, load_dataset
-from .errors import QKTError
+from .errors import QKTError, QueryError
 from .metrics import MethodResult, score
 from .models import build_model, num_bytes
 from .query import query
@@ -178,9 +178,13 @@ def run_methods(world: World, config: RunConfig, progress: bool = True) -> tuple
             costs = {"bytes_received": all_weights}
         else:
             query_config = config.query.model_copy(update={"light": method == "qkt_light", **ABLATIONS.get(method, {})})
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the report carries them
-                (model, report), seconds = _timed(lambda: query(student, world.teachers, s.query, (local_x, local_y), query_config, progress=progress))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the report carries them
+                    (model, report), seconds = _timed(lambda: query(student, world.teachers, s.query, (local_x, local_y), query_config, progress=progress))
+            except QueryError as exc:  # a failed query leaves the querier with its own model: score that, say why
+                results[method] = score(method, before, local_before, test_counts, s.query, s.local_classes, details={"failed": str(exc)})
+                continue
             reports[method] = report.to_dict()
             costs = {"bytes_sent": report.bytes_sent, "bytes_received": report.bytes_received,
                      "details": {"experts": reports[method]["experts"], "seconds_per_phase": report.seconds}}

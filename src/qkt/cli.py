@@ -38,14 +38,14 @@ def _print_run(summary: dict, output: Path | None, started: float) -> None:
     print(f"done in {time.perf_counter() - started:.0f} s")
 
 
-def _run(config: RunConfig, output: Path | None, quiet: bool) -> int:
+def _run(config: RunConfig, output: Path | None, quiet: bool, resume: bool = True) -> int:
     from .experiment import run
     from .training import set_threads
 
     set_threads()
     started = time.perf_counter()
     # Bars redraw in place on a terminal; in a log file they would only add noise.
-    summary = run(config, output, progress=not quiet and sys.stderr.isatty())
+    summary = run(config, output, progress=not quiet and sys.stderr.isatty(), resume=resume)
     _print_run(summary, output, started)
     return 0
 
@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     updates = {k: v for k, v in {"root": args.data_root, "path": args.data_path}.items() if v is not None}
     if updates:
         config = parse_config({**config.model_dump(), "data": {**config.data.model_dump(), **updates}}, str(args.config))
-    return _run(config, args.output, args.quiet)
+    return _run(config, args.output, args.quiet, args.resume)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, default=None, help="folder for results.json, results.md, the chart and checkpoints (default: print only)")
     run.add_argument("--data-root", default=None, help="folder with the data files (overrides data.root; default $QKT_DATA_ROOT or ./data)")
     run.add_argument("--data-path", default=None, help="an explicit data file (overrides data.path)")
+    run.add_argument("--resume", action="store_true", help="reuse the parties' models already trained in OUTPUT/checkpoints (default: retrain)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished checkpoints are kept; results were not written", file=sys.stderr)
+        print("interrupted: finished checkpoints are kept (qkt run --resume reuses them); results were not written", file=sys.stderr)
         return 130
 
 

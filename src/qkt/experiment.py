@@ -92,8 +92,8 @@ def party_arch(config: RunConfig, party: int, querier: int) -> str:
 
 
 def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scenario, dataset: DataSet,
-                  checkpoints: Path | None, progress: bool) -> list[nn.Module]:
-    """Train every party's model on its own data; reuse a checkpoint when the same party was trained before."""
+                  checkpoints: Path | None, progress: bool, resume: bool = True) -> list[nn.Module]:
+    """Train every party's model on its own data and checkpoint it; with ``resume``, reuse a checkpoint of the same party."""
     x_train, y_train = world_data
     t = config.training
     models = []
@@ -105,7 +105,7 @@ def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scen
         idx = scenario.parts[k]
         key = hashlib.sha1(json.dumps([dataset.name, len(dataset.y_train), arch, t.model_dump()]).encode() + idx.tobytes()).hexdigest()[:12]
         path = checkpoints / f"party{k}-{arch}-{key}.pt" if checkpoints else None
-        if path is None or not load_checkpoint(model, path):
+        if path is None or not (resume and load_checkpoint(model, path)):
             tensor_idx = torch.as_tensor(idx)
             fit(model, (x_train[tensor_idx], y_train[tensor_idx]), t.epochs, t.lr, t.batch_size, t.weight_decay,
                 seed=t.seed * 1000 + k, augment=t.augment, progress=False)
@@ -116,12 +116,12 @@ def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scen
 
 
 def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bool = True,
-                dataset: DataSet | None = None) -> World:
+                dataset: DataSet | None = None, resume: bool = True) -> World:
     dataset = dataset or load_dataset(config.data.name, config.data.root, config.data.path)
     dataset = dataset.subsample(config.data.max_train, config.data.max_test, config.partition.seed)
     scenario = make_scenario(config, dataset)
     x_train, y_train, x_test, y_test = dataset.normalized()
-    models = train_parties(config, (x_train, y_train), scenario, dataset, checkpoints, progress)
+    models = train_parties(config, (x_train, y_train), scenario, dataset, checkpoints, progress, resume)
     return World(dataset, x_train, y_train, x_test, y_test, scenario, models)
 
 
@@ -193,12 +193,16 @@ def run_methods(world: World, config: RunConfig, progress: bool = True) -> tuple
     return results, reports
 
 
-def run(config: RunConfig, output: Path | None = None, progress: bool = True) -> dict:
-    """Run one experiment; if ``output`` is given, write ``results.json`` and the chart there."""
+def run(config: RunConfig, output: Path | None = None, progress: bool = True, resume: bool = True) -> dict:
+    """Run one experiment; if ``output`` is given, write ``results.json`` and the chart there.
+
+    Parties' models are checkpointed under ``output/checkpoints``; ``resume`` reuses those
+    already finished (an interrupted run loses only the party it was training).
+    """
     from .report import write_outputs
 
     checkpoints = output / "checkpoints" if output else None
-    world = build_world(config, checkpoints, progress)
+    world = build_world(config, checkpoints, progress, resume=resume)
     results, reports = run_methods(world, config, progress)
     s = world.scenario
     summary = {

@@ -114,8 +114,12 @@ def save_checkpoint(model: nn.Module, path: Path) -> None:
     """Write atomically, so an interrupted run never leaves a checkpoint cut short."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C mid-write: leave no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> bool:

@@ -20,12 +20,12 @@ from torch import nn
 from ..query.protocol import answer_probe, export_weights
 from ..training import cross_entropy_loss, fit, set_threads
 from . import faults, wire
-from .party import Party, blank_model, load_party, partition_id, read_settings, trained_model
+from .party import Party, Settings, blank_model, load_party, partition_id, read_settings, trained_model
 
 app = ClientApp()
 
 
-def _party(context: Context) -> tuple[Party, object]:
+def _party(context: Context) -> tuple[Party, Settings]:
     settings = read_settings(context.run_config)
     # One thread by default: several parties often share a machine, and oversubscribed cores slow torch tenfold.
     set_threads(int(context.node_config.get("threads", 1)))

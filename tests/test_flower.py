@@ -109,3 +109,18 @@ def test_cli_prints_a_run_config_flwr_accepts(tmp_path, capsys):
     assert main(["flower", "run-config", "--parties", "5", "--output", str(tmp_path), "--min-supernodes", "4"]) == 0
     settings = read_settings(tomllib.loads(capsys.readouterr().out))
     assert settings.config.partition.num_parties == 5 and settings.min_supernodes == 4
+
+
+def test_qkt_core_never_imports_flower():
+    import subprocess
+
+    code = "import sys, qkt, qkt.cli, qkt.experiment; qkt.cli.build_parser(); assert 'flwr' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_flower_commands_say_how_to_install_flower(monkeypatch, capsys):
+    import qkt.flower.cli
+
+    monkeypatch.setattr(qkt.flower.cli.importlib.util, "find_spec", lambda name: None)
+    assert main(["flower", "simulate"]) == 2
+    assert 'pip install "qkt[flower]"' in capsys.readouterr().err

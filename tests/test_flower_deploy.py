@@ -52,6 +52,7 @@ def deploy(tmp_path, config, faults=None, reply_timeout=120.0, secure=False, int
     return read_results(tmp_path / "out"), teachers, refused
 
 
+@pytest.mark.skipif(not (shutil.which("openssl") and shutil.which("ssh-keygen")), reason="needs openssl and ssh-keygen for the credentials")
 def test_a_query_across_authenticated_supernodes_over_tls_matches_the_in_process_run(tmp_path):
     config = parse_config(QUICK)
     set_threads(1)  # as every party of the federation

@@ -10,6 +10,7 @@ and the same models.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -120,13 +121,20 @@ class Party:
         return self.index == self.scenario.querier
 
 
-def load_party(config: RunConfig, index: int | None = None) -> Party:
-    """Party ``index`` (default: the querier of the run's scenario), holding only its own training share."""
+@functools.lru_cache(maxsize=1)
+def _world(data_and_partition: str) -> tuple[DataSet, Scenario, tuple[torch.Tensor, ...]]:
+    # A simulated SuperNode's worker serves many parties and rounds of the same run: partition the data once.
+    config = parse_config(json.loads(data_and_partition))
     dataset = load_dataset(config.data.name, config.data.root, config.data.path)
     dataset = dataset.subsample(config.data.max_train, config.data.max_test, config.partition.seed)
-    scenario = make_scenario(config, dataset)
+    return dataset, make_scenario(config, dataset), dataset.normalized()
+
+
+def load_party(config: RunConfig, index: int | None = None) -> Party:
+    """Party ``index`` (default: the querier of the run's scenario), holding only its own training share."""
+    key = json.dumps({k: getattr(config, k).model_dump() for k in ("data", "partition", "scenario")}, sort_keys=True)
+    dataset, scenario, (x_train, y_train, x_test, y_test) = _world(key)
     index = scenario.querier if index is None else index
-    x_train, y_train, x_test, y_test = dataset.normalized()
     own = torch.as_tensor(scenario.parts[index])
     return Party(index, dataset, scenario, x_train[own], y_train[own], (x_test, y_test))
 

@@ -80,6 +80,7 @@ def test_run_config_round_trips_through_toml(tmp_path):
     ({"qkt-config": "partition: [unclosed"}, "not valid YAML"),
     ({"qkt-config": "partition: {num_partys: 3}"}, "num_partys: unknown key"),
     ({"reply-timeout": 0.0}, "must be positive"),
+    ({"qkt-config": "query: {probe: {kind: self}}"}, "held-out data"),
 ])
 def test_bad_run_config_names_the_key(run, message):
     with pytest.raises(ConfigError, match=message):

@@ -91,12 +91,16 @@ class Profile:
     max_queriers: int | None  # None: every eligible party queries once per seed (SPEC §5)
     scenarios: dict[str, tuple[str, ...]]
     settings: dict[str, dict] = field(default_factory=dict)
+    ablations: dict[str, bool] = field(default_factory=lambda: {"default": True})  # in the scenarios that have them
 
     def config(self, dataset: str) -> dict:
         return copy.deepcopy(self.settings.get(dataset, self.settings["default"]))
 
     def scenarios_for(self, dataset: str) -> tuple[str, ...]:
         return self.scenarios.get(dataset, self.scenarios["default"])
+
+    def ablations_for(self, dataset: str) -> bool:
+        return self.ablations.get(dataset, self.ablations["default"])
 
 
 # Settings per data set, sized for 2 shared CPU cores. QueryConfig's defaults were tuned on
@@ -117,8 +121,9 @@ PROFILES = {
     "quick": Profile(seeds=1, max_queriers=2, scenarios={"default": _STANDARD},
                      settings={"digits": _DIGITS, "default": _IMAGES}),
     # The first seed of 'full' is in 'quick': a full run resumes from a quick one in the same folder.
+    # On images the ablations run in 'quick' (the first seed) only: each costs as much as a query.
     "full": Profile(seeds=3, max_queriers=1, scenarios={"digits": tuple(SCENARIOS), "default": _STANDARD},
-                    settings={"digits": _DIGITS, "default": _IMAGES}),
+                    settings={"digits": _DIGITS, "default": _IMAGES}, ablations={"digits": True, "default": False}),
 }
 
 
@@ -152,7 +157,7 @@ def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed
     raw["scenario"] = {"query_size": multi_query_size(c) if scenario.query_size == "multi" else 1}
     raw["training"] = {**raw.get("training", {}), "seed": seed}
     raw["query"] = {**raw.get("query", {}), "seed": seed}
-    raw["methods"] = BASELINES + QKT_METHODS + (ABLATIONS if scenario.ablations else [])
+    raw["methods"] = BASELINES + QKT_METHODS + (ABLATIONS if scenario.ablations and profile.ablations_for(dataset.name) else [])
     return parse_config(raw, f"bench {dataset.name}/{scenario.name}")
 
 
@@ -258,9 +263,8 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
     global_models = {m: global_model(m, config, dataset, (x_train, y_train), parts, checkpoints, progress) for m in FEDERATED}
     test_probs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared: fixed models are evaluated once per seed
     probes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-    p = config.query.probe
-    every_class = protocol.Announcement(tuple(range(dataset.num_classes)), dataset.num_classes, tuple(dataset.input_shape),
-                                        p.kind, p.num_samples, p.steps, tuple(p.scales), p.seed)
+    every_class = protocol.Announcement.from_config(tuple(range(dataset.num_classes)), dataset.num_classes,
+                                                    tuple(dataset.input_shape), config.query)
     with teacher_replies(probes):  # every teacher answers once, before any query is timed
         for model in tqdm(base_models, desc="teachers' probes", unit="teacher", leave=False, disable=not progress):
             protocol.answer_probe(model, every_class)
@@ -294,19 +298,15 @@ def summarize(records: list[dict]) -> dict:
     summary: dict = {}
     for ds, by_scenario in out.items():
         for name, recs in by_scenario.items():
-            methods = list(recs[0]["methods"])
+            methods = list(dict.fromkeys(m for r in recs for m in r["methods"]))
             rows = {}
             for m in methods:
-                values = {
-                    "query_accuracy": [r["methods"][m]["query_accuracy"] for r in recs],
-                    "local_accuracy": [r["methods"][m]["local_accuracy"] for r in recs],
-                    "overall_accuracy": [r["methods"][m]["overall_accuracy"] for r in recs],
-                    "forgetting": [r["methods"][m]["forgetting"] for r in recs],
-                    "bytes": [r["methods"][m]["bytes_sent"] + r["methods"][m]["bytes_received"] for r in recs],
-                    "seconds": [r["methods"][m]["seconds"] for r in recs],
-                }
+                results = [r["methods"][m] for r in recs if m in r["methods"]]  # a resumed run may add methods
+                values = {k: [v[k] for v in results] for k in ("query_accuracy", "local_accuracy", "overall_accuracy", "forgetting", "seconds")}
+                values["bytes"] = [v["bytes_sent"] + v["bytes_received"] for v in results]
                 rows[m] = {k: _mean_std(v) for k, v in values.items()}
-                rows[m]["failed"] = sum("failed" in r["methods"][m]["details"] for r in recs)
+                rows[m]["queries"] = len(results)
+                rows[m]["failed"] = sum("failed" in v["details"] for v in results)
             qkt = rows["qkt"]["overall_accuracy"][0]
             collaborative = [m for m in COLLABORATIVE if m in rows]
             mean_collab = float(np.mean([rows[m]["overall_accuracy"][0] for m in collaborative]))
@@ -344,7 +344,8 @@ def format_tables(summary: dict) -> str:
                       "|---|---:|---:|---:|---:|---:|---:|---:|"]
             for m, row in s["rows"].items():
                 gain = "—" if m == "qkt" else f"{s['gain_over'][m]:+.1f}"
-                lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(_cell(k, *row[k]) for k in METRICS) + f" | {gain} |")
+                count = "" if row["queries"] == s["queries"] else f" ({row['queries']} queries)"
+                lines.append(f"| {NAMES.get(m, m)}{count} | " + " | ".join(_cell(k, *row[k]) for k in METRICS) + f" | {gain} |")
             failed = [f"{NAMES.get(m, m)} in {row['failed']}" for m, row in s["rows"].items() if row["failed"]]
             if failed:
                 lines += ["", "Queries that failed (no expert found; scored as the querier's unchanged model): " + ", ".join(failed) + "."]

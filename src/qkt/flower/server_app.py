@@ -76,6 +76,8 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
             own.add(node)
         else:
             scores[party], node_of[party] = np.asarray(party_scores, dtype=np.float32), node
+    # Replies arrive in any order; experts are taken in party order, as in-process, so that the run is reproducible.
+    scores = dict(sorted(scores.items(), key=lambda item: int(item[0])))
     if not scores:
         raise QueryError(f"no teacher answered the announcement ({len(nodes)} SuperNode(s) connected; lost: {lost or 'none'})")
     with warnings.catch_warnings(record=True) as caught:

@@ -47,7 +47,10 @@ def _run(config: RunConfig, output: Path | None, quiet: bool, resume: bool = Tru
     # Bars redraw in place on a terminal; in a log file they would only add noise.
     summary = run(config, output, progress=not quiet and sys.stderr.isatty(), resume=resume)
     _print_run(summary, output, started)
-    return 0
+    failed = {k: v["details"]["failed"] for k, v in summary["methods"].items() if "failed" in v.get("details", {})}
+    for method, reason in failed.items():
+        print(f"error: {method} failed (its row shows the querier unchanged): {reason}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

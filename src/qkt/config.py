@@ -174,6 +174,15 @@ class RunConfig(Section):
         return self
 
 
+def _shown(value: object) -> str:
+    """A short rendering of a rejected value; YAML can give keys (dates, numbers) that JSON cannot write."""
+    try:
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text[:60]
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"{source}: {err.error_count()} invalid setting(s)"]
     for e in err.errors():
@@ -181,7 +190,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"  - {key}: unknown key; check its spelling and section")
         else:
-            value = "" if e["type"] == "missing" else f" (got {json.dumps(e.get('input'), default=str)[:60]})"
+            value = "" if e["type"] == "missing" else f" (got {_shown(e.get('input'))})"
             lines.append(f"  - {key}: {e['msg']}{value}")
     return "\n".join(lines)
 

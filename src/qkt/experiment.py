@@ -30,6 +30,7 @@ from .errors import QKTError, QueryError
 from .metrics import MethodResult, score
 from .models import build_model, num_bytes
 from .query import query
+from .query.probe import check_query
 from .training import fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
 
 # The ablations of SPEC §4 are QKT with one QueryConfig switch changed.
@@ -81,7 +82,7 @@ def make_scenario(config: RunConfig, dataset: DataSet) -> partition.Scenario:
             raise QKTError(f"no party lacks {s.query_size} class(es) that another party could teach; "
                                      "try a smaller scenario.query_size or a more skewed partition (smaller alpha)")
         querier = max(eligible, key=lambda k: len(parts[k]))
-    query_classes = tuple(s.query) if s.query else None
+    query_classes = None if s.query is None else check_query(s.query, dataset.num_classes)
     return partition.make_scenario(dataset.y_train, parts, querier, s.query_size, config.partition.seed, dataset.num_classes,
                                    s.max_query_samples, s.min_expert_samples, query_classes)
 

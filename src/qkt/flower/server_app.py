@@ -3,9 +3,10 @@
 The querier announces ``Q`` to every SuperNode, collects their probe scores,
 picks the experts with :func:`~qkt.query.protocol.select_experts`, asks only
 them for their weights, checks each with :func:`~qkt.query.protocol.import_weights`
-and learns with :func:`~qkt.query.protocol.learn` (Phase 1 and Phase 2). A party
-that fails, does not answer within ``reply-timeout`` or sends weights that do not
-fit is dropped and named in the report; the query goes on with the others.
+and :func:`~qkt.query.protocol.vet_experts`, and learns with
+:func:`~qkt.query.protocol.learn` (Phase 1 and Phase 2). A party that fails, does
+not answer within ``reply-timeout`` or sends weights that do not fit is dropped and
+named in the report; the query goes on with the others.
 FedAvg and FedProx run through Flower's own strategies on the same parties.
 Every message is counted on the wire (:class:`~qkt.flower.wire.CountingGrid`).
 """
@@ -27,7 +28,7 @@ from ..errors import QKTError, QueryError
 from ..metrics import score
 from ..partition import class_counts
 from ..query import probe
-from ..query.protocol import Announcement, QueryReport, import_weights, learn, select_experts
+from ..query.protocol import Announcement, QueryReport, import_weights, learn, select_experts, vet_experts
 from ..report import write_outputs
 from ..training import per_class_accuracy, set_threads
 from . import wire
@@ -55,14 +56,18 @@ def exchange(grid: Grid, contents: dict[int, RecordDict], kind: str, timeout: fl
 
 def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, student: nn.Module,
                  light: bool) -> tuple[nn.Module, dict]:
-    """Run one query over ``grid`` and return the new model and the report (a :class:`QueryReport` dict plus ``lost``)."""
+    """Run one query over ``grid`` and return the new model and the report (a :class:`QueryReport` dict plus ``lost``).
+
+    As the in-process :func:`~qkt.query.protocol.query`: weights that do not fit, or whose
+    claims the querier's own checks do not support, make their sender *distrusted*; a
+    party that fails or stays silent past ``reply-timeout`` is *lost*.
+    """
     config = settings.config.query.model_copy(update={"light": light})
     query, num_classes = querier.scenario.query, querier.dataset.num_classes
     first = len(grid.log)
     seconds: dict[str, float] = {}
     lost: dict[str, str] = {}
-    p = config.probe
-    announcement = Announcement(query, num_classes, tuple(querier.x.shape[1:]), p.kind, p.num_samples, p.steps, tuple(p.scales), p.seed)
+    announcement = Announcement.from_config(query, num_classes, tuple(querier.x.shape[1:]), config)
 
     start = time.perf_counter()
     nodes = list(grid.get_node_ids())
@@ -92,25 +97,31 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
     start = time.perf_counter()
     request = {node_of[k]: RecordDict({"request": ConfigRecord({"half": light})}) for k in masks}
     replies = exchange(grid, request, wire.WEIGHTS, settings.reply_timeout)
-    experts = {}
+    experts, distrusted = {}, {}
     for name in masks:
         reply = replies[node_of[name]]
+        if isinstance(reply, str):
+            lost[name] = reply
+            continue
         try:
-            if isinstance(reply, str):
-                raise QueryError(reply)
             experts[name] = import_weights(blank_model(settings.config, querier, int(name)), wire.read_weights(reply))
-        except QueryError as exc:
-            lost[name] = str(exc)
+        except QueryError as exc:  # one broken teacher must not sink the query
+            distrusted[name] = [str(exc)]
     masks = {k: m for k, m in masks.items() if k in experts}
+    if config.trust.enabled and masks:
+        masks, vetted = vet_experts(experts, scores, masks, announcement, querier.x, querier.y, config.lam, config.trust, config.seed)
+        distrusted.update(vetted)
+    experts = {k: experts[k] for k in masks}
     seconds["transfer"] = time.perf_counter() - start
-    for who, why in lost.items():
-        notes.append(f"teacher {who} was lost: {why}")
-        log.warning(notes[-1])
+    notes += [f"teacher {who} was lost: {why}" for who, why in lost.items()]
+    notes += [f"teacher '{name}' distrusted: {'; '.join(reasons)}" for name, reasons in distrusted.items()]
+    for note in notes:
+        log.warning(note)
     if not masks:
-        raise QueryError("every expert was lost, nothing to learn from: " + "; ".join(f"{k}: {v}" for k, v in lost.items()))
+        raise QueryError("no usable expert: " + "; ".join(f"teacher {k}: {v}" for k, v in {**lost, **distrusted}.items()))
     orphans = [c for c, names in probe.experts_by_class(masks, query).items() if not names]
     if orphans:
-        notes.append(f"query class(es) {orphans} lost every expert and will not be learned")
+        notes.append(f"query class(es) {orphans} have no usable expert left; the querier's own outputs stand for them")
 
     model, learn_seconds, transfer, num_synthetic = learn(student, experts, masks, query, querier.x, querier.y, config, progress=False)
     seconds.update(learn_seconds)
@@ -130,6 +141,7 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
         num_transfer_inputs=len(transfer),
         num_synthetic=num_synthetic,
         warnings=notes,
+        distrusted=distrusted,
     )
     return model, {**report.to_dict(), "lost": lost}
 
@@ -183,7 +195,8 @@ def run(grid: Grid, settings: Settings) -> dict:
         received = sum(m["bytes"] for m in messages if "from" in m)
         details = {"messages": len(messages)}
         if method in reports:
-            details.update(experts=reports[method]["experts"], lost=reports[method]["lost"], seconds_per_phase=reports[method]["seconds"])
+            r = reports[method]
+            details.update(experts=r["experts"], lost=r["lost"], distrusted=r["distrusted"], seconds_per_phase=r["seconds"])
         results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,
                                 seconds=time.perf_counter() - start, bytes_sent=sent, bytes_received=received, details=details)
     return {

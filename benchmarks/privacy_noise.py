@@ -1,0 +1,97 @@
+"""The accuracy cost of differentially private probe replies (docs/privacy.md), on the demo's query.
+
+Every teacher answers the probe with Laplace noise of scale min(2, |Q|)/ε; the querier
+learns as usual, with its trust checks on or off. Noise is seeded per repetition, so
+the JSON is reproducible. Run: ``python benchmarks/privacy_noise.py [output.json]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+import weakref
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from qkt.cli import DEMO
+from qkt.config import TrustConfig, parse_config
+from qkt.errors import QueryError
+from qkt.experiment import build_world
+from qkt.query import protocol, query
+from qkt.query.privacy import laplace_scale, privatize
+from qkt.report import atomic_write
+from qkt.training import per_class_accuracy, set_threads
+
+EPSILONS = [None, 10.0, 3.0, 1.0, 0.3]  # None: no noise
+REPETITIONS = 5
+
+
+def main(output: Path) -> None:
+    set_threads(1)
+    config = parse_config(DEMO, "demo")
+    world = build_world(config, progress=False)
+    s = world.scenario
+    honest = protocol.answer_probe
+    cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # by model object: ids of dropped copies are reused
+
+    def noisy_answer(model, announcement, holdout=None, rng=None):
+        """The teacher's exact scores are computed once; each repetition draws its own seeded noise."""
+        entry = cache.setdefault(model, {})
+        key = (announcement.probe_kind, announcement.query)
+        if key not in entry:
+            entry[key] = honest(model, replace(announcement, noise="none"), holdout)
+        if announcement.noise != "laplace":
+            return entry[key]
+        return privatize(entry[key], announcement.epsilon, noise_rng)
+
+    rows = []
+    protocol.answer_probe = noisy_answer
+    try:
+        for epsilon in EPSILONS:
+            for trust in (True, False):
+                for rep in range(REPETITIONS if epsilon else 1):
+                    noise_rng = np.random.default_rng([rep, int(1000 * (epsilon or 0))])
+                    update = {"trust": TrustConfig(enabled=trust)}
+                    if epsilon:
+                        update["probe"] = config.query.probe.model_copy(update={"noise": "laplace", "epsilon": epsilon})
+                    start = time.perf_counter()
+                    row = {"epsilon": epsilon, "trust": trust, "repetition": rep,
+                           "laplace_scale": laplace_scale(len(s.query), epsilon) if epsilon else 0.0}
+                    try:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            model, report = query(world.models[s.querier], world.teachers, s.query, world.querier_data,
+                                                  config.query.model_copy(update=update), progress=False)
+                        row.update({"experts_asked": len([m for m in report.messages if m["kind"] == "weights"]),
+                                    "experts_kept": sorted({k for v in report.experts.values() for k in v}),
+                                    "distrusted": sorted(report.distrusted), "bytes_received": report.bytes_received})
+                    except QueryError as exc:  # the querier keeps its own model; counted, not hidden
+                        model = world.models[s.querier]
+                        row.update({"failed": str(exc), "experts_asked": float("nan"), "bytes_received": float("nan")})
+                    acc = per_class_accuracy(model, world.x_test, world.y_test, world.dataset.num_classes)
+                    rows.append({**row, "query_accuracy": float(acc[list(s.query)].mean()),
+                                 "local_accuracy": float(acc[list(s.local_classes)].mean()),
+                                 "seconds": time.perf_counter() - start})
+                    print(json.dumps(rows[-1]), flush=True)
+    finally:
+        protocol.answer_probe = honest
+    summary = []
+    for epsilon in EPSILONS:
+        for trust in (True, False):
+            sel = [r for r in rows if r["epsilon"] == epsilon and r["trust"] == trust]
+            summary.append({"epsilon": epsilon, "trust": trust, "runs": len(sel), "failed": sum("failed" in r for r in sel),
+                            **{f"{k}_{name}": float(f([r[k] for r in sel])) for k in
+                               ("query_accuracy", "local_accuracy", "experts_asked", "bytes_received")
+                               for name, f in (("mean", np.nanmean), ("std", np.nanstd))}})
+    result = {"scenario": {"dataset": "digits", "querier": s.querier, "query": list(s.query), "local_classes": list(s.local_classes),
+                           "config": "qkt demo (10 parties, Dirichlet 0.1, MLP)"}, "summary": summary, "runs": rows}
+    atomic_write(output, json.dumps(result, indent=2).encode())
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "docs" / "results" / "privacy.json")

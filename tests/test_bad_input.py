@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -164,3 +165,14 @@ def test_the_cli_reports_invalid_configs_in_one_message(tmp_path, capsys, config
         text = yaml.safe_dump(config, allow_unicode=True)
         err = _fails_cleanly(capsys, tmp_path, text, ".yaml")
         assert "invalid setting" in err or "not valid YAML" in err
+
+
+def test_a_query_that_fails_exits_non_zero_and_says_why(capsys, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('methods = ["local", "qkt"]\n[partition]\nnum_parties = 4\n[training]\nepochs = 2\n'
+                      '[query.probe]\nkind = "self"\n')
+    assert main(["run", "--config", str(config), "--output", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: qkt failed") and "'self' probe needs each teacher's held-out data" in err
+    assert "Traceback" not in err
+    assert "failed" in json.loads((tmp_path / "out" / "results.json").read_text())["methods"]["qkt"]["details"]

@@ -1,7 +1,7 @@
 """One query, end to end, independent of the transport (SPEC §2).
 
 The teacher side is :func:`answer_probe` and :func:`export_weights`; the querier
-side is :func:`select_experts` and :func:`learn`. :func:`query` drives both in one
+side is :func:`select_experts`, :func:`import_weights`, :func:`vet_experts` and :func:`learn`. :func:`query` drives both in one
 process on the user's own models; the Flower app drives the same functions over
 Flower messages.
 """
@@ -279,7 +279,9 @@ def query(
     -------
     (model, report):
         The new model, which knows ``Q`` and keeps what the student knew, and a
-        :class:`QueryReport` with experts, bytes and timings.
+        :class:`QueryReport` with experts, bytes, timings and the teachers whose
+        claims the querier's checks rejected, with why (``distrusted``; see
+        :mod:`qkt.query.trust`). A teacher whose weights do not fit is dropped there too.
     """
     config = config or QueryConfig()
     local_x, local_y = local_data

@@ -77,7 +77,7 @@ def test_every_bad_key_is_listed_with_what_to_change(tmp_path):
         load_config_text(tmp_path, "[query]\nlamda = 2\n[query.trust]\nmin_local_agreement = 3\n[partition]\nnum_parties = 1\n")
     message = str(info.value)
     assert "3 invalid setting(s)" in message
-    assert "query.lamda: unknown key; check its spelling and section" in message
+    assert "query.lamda: unknown key; did you mean 'lam'?" in message
     assert "query.trust.min_local_agreement: Input should be less than or equal to 1 (got 3)" in message
     assert "partition.num_parties: Input should be greater than or equal to 2 (got 1)" in message
 
@@ -176,3 +176,10 @@ def test_a_query_that_fails_exits_non_zero_and_says_why(capsys, tmp_path):
     assert err.startswith("error: qkt failed") and "'self' probe needs each teacher's held-out data" in err
     assert "Traceback" not in err
     assert "failed" in json.loads((tmp_path / "out" / "results.json").read_text())["methods"]["qkt"]["details"]
+
+
+def test_an_unknown_key_with_no_near_miss_lists_what_the_section_takes():
+    with pytest.raises(ConfigError, match=r"query.probe.xyz: unknown key; this section takes kind, steps, num_samples"):
+        parse_config({"query": {"probe": {"xyz": 1}}})
+    with pytest.raises(ConfigError, match="methods: List should have at least 1 item"):
+        parse_config({"methods": []})

@@ -6,6 +6,7 @@ values are rejected with a message naming the key and what to change.
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -165,7 +166,8 @@ class RunConfig(Section):
     query: QueryConfig = QueryConfig()
     federated: FederatedConfig = FederatedConfig()
     methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light", "fedavg", "fedprox", "fedgen",
-                          "qkt_no_masks", "qkt_no_phase2", "qkt_merged"]] = ["local", "ensemble", "kd", "qkt", "qkt_light"]
+                          "qkt_no_masks", "qkt_no_phase2", "qkt_merged"]] = Field(
+        ["local", "ensemble", "kd", "qkt", "qkt_light"], min_length=1, description="the methods to run and compare")
 
     @model_validator(mode="after")
     def _query_fits(self) -> RunConfig:
@@ -183,12 +185,26 @@ def _shown(value: object) -> str:
     return text[:60]
 
 
+def _section_keys(loc: tuple) -> list[str]:
+    """The keys the section at ``loc`` accepts (a path of section names from the top of a :class:`RunConfig`)."""
+    section: type[BaseModel] = RunConfig
+    for name in loc:
+        field_type = section.model_fields[str(name)].annotation
+        if not (isinstance(field_type, type) and issubclass(field_type, BaseModel)):
+            return []
+        section = field_type
+    return list(section.model_fields)
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"{source}: {err.error_count()} invalid setting(s)"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  - {key}: unknown key; check its spelling and section")
+            known = _section_keys(e["loc"][:-1])
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"this section takes {', '.join(known)}"
+            lines.append(f"  - {key}: unknown key; {hint}")
         else:
             value = "" if e["type"] == "missing" else f" (got {_shown(e.get('input'))})"
             lines.append(f"  - {key}: {e['msg']}{value}")

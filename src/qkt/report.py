@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -90,10 +91,10 @@ def plot_per_class(summary: dict, path: Path) -> None:
     ax.set_title(f"{summary['dataset']}: querier {summary['scenario']['querier']} — query classes shaded (*), · = neither local nor queried", fontsize=9)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(methods), fontsize=8, frameon=False)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write(path, png.getvalue())
 
 
 def write_outputs(summary: dict, output: Path) -> None:

@@ -116,3 +116,23 @@ def test_the_noise_option_is_validated():
     assert QueryConfig(probe={"noise": "laplace", "epsilon": 0.5}).probe.epsilon == 0.5
     with pytest.raises(ValueError):
         QueryConfig(probe={"noise": "gaussian"})
+
+
+def test_with_noisy_replies_the_trust_checks_drop_the_false_experts_noise_lets_in(wire):
+    world, clean, _, _ = wire
+    s = world.scenario
+    honest = protocol.answer_probe
+    config = CONFIG.query.model_copy(update={"probe": CONFIG.query.probe.model_copy(update={"noise": "laplace", "epsilon": 10.0})})
+    false_experts = 0
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        with warnings.catch_warnings(), pytest.MonkeyPatch.context() as patch:
+            warnings.simplefilter("ignore")
+            patch.setattr(protocol, "answer_probe", lambda m, a, h=None, r=None: honest(m, a, h, rng))
+            _, report = query(world.models[s.querier], world.teachers, s.query, world.querier_data, config, progress=False)
+        asked = {m["from"] for m in report.messages if m["kind"] == "weights"}
+        kept = {k for v in report.experts.values() for k in v}
+        false_experts += len(asked - kept)
+        assert kept <= {k for v in clean.experts.values() for k in v}, "a teacher the clean probe rejects was kept"
+        assert asked - kept == set(report.distrusted)
+    assert false_experts, "at ε = 10 some non-expert should pass the threshold by noise alone"

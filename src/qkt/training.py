@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .models import FeaturesHead
+
 BatchLoss = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
+
+
+# Forward passes that need no gradient go in batches this size: larger batches only add
+# memory traffic (a 1,024-image batch ran a CIFAR CNN's inference ~2× slower per image).
+EVAL_BATCH_SIZE = 128
 
 
 def set_threads(threads: int | None = None) -> None:
@@ -52,6 +59,15 @@ def reuse_freed_memory(limit: int = 512 * 2**20) -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(mallopt(m_mmap_threshold, limit // 2)) and bool(mallopt(m_trim_threshold, limit))
+
+
+def fast_layout(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """``x`` in channels-last memory order if ``model`` is one of qkt's image models, whose CPU convolutions and pooling then run 1.5-2× faster.
+
+    Shape and values stay the same (outputs agree to float rounding). A user's own model
+    gets its inputs as given: it may ``view`` its activations, which needs the default order.
+    """
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and isinstance(model, FeaturesHead) else x
 
 
 def augment_images(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -100,6 +116,7 @@ def fit(
     batch of them to a scalar. ``params`` restricts which parameters are trained.
     """
     generator = torch.Generator().manual_seed(seed)
+    tensors = (fast_layout(tensors[0], model), *tensors[1:])
     params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     n = len(tensors[0])
@@ -122,11 +139,11 @@ def fit(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
     """Logits of ``model`` on ``x`` in evaluation mode."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else torch.empty(0)
+    out = torch.cat([model(fast_layout(x[i : i + batch_size], model)) for i in range(0, len(x), batch_size)]) if len(x) else torch.empty(0)
     model.train(was_training)
     return out
 

@@ -13,18 +13,19 @@ from torch import nn
 
 from ..config import QueryConfig
 from ..models import find_head
+from ..training import EVAL_BATCH_SIZE, fast_layout
 from .distill import TransferSet, train_on_transfer
 
 
 @torch.no_grad()
-def head_inputs(model: nn.Module, head: nn.Linear, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def head_inputs(model: nn.Module, head: nn.Linear, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
     """What the head receives for each input: the frozen features, captured by a hook."""
     captured: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
     model.eval()
     try:
         for i in range(0, len(x), batch_size):
-            model(x[i : i + batch_size])
+            model(fast_layout(x[i : i + batch_size], model))
     finally:
         handle.remove()
     return torch.cat(captured)

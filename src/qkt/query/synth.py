@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import InversionConfig
+from ..training import fast_layout
 
 
 def mixup(x: torch.Tensor, num: int, alpha: float, seed: int) -> torch.Tensor:
@@ -41,13 +42,19 @@ def input_prior(x: torch.Tensor, tv_weight: float = 1e-4, l2_weight: float = 1e-
 
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Evaluation mode with no parameter gradients, restored afterwards: inputs are optimised, not the model."""
+    """Evaluation mode with no parameter gradients, restored afterwards: inputs are optimised, not the model.
+
+    Inside, the model sees its inputs in :func:`~qkt.training.fast_layout`: every step of
+    an input optimisation is a forward and backward pass, so the layout pays most here.
+    """
     was_training, grad_flags = model.training, [p.requires_grad for p in model.parameters()]
     model.eval()
     model.requires_grad_(False)
+    layout = model.register_forward_pre_hook(lambda module, args: (fast_layout(args[0], module), *args[1:]))
     try:
         yield model
     finally:
+        layout.remove()
         for p, flag in zip(model.parameters(), grad_flags):
             p.requires_grad_(flag)
         model.train(was_training)

@@ -1,0 +1,71 @@
+"""The speed settings change how fast qkt computes, never what it computes."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from qkt.config import InversionConfig
+from qkt.models import build_model
+from qkt.query import synth
+from qkt.training import fast_layout, fit, predict_logits, set_threads
+
+
+def _cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("cnn", (3, 16, 16), 4).eval()
+
+
+def _images(n: int = 40, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def test_qkt_image_models_get_channels_last_with_the_same_outputs():
+    model, x = _cnn(), _images()
+    fast = fast_layout(x, model)
+    assert fast.is_contiguous(memory_format=torch.channels_last) and torch.equal(fast, x)
+    with torch.no_grad():
+        assert torch.allclose(model(fast), model(x), atol=1e-5)
+
+
+def test_a_users_model_and_feature_vectors_keep_their_layout():
+    x = _images()
+    assert fast_layout(x, nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))) is x
+    vectors = torch.randn(8, 5)
+    assert fast_layout(vectors, build_model("mlp", (5,), 3)) is vectors
+
+
+def test_predictions_do_not_depend_on_the_batch_size():
+    model, x = _cnn(), _images(50)
+    assert torch.allclose(predict_logits(model, x, batch_size=7), predict_logits(model, x, batch_size=1000), atol=1e-5)
+
+
+def test_training_in_the_fast_layout_learns_as_before():
+    x, y = _images(64), torch.arange(64) % 4
+    fast = fit(_cnn(), (x, y), epochs=1, seed=0, progress=False)
+    torch.manual_seed(0)
+    plain = fit(nn.Sequential(*_cnn().children()), (x, y), epochs=1, seed=0, progress=False)  # not a qkt model: default layout
+    for a, b in zip(fast.parameters(), plain.parameters()):
+        assert torch.allclose(a, b, atol=1e-2)
+
+
+def test_inversion_leaves_the_model_as_it_was():
+    model = _cnn()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, targets = synth.invert(model, [1, 2], (3, 16, 16), InversionConfig(steps=3), seed=0, num_per_class=4)
+    assert x.shape == (8, 3, 16, 16) and targets.tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert not model._forward_pre_hooks and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_set_threads_uses_at_least_one_thread_and_at_most_every_core():
+    before = torch.get_num_threads()
+    try:
+        set_threads()
+        assert 1 <= torch.get_num_threads() <= (os.cpu_count() or 1)
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", type=Path, default=Path("qkt-output/bench"), help="folder for the results and checkpoints (default: %(default)s)")
     bench.add_argument("--data-root", default=None, help="folder with the data files (default $QKT_DATA_ROOT or ./data)")
     bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest")
-    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: every core; 1 is faster on a busy machine)")
+    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores no other process keeps busy)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_bench)
 

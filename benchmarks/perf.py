@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
-import io
 import json
 import os
 import shlex
@@ -67,7 +66,7 @@ from qkt.data import load_dataset  # noqa: E402
 from qkt.metrics import MethodResult, score  # noqa: E402
 from qkt.models import build_model, num_bytes  # noqa: E402
 from qkt.query import protocol, query  # noqa: E402
-from qkt.report import atomic_write  # noqa: E402
+from qkt.report import atomic_write, save_figure  # noqa: E402
 from qkt.training import fit, per_class_accuracy, set_threads  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -348,10 +347,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylim(bottom=0)
     fig.suptitle(f"One query among K parties with the same {len(experts)} expert(s) (party {', '.join(experts)})", fontsize=10)
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, png.getvalue())
+    save_figure(fig, path)
 
 
 def target(name: str, measured: float, limit: float, note: str) -> dict:
@@ -387,7 +383,7 @@ def main() -> int:
     if min(args.parties) < config.partition.num_parties:
         parser.error(f"--parties must be at least the scenario's {config.partition.num_parties}")
     world, setup = timed(lambda: experiment.build_world(config, args.work / "checkpoints", args.progress, dataset))
-    del dataset  # the whole of CIFAR-10; the world keeps its subset
+    dataset = None  # frees the whole of CIFAR-10 before memory is measured; the world keeps its subset
     s = world.scenario
     local_before = accuracy(world, world.models[s.querier], 0.0).local_accuracy
 

@@ -41,7 +41,7 @@ from .data import DATASETS, DataSet, find_file, load_dataset  # noqa: E402
 from .errors import DataError, QKTError  # noqa: E402
 from .models import build_model  # noqa: E402
 from .query import protocol  # noqa: E402
-from .report import METHOD_NAMES, atomic_write, human_bytes  # noqa: E402
+from .report import METHOD_NAMES, atomic_write, human_bytes, save_figure  # noqa: E402
 from .training import load_checkpoint, save_checkpoint  # noqa: E402
 
 BASELINES = ["local", "fedavg", "fedprox", "fedgen", "ensemble", "kd"]
@@ -407,10 +407,7 @@ def plot(summary: dict, path: Path) -> None:
         ax.set_title(ds, fontsize=10)
     axes[0, 0].legend(ncol=6, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 1.35), frameon=False)
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, png.getvalue())
+    save_figure(fig, path)
 
 
 def write_outputs(state: dict, output: Path) -> None:

@@ -13,6 +13,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only: qkt runs on servers without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+# Read once: asking for the umask means setting it, which is not safe once threads run.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 METHOD_NAMES = {
     "local": "Local",
@@ -64,10 +69,19 @@ def atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's private 0600 would outlive the rename
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 110) -> None:
+    """Render ``fig`` as PNG into ``path`` atomically (a Ctrl-C during rendering leaves no partial chart), then close it."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write(path, png.getvalue())
 
 
 def plot_per_class(summary: dict, path: Path) -> None:
@@ -91,10 +105,7 @@ def plot_per_class(summary: dict, path: Path) -> None:
     ax.set_title(f"{summary['dataset']}: querier {summary['scenario']['querier']} — query classes shaded (*), · = neither local nor queried", fontsize=9)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(methods), fontsize=8, frameon=False)
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, png.getvalue())
+    save_figure(fig, path, dpi=120)
 
 
 def write_outputs(summary: dict, output: Path) -> None:

@@ -4,7 +4,7 @@ The querier announces ``Q`` to every SuperNode, collects their probe scores,
 picks the experts with :func:`~qkt.query.protocol.select_experts`, asks only
 them for their weights, checks each with :func:`~qkt.query.protocol.import_weights`
 and :func:`~qkt.query.protocol.vet_experts`, and learns with
-:func:`~qkt.query.protocol.learn` (Phase 1 and Phase 2). A party that fails, does
+:func:`~qkt.query.protocol.learn_and_report` (Phase 1 and Phase 2). A party that fails, does
 not answer within ``reply-timeout`` or sends weights that do not fit is dropped and
 named in the report; the query goes on with the others.
 FedAvg and FedProx run through Flower's own strategies on the same parties.
@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
@@ -28,7 +26,7 @@ from ..errors import QKTError, QueryError
 from ..metrics import score
 from ..partition import class_counts
 from ..query import probe
-from ..query.protocol import Announcement, QueryReport, import_weights, learn, select_experts, vet_experts
+from ..query.protocol import Announcement, choose_experts, import_weights, learn_and_report, vet_experts
 from ..report import write_outputs
 from ..training import per_class_accuracy, set_threads
 from . import wire
@@ -85,13 +83,7 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
     scores = dict(sorted(scores.items(), key=lambda item: int(item[0])))
     if not scores:
         raise QueryError(f"no teacher answered the announcement ({len(nodes)} SuperNode(s) connected; lost: {lost or 'none'})")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if config.use_masks:
-            masks = select_experts(scores, query, num_classes, config.lam)
-        else:  # the "no masks" ablation: every teacher speaks for every query class
-            masks = {k: np.ones(len(query), dtype=bool) for k in scores}
-    notes = [str(w.message) for w in caught]
+    masks, notes = choose_experts(scores, query, num_classes, config)
     seconds["probe"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -123,26 +115,12 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
     if orphans:
         notes.append(f"query class(es) {orphans} have no usable expert left; the querier's own outputs stand for them")
 
-    model, learn_seconds, transfer, num_synthetic = learn(student, experts, masks, query, querier.x, querier.y, config, progress=False)
-    seconds.update(learn_seconds)
-    seconds["total"] = sum(seconds.values())
     party_of = {node: party for party, node in node_of.items()}
     # Talking to the querier's own simulated SuperNode costs nothing on a real network.
     messages = [{**{d: party_of.get(e[d], f"node {e[d]}") for d in ("to", "from") if d in e}, "kind": e["kind"], "bytes": e["bytes"]}
                 for e in grid.log[first:] if e.get("to", e.get("from")) not in own]
-    report = QueryReport(
-        query=query,
-        scores={k: [float(v) for v in s] for k, s in scores.items()},
-        experts=probe.experts_by_class(masks, query),
-        bytes_sent=sum(m["bytes"] for m in messages if "to" in m),
-        bytes_received=sum(m["bytes"] for m in messages if "from" in m),
-        messages=messages,
-        seconds=seconds,
-        num_transfer_inputs=len(transfer),
-        num_synthetic=num_synthetic,
-        warnings=notes,
-        distrusted=distrusted,
-    )
+    model, report = learn_and_report(student, experts, masks, query, querier.x, querier.y, config, scores=scores, messages=messages,
+                                     seconds=seconds, notes=notes, distrusted=distrusted, progress=False)
     return model, {**report.to_dict(), "lost": lost}
 
 

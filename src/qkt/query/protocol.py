@@ -127,6 +127,20 @@ def select_experts(scores: Mapping[str, Sequence[float]], query: Sequence[int], 
     return {k: m for k, m in masks.items() if m.any()}
 
 
+def choose_experts(scores: Mapping[str, Sequence[float]], query: Sequence[int], num_classes: int,
+                   config: QueryConfig) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Querier side: :func:`select_experts` (or, for the "no masks" ablation, every teacher for every class).
+
+    Returns the masks and the warnings about classes left without an expert, as notes for the report.
+    """
+    if not config.use_masks:
+        return {k: np.ones(len(query), dtype=bool) for k in scores}, []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        masks = select_experts(scores, query, num_classes, config.lam)
+    return masks, [str(w.message) for w in caught]
+
+
 def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[float]], masks: Mapping[str, np.ndarray],
                 announcement: Announcement, local_x: torch.Tensor, local_y: torch.Tensor, lam: float,
                 config: TrustConfig, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
@@ -314,15 +328,10 @@ def query(
         messages.append({"to": name, "kind": "announce", "bytes": len(announcement.to_bytes())})
         scores[name] = answer_probe(t.model, announcement, t.holdout)
         messages.append({"from": name, "kind": "scores", "bytes": SCORE_BYTES * len(query_classes)})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if config.use_masks:
-            masks = select_experts(scores, query_classes, num_classes, config.lam)
-        else:  # the "no masks" ablation: every teacher speaks for every query class
-            masks = {k: np.ones(len(query_classes), dtype=bool) for k in scores}
-    for w in caught:
-        notes.append(str(w.message))
-        warnings.warn(str(w.message), stacklevel=2)
+    masks, unmatched = choose_experts(scores, query_classes, num_classes, config)
+    for note in unmatched:
+        notes.append(note)
+        warnings.warn(note, stacklevel=2)
     seconds["probe"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -351,13 +360,39 @@ def query(
         notes.append(f"query class(es) {orphans} have no trusted expert left; the querier's own outputs stand for them")
     seconds["transfer"] = time.perf_counter() - start
 
-    model, learn_seconds, transfer, num_synthetic = learn(student, experts, masks, query_classes, local_x, local_y, config, head, progress)
-    seconds.update(learn_seconds)
+    return learn_and_report(student, experts, masks, query_classes, local_x, local_y, config, scores=scores, messages=messages,
+                            seconds=seconds, notes=notes, distrusted=distrusted, head=head, progress=progress)
+
+
+def learn_and_report(
+    student: nn.Module,
+    experts: Mapping[str, nn.Module],
+    masks: Mapping[str, np.ndarray],
+    query: Sequence[int],
+    local_x: torch.Tensor,
+    local_y: torch.Tensor,
+    config: QueryConfig,
+    *,
+    scores: Mapping[str, Sequence[float]],
+    messages: list[dict],
+    seconds: Mapping[str, float],
+    notes: list[str],
+    distrusted: dict[str, list[str]],
+    head: str | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, QueryReport]:
+    """Querier side, once the experts are in: :func:`learn`, then the report of the whole query.
+
+    ``messages`` lists every message of the query (``to`` or ``from`` a party, ``kind``,
+    ``bytes``); ``seconds`` the time of the steps before learning.
+    """
+    model, learn_seconds, transfer, num_synthetic = learn(student, experts, masks, query, local_x, local_y, config, head, progress)
+    seconds = {**seconds, **learn_seconds}
     seconds["total"] = sum(seconds.values())
     report = QueryReport(
-        query=query_classes,
+        query=tuple(query),
         scores={k: [float(v) for v in s] for k, s in scores.items()},
-        experts=probe.experts_by_class(masks, query_classes),
+        experts=probe.experts_by_class(masks, query),
         bytes_sent=sum(m["bytes"] for m in messages if "to" in m),
         bytes_received=sum(m["bytes"] for m in messages if "from" in m),
         messages=messages,

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qkt", description="Query-based Knowledge Transfer: learn the classes you lack from your peers' models, in one exchange, with no data leaving anyone.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run one query on the bundled handwritten digits (about a minute)",
+    demo = sub.add_parser("demo", help="run one query on the bundled handwritten digits (under a minute)",
                           description="Train 10 parties on label-skewed digits, let one ask for a digit it lacks, and compare QKT with Local, Ensemble and KD.")
     demo.add_argument("--output", type=Path, default=Path("qkt-output/demo"), help="folder for results.json, results.md and the chart (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", type=Path, default=Path("qkt-output/bench"), help="folder for the results and checkpoints (default: %(default)s)")
     bench.add_argument("--data-root", default=None, help="folder with the data files (default $QKT_DATA_ROOT or ./data)")
     bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest")
-    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores no other process keeps busy)")
+    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else every core; 1 is much faster on a busy machine)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_bench)
 

@@ -31,16 +31,18 @@ EVAL_BATCH_SIZE = 128
 def set_threads(threads: int | None = None) -> None:
     """Prepare this process for torch's CPU work: ``threads`` intra-op threads, and freed memory kept for reuse.
 
-    By default, the threads are the cores that no other process keeps busy (at least one),
-    read from the 1-minute load average: torch's OpenMP threads spin at every barrier
-    until all of them arrive, so a thread sharing its core with another busy process
-    stalls every operation (on 2 cores shared with a 2-thread job, a training epoch ran
-    13× slower with 2 threads than with 1). See :func:`reuse_freed_memory` for the memory.
+    By default ``$OMP_NUM_THREADS`` if set, else every core this process may run on: the
+    same count on every run of a machine, so that a run's float rounding, and therefore its
+    numbers, do not depend on what else the machine is doing. On a busy machine ask for
+    fewer: torch's OpenMP threads spin at every barrier until all of them arrive, so a
+    thread sharing its core with another busy process stalls every operation (on 2 cores
+    shared with a 2-thread job, a training epoch ran 13× slower with 2 threads than with 1).
+    See :func:`reuse_freed_memory` for the memory.
     """
     if threads is None:
+        requested = os.environ.get("OMP_NUM_THREADS", "")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-        threads = max(1, cores - busy)
+        threads = int(requested) if requested.isdigit() and int(requested) > 0 else cores
     torch.set_num_threads(threads)
     reuse_freed_memory()
 

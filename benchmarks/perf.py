@@ -362,7 +362,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, help="timed runs of sections 1 and 3, fastest kept (default: 3; quick: 1)")
     parser.add_argument("--extra-samples", type=int, help="images each extra party trains on (default: 256; quick: 64)")
     parser.add_argument("--extra-epochs", type=int, default=5, help="epochs each extra party trains for (default: %(default)s)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: qkt.training.set_threads's choice)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: $OMP_NUM_THREADS, else every core; use 1 on a shared machine)")
     parser.add_argument("--work", type=Path, default=Path("qkt-output/perf"), help="checkpoints of the parties' models")
     parser.add_argument("--output", type=Path, help="JSON file (default: docs/results/perf.json; quick: WORK/perf-quick.json); "
                                                     "the plot perf_vs_parties.png goes beside it")

@@ -47,7 +47,9 @@ def _env() -> dict:
 
 def _interrupt(command: list[str], output: Path, sig: int, after: int) -> subprocess.CompletedProcess:
     """Start a run and send ``sig`` once ``after`` parties are checkpointed, before all of them are."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    # A shell starting pytest in the background (``&``) ignores SIGINT, and children inherit that: undo it, as a terminal would.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(list((output / "checkpoints").glob("*.pt"))) < after:
         assert proc.poll() is None, proc.communicate()

@@ -81,7 +81,9 @@ class QueryConfig(Section):
     probe: ProbeConfig = ProbeConfig()
     trust: TrustConfig = TrustConfig()
     inversion: InversionConfig = InversionConfig()
-    mixup: bool = Field(True, description="widen the transfer inputs with mixup of local and synthetic inputs")
+    mixup: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="mixups of local and synthetic inputs added per such input (0: none); each costs Phase 1 as much as a local input"
+    )
     mixup_alpha: Rate = 0.4
     temperature: Rate = 2.0
     kd_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of the distillation term against the local cross-entropy")
@@ -166,7 +168,7 @@ class RunConfig(Section):
     query: QueryConfig = QueryConfig()
     federated: FederatedConfig = FederatedConfig()
     methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light", "fedavg", "fedprox", "fedgen",
-                          "qkt_no_masks", "qkt_no_phase2", "qkt_merged"]] = Field(
+                          "qkt_no_masks", "qkt_no_phase2", "qkt_merged", "qkt_no_mixup"]] = Field(
         ["local", "ensemble", "kd", "qkt", "qkt_light"], min_length=1, description="the methods to run and compare")
 
     @model_validator(mode="after")

@@ -23,7 +23,7 @@ def distill_all(student: nn.Module, teachers: Sequence[nn.Module], local_x: torc
     """A copy of ``student`` distilled from the mean softmax of ``teachers`` (Hinton et al. 2015)."""
     x = local_x
     if config.mixup:
-        x = torch.cat([x, mixup(x, len(x), config.mixup_alpha, config.seed)])
+        x = torch.cat([x, mixup(x, round(config.mixup * len(x)), config.mixup_alpha, config.seed)])
     targets = torch.stack([softmax_outputs(t, x, config.temperature) for t in teachers]).mean(0)
     labels = torch.cat([local_y, torch.full((len(x) - len(local_y),), -1, dtype=torch.long)])
     new = copy.deepcopy(student)

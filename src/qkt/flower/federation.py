@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -83,7 +84,10 @@ class LocalFederation:
         self.credentials = self.workdir / "credentials"
         self.port = free_port()
         self.processes: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "FLWR_HOME": str(self.workdir / "flwr-home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+        # Flower's commands must be those installed beside this interpreter: they import qkt's app from it,
+        # and another flwr first on PATH (an unactivated virtual environment) would not find qkt.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        self.env = {**os.environ, "PATH": path, "FLWR_HOME": str(self.workdir / "flwr-home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
     @property
     def address(self) -> str:

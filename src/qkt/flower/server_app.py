@@ -26,7 +26,7 @@ from ..errors import QKTError, QueryError
 from ..metrics import score
 from ..partition import class_counts
 from ..query import probe
-from ..query.protocol import Announcement, choose_experts, import_weights, learn_and_report, vet_experts
+from ..query.protocol import Announcement, Lesson, choose_experts, import_weights, learn_and_report, vet_experts
 from ..report import write_outputs
 from ..training import per_class_accuracy, set_threads
 from . import wire
@@ -119,8 +119,8 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
     # Talking to the querier's own simulated SuperNode costs nothing on a real network.
     messages = [{**{d: party_of.get(e[d], f"node {e[d]}") for d in ("to", "from") if d in e}, "kind": e["kind"], "bytes": e["bytes"]}
                 for e in grid.log[first:] if e.get("to", e.get("from")) not in own]
-    model, report = learn_and_report(student, experts, masks, query, querier.x, querier.y, config, scores=scores, messages=messages,
-                                     seconds=seconds, notes=notes, distrusted=distrusted, progress=False)
+    model, report = learn_and_report(student, Lesson(experts, masks, query, querier.x, querier.y), config, scores=scores,
+                                     messages=messages, seconds=seconds, notes=notes, distrusted=distrusted, progress=False)
     return model, {**report.to_dict(), "lost": lost}
 
 

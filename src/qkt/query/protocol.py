@@ -1,7 +1,7 @@
 """One query, end to end, independent of the transport (SPEC §2).
 
 The teacher side is :func:`answer_probe` and :func:`export_weights`; the querier
-side is :func:`select_experts`, :func:`import_weights`, :func:`vet_experts` and :func:`learn`. :func:`query` drives both in one
+side is :func:`select_experts`, :func:`import_weights`, :func:`vet_experts` and :func:`learn` (on a :class:`Lesson`). :func:`query` drives both in one
 process on the user's own models; the Flower app drives the same functions over
 Flower messages.
 """
@@ -192,22 +192,25 @@ class QueryReport:
         return out
 
 
-def build_transfer_set(
-    original: nn.Module,
-    experts: Mapping[str, nn.Module],
-    masks: Mapping[str, np.ndarray],
-    query: Sequence[int],
-    local_x: torch.Tensor,
-    local_y: torch.Tensor,
-    config: QueryConfig,
-    progress: bool = True,
-) -> tuple[TransferSet, int]:
+@dataclass(frozen=True)
+class Lesson:
+    """What Phases 1 and 2 learn from, once the experts are in: their models and mask bits over ``query``, and the querier's data."""
+
+    experts: Mapping[str, nn.Module]
+    masks: Mapping[str, np.ndarray]
+    query: tuple[int, ...]
+    local_x: torch.Tensor
+    local_y: torch.Tensor
+
+
+def build_transfer_set(original: nn.Module, lesson: Lesson, config: QueryConfig, progress: bool = True) -> tuple[TransferSet, int]:
     """Querier side: local data, inversions of the experts and mixups, each with its combined target."""
+    local_x, local_y = lesson.local_x, lesson.local_y
     input_shape = tuple(local_x.shape[1:])
-    by_class = probe.experts_by_class(masks, query)
+    by_class = probe.experts_by_class(lesson.masks, lesson.query)
     synthetic = []
     if config.inversion.enabled and config.inversion.samples_per_class:
-        for i, (name, model) in enumerate(experts.items()):
+        for i, (name, model) in enumerate(lesson.experts.items()):
             classes = [c for c, names in by_class.items() if name in names]
             per_class = max(1, config.inversion.samples_per_class // max(len(by_class[c]) for c in classes))
             x, _ = synth.invert(model, classes, input_shape, config.inversion, seed=config.seed * 1000 + i,
@@ -216,31 +219,22 @@ def build_transfer_set(
     x_synth = torch.cat(synthetic) if synthetic else local_x[:0]
     x = torch.cat([local_x, x_synth])
     if config.mixup:
-        x = torch.cat([x, synth.mixup(x, len(x), config.mixup_alpha, config.seed)])
+        x = torch.cat([x, synth.mixup(x, round(config.mixup * len(x)), config.mixup_alpha, config.seed)])
     labels = torch.cat([local_y, torch.full((len(x) - len(local_y),), -1, dtype=torch.long)])
     own = softmax_outputs(original, x, config.temperature)
-    outputs = {name: softmax_outputs(model, x, config.temperature) for name, model in experts.items()}
-    targets = combine_targets(own, outputs, masks, query)
+    outputs = {name: softmax_outputs(model, x, config.temperature) for name, model in lesson.experts.items()}
+    targets = combine_targets(own, outputs, lesson.masks, lesson.query)
     return TransferSet(x, targets, labels, torch.ones(len(x))), len(x_synth)
 
 
-def learn(
-    student: nn.Module,
-    experts: Mapping[str, nn.Module],
-    masks: Mapping[str, np.ndarray],
-    query: Sequence[int],
-    local_x: torch.Tensor,
-    local_y: torch.Tensor,
-    config: QueryConfig,
-    head: str | None = None,
-    progress: bool = True,
-) -> tuple[nn.Module, dict[str, float], TransferSet, int]:
+def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | None = None,
+          progress: bool = True) -> tuple[nn.Module, dict[str, float], TransferSet, int]:
     """Querier side: build the transfer set, then Phase 1 and Phase 2 on a copy of ``student``."""
     seconds: dict[str, float] = {}
     original = copy.deepcopy(student).eval()
     new = copy.deepcopy(student)
     start = time.perf_counter()
-    transfer, num_synthetic = build_transfer_set(original, experts, masks, query, local_x, local_y, config, progress)
+    transfer, num_synthetic = build_transfer_set(original, lesson, config, progress)
     seconds["synthesis"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -360,17 +354,13 @@ def query(
         notes.append(f"query class(es) {orphans} have no trusted expert left; the querier's own outputs stand for them")
     seconds["transfer"] = time.perf_counter() - start
 
-    return learn_and_report(student, experts, masks, query_classes, local_x, local_y, config, scores=scores, messages=messages,
-                            seconds=seconds, notes=notes, distrusted=distrusted, head=head, progress=progress)
+    return learn_and_report(student, Lesson(experts, masks, query_classes, local_x, local_y), config, scores=scores,
+                            messages=messages, seconds=seconds, notes=notes, distrusted=distrusted, head=head, progress=progress)
 
 
 def learn_and_report(
     student: nn.Module,
-    experts: Mapping[str, nn.Module],
-    masks: Mapping[str, np.ndarray],
-    query: Sequence[int],
-    local_x: torch.Tensor,
-    local_y: torch.Tensor,
+    lesson: Lesson,
     config: QueryConfig,
     *,
     scores: Mapping[str, Sequence[float]],
@@ -386,13 +376,13 @@ def learn_and_report(
     ``messages`` lists every message of the query (``to`` or ``from`` a party, ``kind``,
     ``bytes``); ``seconds`` the time of the steps before learning.
     """
-    model, learn_seconds, transfer, num_synthetic = learn(student, experts, masks, query, local_x, local_y, config, head, progress)
+    model, learn_seconds, transfer, num_synthetic = learn(student, lesson, config, head, progress)
     seconds = {**seconds, **learn_seconds}
     seconds["total"] = sum(seconds.values())
     report = QueryReport(
-        query=tuple(query),
+        query=tuple(lesson.query),
         scores={k: [float(v) for v in s] for k, s in scores.items()},
-        experts=probe.experts_by_class(masks, query),
+        experts=probe.experts_by_class(lesson.masks, lesson.query),
         bytes_sent=sum(m["bytes"] for m in messages if "to" in m),
         bytes_received=sum(m["bytes"] for m in messages if "from" in m),
         messages=messages,

@@ -125,6 +125,9 @@ PROFILES = {
     # On images the ablations run in 'quick' (the first seed) only: each costs as much as a query.
     "full": Profile(seeds=3, max_queriers=None, scenarios={"digits": tuple(SCENARIOS), "default": _STANDARD},
                     settings={"digits": _DIGITS, "default": _IMAGES}, ablations={"digits": True, "default": False}),
+    # The ablations on every querier of the first seed of 'full' (whose trained parties it shares).
+    "ablations": Profile(seeds=1, max_queriers=None, scenarios={"default": ("single",)},
+                         settings={"digits": _DIGITS, "default": _IMAGES}),
 }
 
 
@@ -437,8 +440,9 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     Parameters
     ----------
     profile_name:
-        ``quick`` (one seed, two queriers, single- and multi-class) or ``full`` (three seeds,
-        every eligible querier; on digits also the reviewers' scenarios).
+        ``quick`` (one seed, two queriers, single- and multi-class), ``full`` (three seeds,
+        every eligible querier; on digits also the reviewers' scenarios) or ``ablations``
+        (every ablation on every single-class querier of the first seed).
     datasets:
         Registry names; default: ``digits`` and every data set whose file is under ``data_root``.
     scenarios:

@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="compare QKT with federated, distillation and ensemble methods (SPEC §4, §5)",
                            description="Run every method on every eligible querier of each scenario and seed; write tables "
-                                       "(markdown, CSV), bench.json and a chart. 'quick' takes minutes, 'full' hours.")
-    bench.add_argument("--profile", choices=["quick", "full"], default="quick", help="how much of the protocol to run (default: %(default)s)")
+                                       "(markdown, CSV), bench.json and a chart. 'quick' takes minutes, 'full' hours, 'ablations' "
+                                       "runs every ablation on every single-class querier of the first seed.")
+    bench.add_argument("--profile", choices=["quick", "full", "ablations"], default="quick", help="how much of the protocol to run (default: %(default)s)")
     bench.add_argument("--dataset", action="append", default=None, help="data set to run (repeatable; default: digits and every data set found under --data-root)")
     bench.add_argument("--scenario", action="append", default=None, help="run only this scenario (repeatable; default: the profile's)")
     bench.add_argument("--output", type=Path, default=Path("qkt-output/bench"), help="folder for the results and checkpoints (default: %(default)s)")

@@ -15,15 +15,13 @@ from torch import nn
 
 from ..config import QueryConfig
 from ..query.distill import TransferSet, softmax_outputs, train_on_transfer
-from ..query.synth import mixup
+from ..query.synth import with_mixups
 
 
 def distill_all(student: nn.Module, teachers: Sequence[nn.Module], local_x: torch.Tensor, local_y: torch.Tensor,
                 config: QueryConfig, progress: bool = True) -> nn.Module:
     """A copy of ``student`` distilled from the mean softmax of ``teachers`` (Hinton et al. 2015)."""
-    x = local_x
-    if config.mixup:
-        x = torch.cat([x, mixup(x, round(config.mixup * len(x)), config.mixup_alpha, config.seed)])
+    x = with_mixups(local_x, config.mixup, config.mixup_alpha, config.seed)
     targets = torch.stack([softmax_outputs(t, x, config.temperature) for t in teachers]).mean(0)
     labels = torch.cat([local_y, torch.full((len(x) - len(local_y),), -1, dtype=torch.long)])
     new = copy.deepcopy(student)

@@ -218,8 +218,7 @@ def build_transfer_set(original: nn.Module, lesson: Lesson, config: QueryConfig,
             synthetic.append(x)
     x_synth = torch.cat(synthetic) if synthetic else local_x[:0]
     x = torch.cat([local_x, x_synth])
-    if config.mixup:
-        x = torch.cat([x, synth.mixup(x, round(config.mixup * len(x)), config.mixup_alpha, config.seed)])
+    x = synth.with_mixups(x, config.mixup, config.mixup_alpha, config.seed)
     labels = torch.cat([local_y, torch.full((len(x) - len(local_y),), -1, dtype=torch.long)])
     own = softmax_outputs(original, x, config.temperature)
     outputs = {name: softmax_outputs(model, x, config.temperature) for name, model in lesson.experts.items()}
@@ -380,7 +379,7 @@ def learn_and_report(
     seconds = {**seconds, **learn_seconds}
     seconds["total"] = sum(seconds.values())
     report = QueryReport(
-        query=tuple(lesson.query),
+        query=lesson.query,
         scores={k: [float(v) for v in s] for k, s in scores.items()},
         experts=probe.experts_by_class(lesson.masks, lesson.query),
         bytes_sent=sum(m["bytes"] for m in messages if "to" in m),

@@ -22,13 +22,19 @@ from ..config import InversionConfig
 from ..training import fast_layout
 
 
-def mixup(x: torch.Tensor, num: int, alpha: float, seed: int) -> torch.Tensor:
-    """``num`` convex combinations of random pairs of ``x`` with Beta(alpha, alpha) weights, reproducible from ``seed``."""
+def with_mixups(x: torch.Tensor, per_input: float, alpha: float, seed: int) -> torch.Tensor:
+    """``x`` followed by ``round(per_input * len(x))`` convex combinations of random pairs of it.
+
+    The weights are drawn from Beta(alpha, alpha); everything is reproducible from ``seed``.
+    """
+    num = round(per_input * len(x))
+    if not num:
+        return x
     rng = np.random.default_rng(seed)
     i = torch.from_numpy(rng.integers(len(x), size=num))
     j = torch.from_numpy(rng.integers(len(x), size=num))
     weight = torch.from_numpy(rng.beta(alpha, alpha, size=num)).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
-    return weight * x[i] + (1 - weight) * x[j]
+    return torch.cat([x, weight * x[i] + (1 - weight) * x[j]])
 
 
 def input_prior(x: torch.Tensor, tv_weight: float = 1e-4, l2_weight: float = 1e-5) -> torch.Tensor:

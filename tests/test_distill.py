@@ -1,10 +1,13 @@
-"""The Phase 1 target: experts speak only for their query classes; everything else is the querier's own."""
+"""Phase 1: experts speak only for their query classes, everything else is the querier's own, at a fine-tuning's cost."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from qkt.config import QueryConfig
+from qkt.models import build_model
+from qkt.query import Lesson, distill, learn
 from qkt.query.distill import TransferSet, combine_targets
 
 N, C = 6, 5
@@ -59,3 +62,22 @@ def test_balanced_weights_equalise_classes():
     balanced = TransferSet(torch.zeros(6, 2), targets, torch.tensor([0, 0, 0, -1, -1, -1]), torch.ones(6)).balanced()
     per_class = [float(balanced.weights[i].sum()) for i in ([0, 1, 2], [3], [4, 5])]
     assert np.allclose(per_class, per_class[0])
+
+
+def test_a_phase1_epoch_costs_a_fine_tuning_epoch_however_wide_the_transfer_set(monkeypatch):
+    trained_on: list[int] = []
+    loss = distill.distillation_loss
+    monkeypatch.setattr(distill, "distillation_loss", lambda logits, *a, **k: trained_on.append(len(logits)) or loss(logits, *a, **k))
+    torch.manual_seed(0)
+    student, expert = build_model("mlp", (8,), C), build_model("mlp", (8,), C)
+    local_x, local_y = torch.randn(100, 8), torch.randint(0, 3, (100,))
+    lesson = Lesson({"e": expert}, {"e": np.array([True, True])}, QUERY, local_x, local_y)
+    config = QueryConfig(phase1_epochs=3, phase1_epoch="local", phase2=False, batch_size=32, inversion={"samples_per_class": 8, "steps": 2})
+
+    _, _, transfer, _ = learn(student, lesson, config, progress=False)
+    assert len(transfer) > 2 * len(local_y)  # widened by inversions and their mixups
+    assert sum(trained_on) == 3 * len(local_y)
+
+    trained_on.clear()
+    learn(student, lesson, config.model_copy(update={"phase1_epoch": "transfer"}), progress=False)
+    assert sum(trained_on) == 3 * len(transfer)

@@ -10,7 +10,7 @@ from torch import nn
 from qkt.config import InversionConfig
 from qkt.models import build_model
 from qkt.query import synth
-from qkt.training import fast_layout, fit, predict_logits, set_threads
+from qkt.training import epoch_orders, fast_layout, fit, predict_logits, set_threads
 
 
 def _cnn(seed: int = 0) -> nn.Module:
@@ -49,6 +49,19 @@ def test_training_in_the_fast_layout_learns_as_before():
     plain = fit(nn.Sequential(*_cnn().children()), (x, y), epochs=1, seed=0, progress=False)  # not a qkt model: default layout
     for a, b in zip(fast.parameters(), plain.parameters()):
         assert torch.allclose(a, b, atol=1e-2)
+
+
+def test_an_epoch_is_one_shuffled_pass_unless_sized():
+    orders = list(epoch_orders(10, 3, torch.Generator().manual_seed(0)))
+    assert len(orders) == 3 and all(sorted(o.tolist()) == list(range(10)) for o in orders)
+    assert orders[0].tolist() != orders[1].tolist()
+
+
+def test_sized_epochs_draw_every_sample_as_often_as_any_other():
+    orders = list(epoch_orders(10, 7, torch.Generator().manual_seed(0), epoch_size=4))
+    assert [len(o) for o in orders] == [4] * 7
+    counts = torch.bincount(torch.cat(orders), minlength=10)
+    assert counts.min() >= 2 and counts.max() <= 3
 
 
 def test_inversion_leaves_the_model_as_it_was():

@@ -50,7 +50,8 @@ ABLATIONS = list(experiment.ABLATIONS)
 # The existing ways of collaborating that the paper's headline compares QKT with: every baseline but Local.
 COLLABORATIVE = [m for m in BASELINES if m != "local"]
 NAMES = {**METHOD_NAMES, "fedavg": "FedAvg", "fedprox": "FedProx", "fedgen": "FedGen", "qkt_no_masks": "QKT, no masks",
-         "qkt_no_phase2": "QKT, no Phase 2", "qkt_merged": "QKT, phases merged", "qkt_no_mixup": "QKT, no mixup"}
+         "qkt_no_phase2": "QKT, no Phase 2", "qkt_merged": "QKT, phases merged", "qkt_no_mixup": "QKT, no mixup",
+         "qkt_short_phase1": "QKT, short Phase 1 epochs"}
 METRICS = ["query_accuracy", "local_accuracy", "overall_accuracy", "forgetting", "bytes", "seconds"]
 
 

@@ -88,6 +88,10 @@ class QueryConfig(Section):
     temperature: Rate = 2.0
     kd_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of the distillation term against the local cross-entropy")
     phase1_epochs: NonNegative = 10
+    phase1_epoch: Literal["transfer", "local"] = Field(
+        "transfer", description="a Phase 1 epoch: one pass over the whole transfer set, or 'local': as many of its inputs as the "
+                                "querier holds, drawn in turn (a fine-tuning epoch's cost; about half the time, less accurate on blood cells)"
+    )
     phase2_epochs: NonNegative = 20
     lr: Rate = 1e-3
     head_lr: Rate = 5e-3
@@ -168,7 +172,7 @@ class RunConfig(Section):
     query: QueryConfig = QueryConfig()
     federated: FederatedConfig = FederatedConfig()
     methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light", "fedavg", "fedprox", "fedgen",
-                          "qkt_no_masks", "qkt_no_phase2", "qkt_merged", "qkt_no_mixup"]] = Field(
+                          "qkt_no_masks", "qkt_no_phase2", "qkt_merged", "qkt_no_mixup", "qkt_short_phase1"]] = Field(
         ["local", "ensemble", "kd", "qkt", "qkt_light"], min_length=1, description="the methods to run and compare")
 
     @model_validator(mode="after")

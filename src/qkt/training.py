@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +86,23 @@ def augment_images(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator, shuffle: bool = True) -> Iterable[torch.Tensor]:
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+def epoch_orders(n: int, epochs: int, generator: torch.Generator, epoch_size: int | None = None) -> Iterator[torch.Tensor]:
+    """The sample indices of each epoch: one shuffled pass over ``n`` samples, or ``epoch_size`` draws.
+
+    Sized epochs take consecutive slices of a stream of shuffled passes, so over the
+    epochs every sample is drawn as often as any other, give or take one.
+    """
+    size = n if epoch_size is None else epoch_size
+    stream = torch.empty(0, dtype=torch.long)
+    for _ in range(epochs):
+        while len(stream) < size:
+            stream = torch.cat([stream, torch.randperm(n, generator=generator)])
+        yield stream[:size]
+        stream = stream[size:]
+
+
+def batches(order: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, ...]:
+    n = len(order)
     # A lone last sample would break BatchNorm's training statistics: fold it into the previous batch.
     stops = list(range(batch_size, n, batch_size))
     if stops and n - stops[-1] < 2:
@@ -111,6 +126,7 @@ def fit(
     loss_fn: BatchLoss = cross_entropy_loss,
     params: Iterable[nn.Parameter] | None = None,
     augment: bool = False,
+    epoch_size: int | None = None,
     desc: str | None = None,
     progress: bool = True,
 ) -> nn.Module:
@@ -118,6 +134,8 @@ def fit(
 
     ``tensors`` are aligned tensors (inputs first); ``loss_fn`` maps the model and a
     batch of them to a scalar. ``params`` restricts which parameters are trained.
+    An epoch is one pass over ``tensors``, or ``epoch_size`` samples drawn from them
+    (see :func:`epoch_orders`).
     """
     generator = torch.Generator().manual_seed(seed)
     tensors = (fast_layout(tensors[0], model), *tensors[1:])
@@ -125,10 +143,11 @@ def fit(
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     n = len(tensors[0])
     model.train()
-    bar = tqdm(range(epochs), desc=desc, leave=False, disable=not progress or desc is None, unit="epoch")
-    for _ in bar:
+    bar = tqdm(epoch_orders(n, epochs, generator, epoch_size), total=epochs, desc=desc, leave=False,
+               disable=not progress or desc is None, unit="epoch")
+    for order in bar:
         total = 0.0
-        for idx in batches(n, batch_size, generator):
+        for idx in batches(order, batch_size):
             batch = tuple(t[idx] for t in tensors)
             if augment:
                 batch = (augment_images(batch[0], generator), *batch[1:])
@@ -137,7 +156,7 @@ def fit(
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
-        bar.set_postfix(loss=f"{total / max(n, 1):.3f}")
+        bar.set_postfix(loss=f"{total / max(len(order), 1):.3f}")
     model.eval()
     return model
 

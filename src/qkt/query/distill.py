@@ -89,6 +89,11 @@ class TransferSet:
         return TransferSet(self.x, self.targets, self.labels, weights * len(weights) / weights.sum())
 
 
+def phase1_epoch_size(config: QueryConfig, num_local: int) -> int | None:
+    """Inputs per Phase 1 epoch under ``config.phase1_epoch`` (None: one pass over the transfer set)."""
+    return num_local if config.phase1_epoch == "local" and num_local else None
+
+
 def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                       temperature: float, kd_weight: float) -> torch.Tensor:
     """Cross-entropy on the querier's labels plus the temperature-scaled KL towards the combined target."""
@@ -103,12 +108,16 @@ def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, labels: torch
 
 
 def train_on_transfer(model: nn.Module, transfer: TransferSet, config: QueryConfig, epochs: int, lr: float,
-                      params: Iterable[nn.Parameter] | None = None, desc: str | None = None, progress: bool = True) -> nn.Module:
-    """Fit ``model`` (or only ``params``) to the transfer set with :func:`distillation_loss`."""
+                      params: Iterable[nn.Parameter] | None = None, epoch_size: int | None = None,
+                      desc: str | None = None, progress: bool = True) -> nn.Module:
+    """Fit ``model`` (or only ``params``) to the transfer set with :func:`distillation_loss`.
+
+    ``epoch_size``: inputs drawn per epoch (default: one pass over the transfer set).
+    """
 
     def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x, targets, labels, weights = batch
         return distillation_loss(net(x), targets, labels, weights, config.temperature, config.kd_weight)
 
     return fit(model, transfer.tensors(), epochs, lr=lr, batch_size=config.batch_size, weight_decay=0.0,
-               seed=config.seed, loss_fn=loss_fn, params=params, desc=desc, progress=progress)
+               seed=config.seed, loss_fn=loss_fn, params=params, epoch_size=epoch_size, desc=desc, progress=progress)

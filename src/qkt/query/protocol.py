@@ -23,7 +23,7 @@ from ..config import QueryConfig, TrustConfig
 from ..errors import QueryError
 from ..training import predict_logits
 from . import light, privacy, probe, synth, trust
-from .distill import TransferSet, combine_targets, softmax_outputs, train_on_transfer
+from .distill import TransferSet, combine_targets, phase1_epoch_size, softmax_outputs, train_on_transfer
 from .refine import refine_head
 
 SCORE_BYTES = 4  # one float32 per query class
@@ -240,7 +240,7 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | N
     params = light.light_parameters(new, head) if config.light else None
     phase1_set = transfer.balanced() if config.merged else transfer
     train_on_transfer(new, phase1_set, config, config.phase1_epochs, config.lr, params=params,
-                      desc="phase 1 (distill)", progress=progress)
+                      epoch_size=phase1_epoch_size(config, len(lesson.local_y)), desc="phase 1 (distill)", progress=progress)
     seconds["phase1"] = time.perf_counter() - start
 
     start = time.perf_counter()

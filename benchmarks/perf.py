@@ -16,9 +16,10 @@ cores): FedAvg's rounds and fine-tuning grow with the data, the probe does not.
    Phase 1's optimiser, batch size and number of epochs. Phase 2 re-fits only the linear
    head on features computed once, so its epochs are not fine-tuning epochs: it is counted
    on QKT's side only. Synthesis (inverting the experts) is reported apart. The transfer
-   set is the local data widened with synthetic inputs and as many mixups; a Phase 1 epoch
-   draws as many of them as the querier holds (``query.phase1_epoch = "local"``), and the
-   phases are timed again with epochs of whole passes over it (``"transfer"``).
+   set is the local data widened with synthetic inputs and as many mixups; the phases are
+   timed with both kinds of Phase 1 epoch: one pass over the transfer set (the default,
+   ``query.phase1_epoch = "transfer"``) and as many of its inputs as the querier holds
+   (``"local"``, a fine-tuning epoch's length).
 2. **A whole query against FedAvg.** ``qkt.query`` with every teacher answering the probe
    in this process, one after the other, against FedAvg over the same parties with its
    configured budget (``training.epochs`` local epochs in rounds of ``federated.local_epochs``,
@@ -222,37 +223,35 @@ def phases_vs_finetuning(world: experiment.World, config: RunConfig, report: pro
     """Section 1: the same experts and masks as the query of section 2, learnt again ``repeats`` times."""
     s = world.scenario
     q = config.query
-    whole_passes = q.model_copy(update={"phase1_epoch": "transfer"})
     student = world.models[s.querier]
     local_x, local_y = world.querier_data
     names = sorted({k for v in report.experts.values() for k in v})
     lesson = protocol.Lesson({k: world.teachers[k] for k in names},
                              {k: np.array([k in report.experts[c] for c in s.query]) for k in names}, s.query, local_x, local_y)
-
-    def phases(query_config) -> tuple[dict, int, int]:
-        _, seconds, transfer, num_synthetic = protocol.learn(student, lesson, query_config, progress=False)
-        return {k: round(v, 3) for k, v in seconds.items()}, len(transfer), num_synthetic
+    epochs = ("transfer", "local")
 
     runs = []
     for _ in tqdm(range(repeats), desc="phases vs fine-tuning", unit="repeat", disable=not progress):
-        seconds, num_transfer, num_synthetic = phases(q)
-        whole, _, _ = phases(whole_passes)
-        finetune = timed(lambda: fit(copy.deepcopy(student), (local_x, local_y), q.phase1_epochs, lr=q.lr, batch_size=q.batch_size,
-                                     weight_decay=0.0, seed=q.seed, progress=False))[1]
-        runs.append({**seconds, "phase1_whole_transfer_set": whole["phase1"], "finetune_local": round(finetune, 3)})
+        run = {}
+        for epoch in epochs:
+            _, seconds, transfer, num_synthetic = protocol.learn(student, lesson, q.model_copy(update={"phase1_epoch": epoch}), progress=False)
+            run.update({f"{k}_{epoch}_epochs": round(v, 3) for k, v in seconds.items()})
+        run["finetune_local"] = round(timed(lambda: fit(copy.deepcopy(student), (local_x, local_y), q.phase1_epochs, lr=q.lr,
+                                                        batch_size=q.batch_size, weight_decay=0.0, seed=q.seed, progress=False))[1], 3)
+        runs.append(run)
     best = {k: min(r[k] for r in runs) for k in runs[0]}
-    fastest = min(r["phase1"] + r["phase2"] for r in runs)
-    fastest_whole = min(r["phase1_whole_transfer_set"] + r["phase2"] for r in runs)
+    phases = {e: min(r[f"phase1_{e}_epochs"] + r[f"phase2_{e}_epochs"] for r in runs) for e in epochs}
+    synthesis = best[f"synthesis_{q.phase1_epoch}_epochs"]
     return {
         "epochs": {"phase1": q.phase1_epochs, "phase2_head_only": q.phase2_epochs, "finetune": q.phase1_epochs},
         "phase1_epoch": q.phase1_epoch,
-        "inputs": {"local": len(local_y), "transfer": num_transfer, "synthetic": num_synthetic},
+        "inputs": {"local": len(local_y), "transfer": len(transfer), "synthetic": num_synthetic},
         "runs": runs, "fastest": best,
-        "phases_seconds": round(fastest, 3),
-        "ratio": round(fastest / best["finetune_local"], 3),
-        "ratio_phase1_epochs_over_the_whole_transfer_set": round(fastest_whole / best["finetune_local"], 3),
-        "synthesis_over_finetune": round(best["synthesis"] / best["finetune_local"], 3),
-        "query_learning_over_finetune": round((fastest + best["synthesis"]) / best["finetune_local"], 3),
+        "phases_seconds": round(phases[q.phase1_epoch], 3),
+        "ratio": round(phases[q.phase1_epoch] / best["finetune_local"], 3),
+        "ratio_by_phase1_epoch": {e: round(phases[e] / best["finetune_local"], 3) for e in epochs},
+        "synthesis_over_finetune": round(synthesis / best["finetune_local"], 3),
+        "query_learning_over_finetune": round((phases[q.phase1_epoch] + synthesis) / best["finetune_local"], 3),
     }
 
 
@@ -474,10 +473,10 @@ def main() -> int:
         "parties": scale,
         "targets": [
             target("Phases 1+2 / fine-tuning on the local data", phases["ratio"], 1.3,
-                   f"fine-tuning for Phase 1's {config.query.phase1_epochs} epochs; a Phase 1 epoch draws as many of the "
-                   f"{phases['inputs']['transfer']} transfer inputs (local, synthetic, mixups) as the querier's "
-                   f"{phases['inputs']['local']} local ones; with epochs of whole passes over them the ratio is "
-                   f"{phases['ratio_phase1_epochs_over_the_whole_transfer_set']}"),
+                   f"fine-tuning for Phase 1's {config.query.phase1_epochs} epochs, Phase 1 epochs '{config.query.phase1_epoch}'; "
+                   f"one pass over the {phases['inputs']['transfer']} transfer inputs (local, synthetic, mixups) per epoch: "
+                   f"{phases['ratio_by_phase1_epoch']['transfer']}, as many of them as the {phases['inputs']['local']} local "
+                   f"ones ('local'): {phases['ratio_by_phase1_epoch']['local']}"),
             *fedavg_targets,
             target(f"query time, K={args.parties[-1]} / K={args.parties[0]}, experts fixed",
                    scale["growth"]["query_seconds_teachers_in_parallel"], 1.5,

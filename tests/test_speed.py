@@ -62,6 +62,7 @@ def test_sized_epochs_draw_every_sample_as_often_as_any_other():
     assert [len(o) for o in orders] == [4] * 7
     counts = torch.bincount(torch.cat(orders), minlength=10)
     assert counts.min() >= 2 and counts.max() <= 3
+    assert [len(o) for o in epoch_orders(0, 2, torch.Generator(), epoch_size=4)] == [0, 0]
 
 
 def test_inversion_leaves_the_model_as_it_was():

@@ -92,7 +92,7 @@ def epoch_orders(n: int, epochs: int, generator: torch.Generator, epoch_size: in
     Sized epochs take consecutive slices of a stream of shuffled passes, so over the
     epochs every sample is drawn as often as any other, give or take one.
     """
-    size = n if epoch_size is None else epoch_size
+    size = n if epoch_size is None or not n else epoch_size  # nothing to draw from: empty epochs, not an endless loop
     stream = torch.empty(0, dtype=torch.long)
     for _ in range(epochs):
         while len(stream) < size:

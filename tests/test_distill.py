@@ -81,3 +81,8 @@ def test_a_phase1_epoch_costs_a_fine_tuning_epoch_however_wide_the_transfer_set(
     trained_on.clear()
     learn(student, lesson, config.model_copy(update={"phase1_epoch": "transfer"}), progress=False)
     assert sum(trained_on) == 3 * len(transfer)
+
+
+def test_a_lesson_keeps_the_query_as_a_tuple_of_class_indices():
+    lesson = Lesson({}, {}, [np.int64(2), 4], torch.zeros(1, 8), torch.zeros(1, dtype=torch.long))
+    assert lesson.query == (2, 4) and all(type(c) is int for c in lesson.query)

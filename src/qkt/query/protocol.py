@@ -202,6 +202,10 @@ class Lesson:
     local_x: torch.Tensor
     local_y: torch.Tensor
 
+    def __post_init__(self) -> None:
+        # A caller may hand in a list; the reports and the mask bits rely on one fixed, hashable order.
+        object.__setattr__(self, "query", tuple(int(c) for c in self.query))
+
 
 def build_transfer_set(original: nn.Module, lesson: Lesson, config: QueryConfig, progress: bool = True) -> tuple[TransferSet, int]:
     """Querier side: local data, inversions of the experts and mixups, each with its combined target."""

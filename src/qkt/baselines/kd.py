@@ -23,7 +23,6 @@ def distill_all(student: nn.Module, teachers: Sequence[nn.Module], local_x: torc
     """A copy of ``student`` distilled from the mean softmax of ``teachers`` (Hinton et al. 2015)."""
     x = with_mixups(local_x, config.mixup, config.mixup_alpha, config.seed)
     targets = torch.stack([softmax_outputs(t, x, config.temperature) for t in teachers]).mean(0)
-    labels = torch.cat([local_y, torch.full((len(x) - len(local_y),), -1, dtype=torch.long)])
     new = copy.deepcopy(student)
-    return train_on_transfer(new, TransferSet(x, targets, labels, torch.ones(len(x))), config,
+    return train_on_transfer(new, TransferSet.querier_first(x, targets, local_y), config,
                              config.phase1_epochs, config.lr, desc="KD", progress=progress)

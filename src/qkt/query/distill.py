@@ -75,6 +75,12 @@ class TransferSet:
     labels: torch.Tensor
     weights: torch.Tensor
 
+    @classmethod
+    def querier_first(cls, x: torch.Tensor, targets: torch.Tensor, local_y: torch.Tensor) -> TransferSet:
+        """``x`` begins with the querier's ``len(local_y)`` own samples; the inputs after them are unlabelled; equal weights."""
+        labels = torch.cat([local_y, torch.full((len(x) - len(local_y),), -1, dtype=torch.long)])
+        return cls(x, targets, labels, torch.ones(len(x)))
+
     def __len__(self) -> int:
         return len(self.x)
 

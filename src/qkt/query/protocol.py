@@ -223,11 +223,10 @@ def build_transfer_set(original: nn.Module, lesson: Lesson, config: QueryConfig,
     x_synth = torch.cat(synthetic) if synthetic else local_x[:0]
     x = torch.cat([local_x, x_synth])
     x = synth.with_mixups(x, config.mixup, config.mixup_alpha, config.seed)
-    labels = torch.cat([local_y, torch.full((len(x) - len(local_y),), -1, dtype=torch.long)])
     own = softmax_outputs(original, x, config.temperature)
     outputs = {name: softmax_outputs(model, x, config.temperature) for name, model in lesson.experts.items()}
     targets = combine_targets(own, outputs, lesson.masks, lesson.query)
-    return TransferSet(x, targets, labels, torch.ones(len(x))), len(x_synth)
+    return TransferSet.querier_first(x, targets, local_y), len(x_synth)
 
 
 def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | None = None,

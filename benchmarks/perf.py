@@ -1,7 +1,7 @@
 """How fast a query is, against fine-tuning and FedAvg, and how its cost grows with the parties.
 
     python benchmarks/perf.py            # about 10 minutes on 2 idle cores; docs/results/perf.json, perf_vs_parties.png, perf_vs_fedavg.png
-    python benchmarks/perf.py --whole-dataset   # about 27 minutes; docs/results/perf-50k.json and its plots
+    python benchmarks/perf.py --whole-dataset   # about 28 minutes; docs/results/perf-50k.json and its plots
     python benchmarks/perf.py --quick    # a smaller smoke run of the same, written under qkt-output/perf
 
 All three measurements use the CIFAR-10 single-class scenario of ``qkt bench`` (seed 0:
@@ -411,7 +411,9 @@ def main() -> int:
     parser.add_argument("--extra-samples", type=int, help="images each extra party trains on (default: 256; quick: 64)")
     parser.add_argument("--extra-epochs", type=int, default=5, help="epochs each extra party trains for (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch threads (default: $OMP_NUM_THREADS, else every core; use 1 on a shared machine)")
-    parser.add_argument("--work", type=Path, default=Path("qkt-output/perf"), help="checkpoints of the parties' models")
+    parser.add_argument("--work", type=Path, default=Path("qkt-output/perf"),
+                        help="checkpoints of the parties' models, reused by the next run (their weights depend on the "
+                             "thread count: use a new folder after changing --threads)")
     parser.add_argument("--output", type=Path, help="JSON file (default: docs/results/perf.json, with --whole-dataset perf-50k.json; "
                                                     "quick: WORK/perf-quick.json); the plots NAME_vs_parties.png and NAME_vs_fedavg.png go beside it")
     parser.add_argument("--fedavg-rounds", type=int, help="rounds of the second, longer FedAvg run (default: 40; quick: 8)")

@@ -412,8 +412,7 @@ def main() -> int:
     parser.add_argument("--extra-epochs", type=int, default=5, help="epochs each extra party trains for (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch threads (default: $OMP_NUM_THREADS, else every core; use 1 on a shared machine)")
     parser.add_argument("--work", type=Path, default=Path("qkt-output/perf"),
-                        help="checkpoints of the parties' models, reused by the next run (their weights depend on the "
-                             "thread count: use a new folder after changing --threads)")
+                        help="checkpoints of the parties' models, reused by the next run on the same thread count")
     parser.add_argument("--output", type=Path, help="JSON file (default: docs/results/perf.json, with --whole-dataset perf-50k.json; "
                                                     "quick: WORK/perf-quick.json); the plots NAME_vs_parties.png and NAME_vs_fedavg.png go beside it")
     parser.add_argument("--fedavg-rounds", type=int, help="rounds of the second, longer FedAvg run (default: 40; quick: 8)")

@@ -116,3 +116,17 @@ def test_without_resume_every_party_is_trained_again(tmp_path):
     assert _stamps(tmp_path, "") == first
     build_world(config, tmp_path, progress=False, resume=False)
     assert all(_stamps(tmp_path, "")[k] != v for k, v in first.items())
+
+
+def test_resume_on_another_thread_count_trains_its_own_parties(tmp_path):
+    # The thread count changes training's float rounding, so reusing these parties would mix two runs' weights.
+    config = parse_config({"partition": {"num_parties": 3, "alpha": 1.0}, "training": {"epochs": 2},
+                           "scenario": {"max_query_samples": 1000}})
+    set_threads(1)
+    build_world(config, tmp_path, progress=False)
+    one_thread = _stamps(tmp_path, "")
+    set_threads(2)
+    build_world(config, tmp_path, progress=False, resume=True)
+    both = _stamps(tmp_path, "")
+    assert len(both) == 2 * len(one_thread)
+    assert {k: both[k] for k in one_thread} == one_thread

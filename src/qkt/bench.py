@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -42,7 +41,7 @@ from .errors import DataError, QKTError  # noqa: E402
 from .models import build_model  # noqa: E402
 from .query import protocol  # noqa: E402
 from .report import METHOD_NAMES, atomic_write, human_bytes, save_figure  # noqa: E402
-from .training import load_checkpoint, save_checkpoint  # noqa: E402
+from .training import checkpoint_key, load_checkpoint, save_checkpoint  # noqa: E402
 
 BASELINES = ["local", "fedavg", "fedprox", "fedgen", "ensemble", "kd"]
 QKT_METHODS = ["qkt", "qkt_light"]
@@ -221,15 +220,10 @@ def teacher_replies(cache: weakref.WeakKeyDictionary, liar: torch.nn.Module | No
         protocol.answer_probe = honest
 
 
-def _key(*parts: object) -> str:
-    return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:12]
-
-
 def global_model(method: str, config: RunConfig, dataset: DataSet, tensors: tuple[torch.Tensor, torch.Tensor],
                  parts: list[np.ndarray], checkpoints: Path, progress: bool) -> FederatedResult:
     """Train (or reload) the global model of a federated baseline for one partition and seed."""
-    key = _key(method, dataset.name, len(dataset.y_train), config.training.model_dump(), config.federated.model_dump(),
-               hashlib.sha1(b"".join(p.tobytes() for p in parts)).hexdigest())
+    key = checkpoint_key(method, dataset.name, len(dataset.y_train), config.training.model_dump(), config.federated.model_dump(), *parts)
     path, meta = checkpoints / f"global-{method}-{key}.pt", checkpoints / f"global-{method}-{key}.json"
     if meta.exists():
         info = json.loads(meta.read_text())

@@ -6,8 +6,6 @@ queriers and seeds.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 import warnings
 import weakref
@@ -31,7 +29,7 @@ from .metrics import MethodResult, score
 from .models import build_model, num_bytes
 from .query import query
 from .query.probe import check_query
-from .training import fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
+from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
 
 # The ablations of SPEC §4 are QKT with one QueryConfig switch changed; "no mixup" adds what mixup's
 # inputs, which double Phase 1's time, are worth, and "short Phase 1" what Phase 1 loses when its
@@ -107,7 +105,7 @@ def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scen
         torch.manual_seed(t.seed * 1000 + k)
         model = build_model(arch, dataset.input_shape, dataset.num_classes)
         idx = scenario.parts[k]
-        key = hashlib.sha1(json.dumps([dataset.name, len(dataset.y_train), arch, t.model_dump()]).encode() + idx.tobytes()).hexdigest()[:12]
+        key = checkpoint_key(dataset.name, len(dataset.y_train), arch, t.model_dump(), idx)
         path = checkpoints / f"party{k}-{arch}-{key}.pt" if checkpoints else None
         if path is None or not (resume and load_checkpoint(model, path)):
             tensor_idx = torch.as_tensor(idx)

@@ -8,6 +8,8 @@ not in data handling.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -177,6 +179,20 @@ def per_class_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_c
     correct = torch.bincount(y[pred == y], minlength=num_classes).double()
     total = torch.bincount(y, minlength=num_classes).double()
     return (correct / total).numpy()
+
+
+def checkpoint_key(*parts: object) -> str:
+    """Name a checkpoint by what produced it: ``parts`` (settings, and arrays by content) and torch's thread count.
+
+    The thread count belongs in the name because it changes the float rounding of
+    training, and so the weights: a resumed run on another count must not mix in models
+    trained on this one.
+    """
+    digest = hashlib.sha1()
+    for part in (*parts, torch.get_num_threads()):
+        digest.update(part.tobytes() if isinstance(part, np.ndarray) else json.dumps(part, default=str).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:

@@ -11,7 +11,6 @@ and the same models.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from ..errors import ConfigError
 from ..experiment import make_scenario, party_arch
 from ..models import build_model
 from ..partition import Scenario
-from ..training import fit, load_checkpoint, save_checkpoint
+from ..training import checkpoint_key, fit, load_checkpoint, save_checkpoint
 
 FLOWER_METHODS = ("local", "qkt", "qkt_light", "fedavg", "fedprox")
 
@@ -153,8 +152,7 @@ def trained_model(config: RunConfig, party: Party) -> nn.Module:
     """The party's own model, trained on its own share with the seed of the in-process run; checkpointed between messages."""
     t = config.training
     model = blank_model(config, party)
-    key = hashlib.sha1(json.dumps([config.data.model_dump(), config.partition.model_dump(), config.scenario.model_dump(),
-                                   t.model_dump(), party.index]).encode()).hexdigest()[:16]
+    key = checkpoint_key(config.data.model_dump(), config.partition.model_dump(), config.scenario.model_dump(), t.model_dump(), party.index)
     path = cache_dir() / "flower-parties" / f"party{party.index}-{key}.pt"
     if not load_checkpoint(model, path):
         fit(model, (party.x, party.y), t.epochs, t.lr, t.batch_size, t.weight_decay,

@@ -39,7 +39,11 @@ def _fails_cleanly(capsys, tmp_path, config_text: str, suffix: str = ".toml", *e
     ('[partition]\nkind = "k_classes"\nnum_parties = 5\n[scenario]\nquerier = 0\nquery = [{own}]', (), "nobody can teach them"),
     ('[training]\nepochs = "many"\nbogus = 1', (), "training.epochs: Input should be a valid integer"),
     ('[query.probe]\nepsilon = -1', (), "query.probe.epsilon: Input should be greater than 0"),
-], ids=["unknown-dataset", "class-outside", "empty-query", "missing-file", "no-expert", "wrong-types", "bad-range"])
+    ('[training]\nbatch_size = 1', (), "training.batch_size: Input should be greater than or equal to 2"),
+    ('[query.probe]\nkind = "self"', (), "'self' needs each teacher's held-out data"),
+    ('[scenario]\nquerier = 8\nquery = [7]', (), "party 8 holds 10+ samples of class(es) [7]"),
+], ids=["unknown-dataset", "class-outside", "empty-query", "missing-file", "no-expert", "wrong-types", "bad-range",
+        "batch-of-one", "self-probe-in-process", "querier-knows-query"])
 def test_each_bad_input_gets_one_clear_message(capsys, tmp_path, config, extra, says):
     if "{own}" in config:  # a class only the querier holds: k_classes gives every class a single holder
         from qkt.data import load_dataset
@@ -167,13 +171,16 @@ def test_the_cli_reports_invalid_configs_in_one_message(tmp_path, capsys, config
         assert "invalid setting" in err or "not valid YAML" in err
 
 
-def test_a_query_that_fails_exits_non_zero_and_says_why(capsys, tmp_path):
+def test_a_query_that_fails_exits_non_zero_and_says_why(capsys, tmp_path, monkeypatch):
+    def no_usable_expert(*args, **kwargs):
+        raise QueryError("no usable expert: teacher '1': its weights hold NaN")
+
+    monkeypatch.setattr("qkt.experiment.query", no_usable_expert)
     config = tmp_path / "config.toml"
-    config.write_text('methods = ["local", "qkt"]\n[partition]\nnum_parties = 4\n[training]\nepochs = 2\n'
-                      '[query.probe]\nkind = "self"\n')
+    config.write_text('methods = ["local", "qkt"]\n[partition]\nnum_parties = 4\n[training]\nepochs = 2\n')
     assert main(["run", "--config", str(config), "--output", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: qkt failed") and "'self' probe needs each teacher's held-out data" in err
+    assert err.startswith("error: qkt failed") and "no usable expert: teacher '1'" in err
     assert "Traceback" not in err
     assert "failed" in json.loads((tmp_path / "out" / "results.json").read_text())["methods"]["qkt"]["details"]
 

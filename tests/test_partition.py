@@ -60,6 +60,17 @@ def test_scenario_refuses_impossible_queries():
         make_scenario(LABELS, parts, 12, 1, seed=0, num_classes=10)
 
 
+def test_a_fixed_query_goes_only_to_a_querier_that_lacks_it():
+    parts = dirichlet(LABELS, 10, 0.1, seed=0)
+    counts = class_counts(LABELS, parts, 10)
+    query = (int(counts[0].argmax()),)
+    eligible = eligible_queriers(LABELS, parts, 10, 1, query=query)
+    assert 0 not in eligible and eligible
+    assert all(counts[k, query[0]] < 10 for k in eligible)
+    with pytest.raises(QKTError, match=f"party 0 holds 10\\+ samples of class\\(es\\) \\[{query[0]}\\]"):
+        make_scenario(LABELS, parts, 0, 1, seed=0, num_classes=10, query=query)
+
+
 def test_holdings_table_marks_querier_and_query():
     counts = class_counts(LABELS, k_classes(LABELS, 3, 4, seed=0), 10)
     table = format_holdings(counts, querier=1, query=(2,))

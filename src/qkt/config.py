@@ -24,6 +24,8 @@ else:  # pragma: no cover
 
 Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
+# BatchNorm cannot train on a batch of one sample.
+BatchSize = Annotated[int, Field(ge=2)]
 Rate = Annotated[float, Field(gt=0)]
 
 
@@ -42,7 +44,7 @@ class ProbeConfig(Section):
     steps: NonNegative = Field(100, description="refinement steps of the 'statistics' probe")
     num_samples: Positive = Field(512, description="probe inputs per noise scale")
     scales: list[Rate] = Field([0.5, 1.0, 2.0], min_length=1, description="standard deviations of the Gaussian probes in the normalised input space")
-    seed: int = 0
+    seed: NonNegative = 0
     noise: Literal["none", "laplace"] = Field(
         "none", description="differential privacy of the teachers' replies: 'laplace' adds Laplace noise to each probe score (docs/privacy.md)"
     )
@@ -95,12 +97,12 @@ class QueryConfig(Section):
     phase2_epochs: NonNegative = 20
     lr: Rate = 1e-3
     head_lr: Rate = 5e-3
-    batch_size: Positive = 64
+    batch_size: BatchSize = 64
     light: bool = Field(False, description="QKT Light: experts send float16 weights; Phase 1 trains the last block and the head")
     use_masks: bool = Field(True, description="ablation switch: False treats every teacher as expert in every query class")
     phase2: bool = Field(True, description="ablation switch: False skips head refinement")
     merged: bool = Field(False, description="ablation switch: one class-balanced phase instead of Phase 1 then Phase 2")
-    seed: int = 0
+    seed: NonNegative = 0
 
 
 class FederatedConfig(Section):
@@ -117,7 +119,7 @@ class FederatedConfig(Section):
     gen_hidden: Positive = Field(256, description="FedGen: hidden width of the generator")
     gen_lr: Rate = Field(3e-4, description="FedGen: Adam learning rate of the generator")
     gen_steps: Positive = Field(50, description="FedGen: generator steps per round (10 epochs × 5 teacher iterations in the authors' code)")
-    gen_batch_size: Positive = Field(64, description="FedGen: generated features per step")
+    gen_batch_size: BatchSize = Field(64, description="FedGen: generated features per step")
     gen_alpha: Annotated[float, Field(ge=0)] = Field(10.0, description="FedGen: weight of the generated-feature cross-entropy in local training")
     gen_beta: Annotated[float, Field(ge=0)] = Field(10.0, description="FedGen: weight of the latent KL term in local training")
     gen_diversity: Annotated[float, Field(ge=0)] = Field(1.0, description="FedGen: weight of the generator's diversity loss (η)")
@@ -140,7 +142,7 @@ class PartitionConfig(Section):
     kind: Literal["dirichlet", "k_classes"] = "dirichlet"
     alpha: Rate = 0.1
     classes_per_party: Positive = 2
-    seed: int = 0
+    seed: NonNegative = 0
 
 
 class ScenarioConfig(Section):
@@ -156,10 +158,10 @@ class TrainingConfig(Section):
     teacher_archs: list[Arch] | None = Field(None, description="architectures of the teachers, cycled over the parties (default: arch)")
     epochs: Positive = 20
     lr: Rate = 1e-3
-    batch_size: Positive = 64
+    batch_size: BatchSize = 64
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
     augment: bool = Field(False, description="random flips and crops for 32-pixel images")
-    seed: int = 0
+    seed: NonNegative = 0
 
 
 class RunConfig(Section):
@@ -179,6 +181,10 @@ class RunConfig(Section):
     def _query_fits(self) -> RunConfig:
         if self.scenario.querier is not None and self.scenario.querier >= self.partition.num_parties:
             raise ValueError(f"scenario.querier={self.scenario.querier} but there are only {self.partition.num_parties} parties")
+        if self.query.probe.kind == "self":
+            raise ValueError("query.probe.kind 'self' needs each teacher's held-out data, which qkt run, qkt bench and the "
+                             "Flower app do not set aside; use 'statistics' or 'noise', or the Python API with "
+                             "qkt.Teacher(model, holdout=...)")
         return self
 
 

@@ -76,14 +76,17 @@ def make_scenario(config: RunConfig, dataset: DataSet) -> partition.Scenario:
     s = config.scenario
     parts = make_partition(config, dataset.y_train)
     querier = s.querier
+    query_classes = None if s.query is None else check_query(s.query, dataset.num_classes)
     if querier is None:
         eligible = partition.eligible_queriers(dataset.y_train, parts, dataset.num_classes, s.query_size,
-                                               s.max_query_samples, s.min_expert_samples)
+                                               s.max_query_samples, s.min_expert_samples, query_classes)
         if not eligible:
+            if query_classes:
+                raise QKTError(f"no party lacks all of class(es) {list(query_classes)} while another party could teach them; "
+                               "query fewer classes or raise scenario.max_query_samples")
             raise QKTError(f"no party lacks {s.query_size} class(es) that another party could teach; "
-                                     "try a smaller scenario.query_size or a more skewed partition (smaller alpha)")
+                           "try a smaller scenario.query_size or a more skewed partition (smaller alpha)")
         querier = max(eligible, key=lambda k: len(parts[k]))
-    query_classes = None if s.query is None else check_query(s.query, dataset.num_classes)
     return partition.make_scenario(dataset.y_train, parts, querier, s.query_size, config.partition.seed, dataset.num_classes,
                                    s.max_query_samples, s.min_expert_samples, query_classes)
 

@@ -127,6 +127,10 @@ def make_scenario(
         missing = [c for c in query if not has_expert[c]]
         if missing:
             raise QKTError(f"no other party holds {min_expert_samples}+ samples of class(es) {missing}: nobody can teach them")
+        known = [c for c in query if counts[querier, c] >= max_query_samples]
+        if known:
+            raise QKTError(f"party {querier} holds {max_query_samples}+ samples of class(es) {known}: a query asks for classes "
+                           "the querier lacks; choose another scenario.querier or raise scenario.max_query_samples")
     keep = ~np.isin(labels[parts[querier]], query)
     new_parts = list(parts)
     new_parts[querier] = parts[querier][keep]
@@ -135,13 +139,14 @@ def make_scenario(
 
 
 def eligible_queriers(labels: np.ndarray, parts: list[np.ndarray], num_classes: int, query_size: int,
-                      max_query_samples: int = 10, min_expert_samples: int = 10) -> list[int]:
-    """Parties that lack at least ``query_size`` classes some other party can teach."""
+                      max_query_samples: int = 10, min_expert_samples: int = 10, query: tuple[int, ...] | None = None) -> list[int]:
+    """Parties that lack at least ``query_size`` classes some other party can teach; with ``query``, every class of it."""
     counts = class_counts(labels, parts, num_classes)
     result = []
     for k in range(len(parts)):
         has_expert = np.delete(counts, k, axis=0).max(axis=0) >= min_expert_samples
-        if ((counts[k] < max_query_samples) & has_expert).sum() >= query_size:
+        can_ask = (counts[k] < max_query_samples) & has_expert
+        if can_ask[list(query)].all() if query else can_ask.sum() >= query_size:
             result.append(k)
     return result
 

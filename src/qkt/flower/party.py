@@ -82,9 +82,6 @@ def read_settings(run_config: Mapping[str, object]) -> Settings:
     except yaml.YAMLError as exc:
         raise ConfigError(f"run config 'qkt-config' is not valid YAML: {exc}") from None
     config = parse_config(raw, "run config 'qkt-config'")
-    if config.query.probe.kind == "self":
-        raise ConfigError("run config 'qkt-config': query.probe.kind 'self' needs each teacher's held-out data, "
-                          "which the Flower app does not set aside; use 'statistics' or 'noise'")
     timeout = float(run_config.get("reply-timeout", 600.0))
     if timeout <= 0:
         raise ConfigError(f"run config 'reply-timeout' must be positive, not {timeout:g}")

@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("flwr")
 
 import tomli_w  # noqa: E402  (comes with flwr)
+from flwr.app import ConfigRecord, RecordDict  # noqa: E402
 
 from qkt.cli import main  # noqa: E402
 from qkt.config import parse_config  # noqa: E402
@@ -61,9 +62,17 @@ def test_scores_and_announcement_round_trip():
 
     announcement = Announcement((3, 5), 10, (64,), probe_seed=7)
     assert wire.read_announcement(wire.announce_content(announcement)) == announcement
-    party, scores = wire.read_scores(wire.scores_content("4", np.array([0.25, 0.5], dtype=np.float32)))
-    assert (party, scores) == ("4", [0.25, 0.5])
-    assert wire.read_scores(wire.scores_content("2", None)) == ("2", None)
+    party, scores = wire.read_scores(wire.scores_content("4", np.array([0.25, 0.5], dtype=np.float32)), 2)
+    assert party == "4" and scores.tolist() == [0.25, 0.5]
+    assert wire.read_scores(wire.scores_content("2", None), 2) == ("2", None)
+
+
+@pytest.mark.parametrize("scores", [[0.25], [0.25, float("nan")], [0.1, 0.2, 0.3]])
+def test_a_score_reply_that_does_not_fit_the_query_is_refused(scores):
+    with pytest.raises(QueryError, match="not one finite score per query class"):
+        wire.read_scores(wire.scores_content("4", np.array(scores, dtype=np.float32)), 2)
+    with pytest.raises(QueryError, match="malformed"):
+        wire.read_scores(RecordDict({"other": ConfigRecord({"party": "4"})}), 2)
 
 
 def test_run_config_round_trips_through_toml(tmp_path):

@@ -76,6 +76,14 @@ def test_statistics_probe_recovers_a_trained_teachers_classes():
     assert set(np.argsort(scores)[-2:]) == {1, 7}
 
 
+def test_batchnorm_without_running_statistics_gets_plain_noise_probes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16, track_running_stats=False), nn.ReLU(), nn.Linear(16, 4))
+    recipe = {"query": (0, 1, 2, 3), "num_classes": 4, "input_shape": (6,), "probe_samples": 16, "probe_steps": 5}
+    statistics = answer_probe(model, Announcement(**recipe))
+    assert np.allclose(statistics, answer_probe(model, Announcement(**recipe, probe_kind="noise")))
+
+
 @pytest.mark.parametrize(("query", "match"), [([], "empty"), ([10], "outside the label space"), ([1, 1], "twice")])
 def test_bad_queries(query, match):
     with pytest.raises(QueryError, match=match):

@@ -94,7 +94,11 @@ class LocalFederation:
         return f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> LocalFederation:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # a SuperLink that started before a timeout or Ctrl-C would outlive us: __exit__ will not run
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

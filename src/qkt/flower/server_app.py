@@ -74,11 +74,15 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
         if isinstance(reply, str):
             lost[f"node {node}"] = reply
             continue
-        party, party_scores = wire.read_scores(reply)
+        try:
+            party, party_scores = wire.read_scores(reply, len(query))
+        except QueryError as exc:
+            lost[f"node {node}"] = str(exc)
+            continue
         if party_scores is None:  # the querier's own SuperNode, in a simulation: not a teacher
             own.add(node)
         else:
-            scores[party], node_of[party] = np.asarray(party_scores, dtype=np.float32), node
+            scores[party], node_of[party] = party_scores, node
     # Replies arrive in any order; experts are taken in party order, as in-process, so that the run is reproducible.
     scores = dict(sorted(scores.items(), key=lambda item: int(item[0])))
     if not scores:

@@ -14,6 +14,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from ..errors import QueryError
 from ..query.protocol import Announcement
 
 PROBE = "query.probe"
@@ -37,9 +38,23 @@ def scores_content(party: str, scores: np.ndarray | None) -> RecordDict:
     return RecordDict({"scores": record})
 
 
-def read_scores(content: RecordDict) -> tuple[str, list[float] | None]:
-    record = content["scores"]
-    return str(record["party"]), (list(record["scores"]) if "scores" in record else None)
+def read_scores(content: RecordDict, query_size: int) -> tuple[str, np.ndarray | None]:
+    """The replying party and its scores (``None`` from the querier itself).
+
+    Raises :class:`~qkt.errors.QueryError` for a reply that is not one finite score per
+    query class, so that one broken or out-of-date peer costs its own answer, not the query.
+    """
+    try:
+        record = content["scores"]
+        party = str(record["party"])
+        if "scores" not in record:
+            return party, None
+        scores = np.asarray(record["scores"], dtype=np.float32)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise QueryError(f"its reply to the announcement is malformed ({exc!r})") from None
+    if scores.shape != (query_size,) or not np.isfinite(scores).all():
+        raise QueryError(f"its reply is not one finite score per query class ({query_size} expected): {scores.tolist()[:8]}")
+    return party, scores
 
 
 def weights_content(arrays: Mapping[str, np.ndarray]) -> RecordDict:

@@ -301,8 +301,17 @@ def query(
     if not named:
         raise QueryError("no teachers to ask")
     named = {str(k): t if isinstance(t, Teacher) else Teacher(t) for k, t in named.items()}
-    if num_classes is None:
-        num_classes = int(predict_logits(student, local_x[:2]).shape[1])
+    models = {"the student": student, **{f"teacher '{k}'": t.model for k, t in named.items()}}
+    for who, model in models.items():
+        # Probes, inversions and mixups are made as float32 CPU tensors; another model would fail deep inside.
+        kinds = sorted({f"{p.dtype} on {p.device}" for p in model.parameters()} - {"torch.float32 on cpu"})
+        if kinds:
+            raise QueryError(f"{who} has parameters of {', '.join(kinds)}; a query runs in float32 on the CPU: pass model.float().cpu()")
+    outputs = {who: int(predict_logits(model, local_x[:2]).shape[1]) for who, model in models.items()}
+    num_classes = outputs["the student"] if num_classes is None else num_classes
+    for who, size in outputs.items():
+        if size != num_classes:
+            raise QueryError(f"{who} outputs {size} classes but the label space has {num_classes}")
     query_classes = probe.check_query(query_classes, num_classes)
     notes: list[str] = []
     held = torch.bincount(local_y, minlength=num_classes)
@@ -310,10 +319,6 @@ def query(
         if held[c] >= max(10, 0.05 * len(local_y)):
             notes.append(f"the querier already holds {int(held[c])} samples of query class {c}; a query is meant for classes it lacks")
             warnings.warn(notes[-1], stacklevel=2)
-    for name, t in named.items():
-        outputs = int(predict_logits(t.model, local_x[:2]).shape[1])
-        if outputs != num_classes:
-            raise QueryError(f"teacher '{name}' outputs {outputs} classes but the label space has {num_classes}")
 
     seconds: dict[str, float] = {}
     messages: list[dict] = []

@@ -71,7 +71,9 @@ class BatchNormStatistics:
 
     def __init__(self, model: nn.Module):
         self.losses: list[torch.Tensor] = []
-        self.handles = [m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        # A BatchNorm layer built with track_running_stats=False keeps no statistics to match.
+        self.handles = [m.register_forward_hook(self._hook) for m in model.modules()
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
 
     def _hook(self, module: nn.modules.batchnorm._BatchNorm, inputs: tuple[torch.Tensor], _output) -> None:
         x = inputs[0]

@@ -55,6 +55,21 @@ def test_each_bad_input_gets_one_clear_message(capsys, tmp_path, config, extra, 
     assert says in err
 
 
+@pytest.mark.parametrize(("argv", "says"), [
+    (["run", "--config", "c.toml", "--resume"], "give the --output folder of the run to resume"),
+    (["data", "list", "--data-path", "mine.npz"], "'qkt data list' does not read one"),
+])
+def test_a_flag_that_would_do_nothing_is_refused(capsys, argv, says):
+    assert main(argv) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_zero_threads_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--threads", "0"])
+    assert "--threads: must be at least 1, not 0" in capsys.readouterr().err
+
+
 def load_config_text(tmp_path, text: str, suffix: str = ".toml") -> RunConfig:
     path = tmp_path / f"c{suffix}"
     path.write_text(text)

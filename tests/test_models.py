@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from qkt.errors import QKTError
-from qkt.models import build_model, find_head, last_block, num_bytes
+from qkt.models import build_model, find_head, last_block
 
 
 @pytest.mark.parametrize(("arch", "shape"), [("mlp", (1, 8, 8)), ("mlp", (20,)), ("cnn", (1, 8, 8)), ("cnn", (3, 28, 28)), ("resnet", (3, 32, 32))])
@@ -30,7 +30,3 @@ def test_find_head_on_a_user_model():
     with pytest.raises(QKTError, match="no submodule"):
         find_head(user, "classifier")
 
-
-def test_half_precision_halves_float_bytes():
-    model = build_model("mlp", (10,), 3)
-    assert num_bytes(model, torch.float16) < 0.55 * num_bytes(model)

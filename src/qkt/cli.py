@@ -60,6 +60,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume and args.output is None:
+        raise QKTError("--resume reuses the models under OUTPUT/checkpoints: give the --output folder of the run to resume")
     config = load_config(args.config)
     updates = {k: v for k, v in {"root": args.data_root, "path": args.data_path}.items() if v is not None}
     if updates:
@@ -76,6 +78,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from .data import dataset_names, download, load_dataset
 
+    if args.data_path and args.action != "info":
+        raise QKTError(f"--data-path names a file for 'qkt data info' to read; 'qkt data {args.action}' does not read one")
     if args.action == "list":
         print("\n".join(dataset_names()))
         return 0
@@ -100,6 +104,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}/bench.json, bench.md, bench.csv, headline.md and bench.png "
           f"(wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s)")
     return 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", type=Path, default=Path("qkt-output/bench"), help="folder for the results and checkpoints (default: %(default)s)")
     bench.add_argument("--data-root", default=None, help="folder with the data files (default $QKT_DATA_ROOT or ./data)")
     bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest")
-    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else every core; 1 is much faster on a busy machine)")
+    bench.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else every core; 1 is much faster on a busy machine)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_bench)
 
@@ -145,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("action", choices=["list", "info", "download"], help="list the registry; show a data set; download its official file")
     data.add_argument("name", nargs="?", help="data set name (see 'qkt data list')")
     data.add_argument("--data-root", default=None, help="folder with the data files (default $QKT_DATA_ROOT or ./data)")
-    data.add_argument("--data-path", default=None, help="an explicit data file")
+    data.add_argument("--data-path", default=None, help="an explicit data file for 'info'")
     data.set_defaults(func=cmd_data)
 
     from .flower.cli import add_parser as add_flower_parser  # imports no Flower until a flower command runs

@@ -120,9 +120,8 @@ def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scen
     return models
 
 
-def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bool = True,
-                dataset: DataSet | None = None, resume: bool = True) -> World:
-    dataset = dataset or load_dataset(config.data.name, config.data.root, config.data.path)
+def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bool = True, resume: bool = True) -> World:
+    dataset = load_dataset(config.data.name, config.data.root, config.data.path)
     dataset = dataset.subsample(config.data.max_train, config.data.max_test, config.partition.seed)
     scenario = make_scenario(config, dataset)
     x_train, y_train, x_test, y_test = dataset.normalized()
@@ -165,7 +164,7 @@ def run_methods(world: World, config: RunConfig, progress: bool = True) -> tuple
         if method == "local":
             results[method] = score(method, before, local_before, test_counts, s.query, s.local_classes)
             continue
-        if method == "ensemble":  # the mean softmax of every party (SoftmaxEnsemble), from cached outputs
+        if method == "ensemble":  # the mean softmax of every party, from cached outputs
             results[method] = score(method, evaluate_fixed(world.models), local_before,
                                     test_counts, s.query, s.local_classes, bytes_received=all_weights)
             continue

@@ -127,10 +127,6 @@ def last_block(model: nn.Module) -> nn.Module | None:
     return blocks[-1] if blocks else None
 
 
-def num_bytes(model: nn.Module, dtype: torch.dtype | None = None) -> int:
-    """Bytes of the model's weights and buffers as sent on the wire (in ``dtype`` if given)."""
-    total = 0
-    for t in model.state_dict().values():
-        size = t.element_size() if dtype is None or not t.is_floating_point() else torch.empty(0, dtype=dtype).element_size()
-        total += t.numel() * size
-    return total
+def num_bytes(model: nn.Module) -> int:
+    """Bytes of the model's weights and buffers as sent on the wire."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())

@@ -87,9 +87,6 @@ class Scenario:
     parts: tuple[np.ndarray, ...]
     removed: int
 
-    def summary(self, labels: np.ndarray, num_classes: int) -> str:
-        return format_holdings(class_counts(labels, list(self.parts), num_classes), self.querier, self.query)
-
 
 def make_scenario(
     labels: np.ndarray,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from qkt.baselines import FEDERATED, train_global
-from qkt.baselines.fedavg import FedAvg, average_states
+from qkt.baselines.fedavg import FedAvg, average_states, round_epochs
 from qkt.baselines.fedgen import Generator, diversity_loss, generator_step, label_weights
 from qkt.baselines.fedprox import FedProx, proximal_term
 from qkt.config import FederatedConfig, TrainingConfig, parse_config
@@ -47,6 +47,7 @@ def test_one_round_of_fedavg_equals_the_weighted_average_of_the_local_models():
 
 def test_rounds_spend_the_parties_local_epoch_budget():
     assert FedAvg(FederatedConfig(local_epochs=2), TrainingConfig(epochs=5)).rounds == 3
+    assert [round_epochs(5, 2, r) for r in range(3)] == [2, 2, 1]  # the same rule in-process and over Flower
 
 
 def test_proximal_term_and_its_gradient():

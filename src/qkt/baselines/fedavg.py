@@ -52,6 +52,11 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequen
     return out
 
 
+def round_epochs(budget: int, per_round: int, round_index: int) -> int:
+    """Local epochs of round ``round_index`` (from 0): ``per_round``, and in the last round what is left of ``budget``."""
+    return min(per_round, budget - round_index * per_round)
+
+
 @dataclass
 class FederatedResult:
     """The global model of a federated run and what it cost one party (the querier)."""
@@ -109,7 +114,7 @@ class FedAvg:
         self.start(global_model, parties)
         bar = tqdm(range(self.rounds), desc=self.name, unit="round", leave=False, disable=not progress)
         for r in bar:
-            epochs = min(self.config.local_epochs, t.epochs - r * self.config.local_epochs)
+            epochs = round_epochs(t.epochs, self.config.local_epochs, r)
             local_models = []
             for k, (x, y) in enumerate(parties):
                 local = copy.deepcopy(global_model)

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from ..baselines.fedavg import round_epochs
 from ..query.protocol import answer_probe, export_weights
 from ..training import cross_entropy_loss, fit, set_threads
 from . import faults, wire
@@ -72,7 +73,8 @@ def train(message: Message, context: Context) -> Message:
     model.load_state_dict(message.content["arrays"].to_torch_state_dict())
     mu = float(config.get("proximal-mu", 0.0))
     anchor = [p.detach().clone() for p in model.parameters()]
-    fit(model, (party.x, party.y), int(config["local-epochs"]), t.lr, t.batch_size, t.weight_decay,
+    epochs = round_epochs(t.epochs, int(config["local-epochs"]), int(config["server-round"]) - 1)
+    fit(model, (party.x, party.y), epochs, t.lr, t.batch_size, t.weight_decay,
         seed=t.seed * 1000 + party.index + int(config["server-round"]), augment=t.augment, progress=False,
         loss_fn=proximal_loss(anchor, mu) if mu else cross_entropy_loss)
     reply = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": len(party.y)})})

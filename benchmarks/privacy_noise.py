@@ -7,8 +7,8 @@ the JSON is reproducible. Run: ``python benchmarks/privacy_noise.py [output.json
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 import warnings
 import weakref
@@ -94,4 +94,7 @@ def main(output: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "docs" / "results" / "privacy.json")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output", nargs="?", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "results" / "privacy.json",
+                        help="where to write the JSON (default: docs/results/privacy.json)")
+    main(parser.parse_args().output)

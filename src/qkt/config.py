@@ -68,7 +68,9 @@ class InversionConfig(Section):
     """Synthetic query-class inputs made at the querier by inverting the experts (DeepInversion)."""
 
     enabled: bool = True
-    samples_per_class: NonNegative = Field(256, description="synthetic inputs made per query class")
+    samples_per_class: NonNegative = Field(
+        256, description="synthetic inputs made per query class, split among its experts; an expert of several classes makes "
+                         "the same number for each, its share of its most shared class")
     steps: Positive = Field(200, description="optimisation steps per batch")
     lr: Rate = 0.1
     bn_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of matching the expert's BatchNorm statistics")

@@ -79,7 +79,11 @@ class InversionConfig(Section):
 
 
 class QueryConfig(Section):
-    """How one query runs; the defaults are the measured best on the demo and benchmarks."""
+    """How one query runs; the defaults are the measured best on the demo (digits, MLP).
+
+    On CNNs every probe and inversion step is a backward pass over a batch: the image
+    benchmarks (``qkt.bench``) and ``examples/`` use a lighter probe and inversion.
+    """
 
     lam: Annotated[float, Field(ge=1.0)] = Field(1.5, description="λ: expert iff probe score ≥ λ/|C|")
     probe: ProbeConfig = ProbeConfig()

@@ -281,7 +281,7 @@ def query(
     local_data:
         The querier's own inputs (normalised as the models expect) and labels.
     config:
-        :class:`~qkt.config.QueryConfig`; the defaults are measured on the demo and benchmarks.
+        :class:`~qkt.config.QueryConfig`; the defaults are measured on the demo (see its docstring for images).
     num_classes:
         ``|C|``; defaults to the student's output size.
 

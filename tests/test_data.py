@@ -81,6 +81,21 @@ def test_cifar10_image_folder(tmp_path, as_archive):
     assert np.array_equal(first_airplane, images["train/airplane/0000.png"])  # PNG is lossless
 
 
+def test_an_image_edited_inside_a_folder_is_decoded_again(tmp_path):
+    # Editing a file leaves its folder's timestamp alone: the cache must look at the files themselves.
+    for split, n in (("train", 2), ("test", 1)):
+        for cls in ("cat", "dog"):
+            for i in range(n):
+                path = tmp_path / "cifar10" / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(_png(np.zeros((32, 32, 3), dtype=np.uint8)))
+    before = load_dataset("cifar10", tmp_path)
+    (tmp_path / "cifar10" / "train" / "cat" / "0.png").write_bytes(_png(np.full((32, 32, 3), 255, dtype=np.uint8)))
+    after = load_dataset("cifar10", tmp_path)
+    assert before.x_train.max() == 0 and after.x_train.max() == 255
+    assert before.digest != after.digest
+
+
 def test_cifar100_official_tarball(tmp_path):
     with tarfile.open(tmp_path / "cifar-100-python.tar.gz", "w:gz") as tar:
         _add_bytes(tar, "cifar-100-python/train", pickle.dumps(_cifar_batch(5, 100, "fine_labels")))

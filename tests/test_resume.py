@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,6 +117,24 @@ def test_without_resume_every_party_is_trained_again(tmp_path):
     assert _stamps(tmp_path, "") == first
     build_world(config, tmp_path, progress=False, resume=False)
     assert all(_stamps(tmp_path, "")[k] != v for k, v in first.items())
+
+
+def test_resume_on_edited_data_trains_its_own_parties(tmp_path):
+    # Same file name and size, other values: the parties are named by what they were trained on.
+    set_threads(1)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    x = (rng.normal(size=(300, 8)) + y[:, None]).astype(np.float32)
+    data = tmp_path / "mine.npz"
+    config = parse_config({"data": {"name": "npz", "path": str(data)}, "partition": {"num_parties": 3, "alpha": 1.0},
+                           "training": {"epochs": 2}, "scenario": {"max_query_samples": 1000}})
+    np.savez(data, x_train=x, y_train=y, x_test=x[:30], y_test=y[:30])
+    build_world(config, tmp_path / "run", progress=False)
+    first = _stamps(tmp_path / "run", "")
+    np.savez(data, x_train=x + 1, y_train=y, x_test=x[:30], y_test=y[:30])
+    build_world(config, tmp_path / "run", progress=False, resume=True)
+    both = _stamps(tmp_path / "run", "")
+    assert len(both) == 2 * len(first) and {k: both[k] for k in first} == first
 
 
 def test_resume_on_another_thread_count_trains_its_own_parties(tmp_path):

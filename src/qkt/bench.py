@@ -223,7 +223,7 @@ def teacher_replies(cache: weakref.WeakKeyDictionary, liar: torch.nn.Module | No
 def global_model(method: str, config: RunConfig, dataset: DataSet, tensors: tuple[torch.Tensor, torch.Tensor],
                  parts: list[np.ndarray], checkpoints: Path, progress: bool) -> FederatedResult:
     """Train (or reload) the global model of a federated baseline for one partition and seed."""
-    key = checkpoint_key(method, dataset.name, len(dataset.y_train), config.training.model_dump(), config.federated.model_dump(), *parts)
+    key = checkpoint_key(method, dataset.name, dataset.digest, config.training.model_dump(), config.federated.model_dump(), *parts)
     path, meta = checkpoints / f"global-{method}-{key}.pt", checkpoints / f"global-{method}-{key}.json"
     if meta.exists():
         info = json.loads(meta.read_text())

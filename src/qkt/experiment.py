@@ -108,7 +108,7 @@ def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scen
         torch.manual_seed(t.seed * 1000 + k)
         model = build_model(arch, dataset.input_shape, dataset.num_classes)
         idx = scenario.parts[k]
-        key = checkpoint_key(dataset.name, len(dataset.y_train), arch, t.model_dump(), idx)
+        key = checkpoint_key(dataset.name, dataset.digest, arch, t.model_dump(), idx)
         path = checkpoints / f"party{k}-{arch}-{key}.pt" if checkpoints else None
         if path is None or not (resume and load_checkpoint(model, path)):
             tensor_idx = torch.as_tensor(idx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,14 @@ class DataSet:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @cached_property
+    def digest(self) -> str:
+        """A fingerprint of the training arrays: checkpoints are named by it, so that edited data never reuses old models."""
+        digest = hashlib.sha1()
+        for array in (self.x_train, self.y_train):
+            digest.update(np.ascontiguousarray(array).data)
+        return digest.hexdigest()[:16]
 
     @property
     def is_image(self) -> bool:
@@ -134,13 +143,19 @@ def cache_dir() -> Path:
 
 
 def cached(name: str, source: Path, decode) -> dict[str, np.ndarray]:
-    """Decode ``source`` once and keep the arrays in the cache, keyed by the file's identity.
+    """Decode ``source`` once and keep the arrays in the cache, keyed by the identity of its files.
 
     Decoding tens of thousands of images takes seconds; reading a ``.npz`` takes
     milliseconds, and every party of every benchmark run reads the same data.
+    A folder's own timestamp does not change when a file inside is edited, so a
+    folder is identified by the size and timestamp of every file under it.
     """
-    stat = source.stat()
-    key = hashlib.sha1(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    identity = hashlib.sha1(str(source.resolve()).encode())
+    for file in files:
+        stat = file.stat()
+        identity.update(f"|{file.relative_to(source)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    key = identity.hexdigest()[:16]
     path = cache_dir() / f"{name}-{key}.npz"
     if path.exists():
         try:

@@ -149,7 +149,8 @@ def trained_model(config: RunConfig, party: Party) -> nn.Module:
     """The party's own model, trained on its own share with the seed of the in-process run; checkpointed between messages."""
     t = config.training
     model = blank_model(config, party)
-    key = checkpoint_key(config.data.model_dump(), config.partition.model_dump(), config.scenario.model_dump(), t.model_dump(), party.index)
+    key = checkpoint_key(party.dataset.digest, config.data.model_dump(), config.partition.model_dump(), config.scenario.model_dump(),
+                         t.model_dump(), party.index)
     path = cache_dir() / "flower-parties" / f"party{party.index}-{key}.pt"
     if not load_checkpoint(model, path):
         fit(model, (party.x, party.y), t.epochs, t.lr, t.batch_size, t.weight_decay,

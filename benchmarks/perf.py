@@ -434,7 +434,7 @@ def main() -> int:
     config = world_config(args, dataset)
     if min(args.parties) < config.partition.num_parties:
         parser.error(f"--parties must be at least the scenario's {config.partition.num_parties}")
-    world, setup = timed(lambda: experiment.build_world(config, args.work / "checkpoints", args.progress, dataset))
+    world, setup = timed(lambda: experiment.build_world(config, args.work / "checkpoints", args.progress, dataset=dataset))
     dataset = None  # frees the whole of CIFAR-10 before memory is measured; the world keeps its subset
     s = world.scenario
     local_before = accuracy(world, world.models[s.querier], 0.0).local_accuracy

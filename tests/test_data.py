@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from qkt.data import load_dataset
+from qkt.data.base import DataSet
 from qkt.errors import DataError
 
 RNG = np.random.default_rng(0)
@@ -94,6 +95,13 @@ def test_an_image_edited_inside_a_folder_is_decoded_again(tmp_path):
     after = load_dataset("cifar10", tmp_path)
     assert before.x_train.max() == 0 and after.x_train.max() == 255
     assert before.digest != after.digest
+
+
+def test_the_digest_tells_apart_the_same_bytes_in_another_shape():
+    x, y = np.arange(24, dtype=np.float32), np.zeros(2, dtype=np.int64)
+    flat, shaped = (DataSet("npz", x.reshape(shape), y, x.reshape(shape), y, ("a",)) for shape in ((2, 12), (2, 3, 4)))
+    assert flat.digest != shaped.digest
+    assert flat.digest == DataSet("npz", x.reshape(2, 12).copy(), y.copy(), x[:0], y[:0], ("b",)).digest  # training arrays only
 
 
 def test_cifar100_official_tarball(tmp_path):

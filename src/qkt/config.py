@@ -39,7 +39,7 @@ class ProbeConfig(Section):
     kind: Literal["statistics", "noise", "self"] = Field(
         "statistics",
         description="'statistics': noise refined to match each teacher's BatchNorm statistics; 'noise': plain Gaussian probes; "
-        "'self': teachers score themselves on held-out data",
+        "'self': teachers score themselves on held-out data (Python API only: qkt.Teacher(model, holdout=...))",
     )
     steps: NonNegative = Field(100, description="refinement steps of the 'statistics' probe")
     num_samples: Positive = Field(512, description="probe inputs per noise scale")
@@ -153,9 +153,9 @@ class PartitionConfig(Section):
 
 class ScenarioConfig(Section):
     querier: NonNegative | None = Field(None, description="the querying party (default: the eligible party with most samples)")
-    query: list[NonNegative] | None = Field(None, description="fixed query classes (default: drawn)")
+    query: list[NonNegative] | None = Field(None, description="fixed query classes, which the querier must lack (default: drawn)")
     query_size: Positive = 1
-    max_query_samples: NonNegative = Field(10, description="a class the querier holds fewer samples of than this may be queried")
+    max_query_samples: Positive = Field(10, description="a class the querier holds fewer samples of than this may be queried")
     min_expert_samples: Positive = 10
 
 

@@ -82,8 +82,9 @@ def make_scenario(config: RunConfig, dataset: DataSet) -> partition.Scenario:
                                                s.max_query_samples, s.min_expert_samples, query_classes)
         if not eligible:
             if query_classes:
-                raise QKTError(f"no party lacks all of class(es) {list(query_classes)} while another party could teach them; "
-                               "query fewer classes or raise scenario.max_query_samples")
+                raise QKTError(f"no party lacks class(es) {list(query_classes)} (holds fewer than {s.max_query_samples} samples) "
+                               f"while another holds {s.min_expert_samples}+ samples of each; query other classes, or change "
+                               "scenario.max_query_samples or scenario.min_expert_samples")
             raise QKTError(f"no party lacks {s.query_size} class(es) that another party could teach; "
                            "try a smaller scenario.query_size or a more skewed partition (smaller alpha)")
         querier = max(eligible, key=lambda k: len(parts[k]))
@@ -120,8 +121,10 @@ def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scen
     return models
 
 
-def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bool = True, resume: bool = True) -> World:
-    dataset = load_dataset(config.data.name, config.data.root, config.data.path)
+def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bool = True,
+                dataset: DataSet | None = None, resume: bool = True) -> World:
+    """The parties' data, scenario and trained models; ``dataset`` spares loading ``config.data`` again."""
+    dataset = dataset or load_dataset(config.data.name, config.data.root, config.data.path)
     dataset = dataset.subsample(config.data.max_train, config.data.max_test, config.partition.seed)
     scenario = make_scenario(config, dataset)
     x_train, y_train, x_test, y_test = dataset.normalized()

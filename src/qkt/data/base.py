@@ -41,6 +41,7 @@ class DataSet:
         """A fingerprint of the training arrays: checkpoints are named by it, so that edited data never reuses old models."""
         digest = hashlib.sha1()
         for array in (self.x_train, self.y_train):
+            digest.update(f"{array.dtype}{array.shape}".encode())
             digest.update(np.ascontiguousarray(array).data)
         return digest.hexdigest()[:16]
 

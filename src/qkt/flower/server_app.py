@@ -69,6 +69,7 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
 
     start = time.perf_counter()
     nodes = list(grid.get_node_ids())
+    teachers = {str(k) for k in range(settings.config.partition.num_parties) if k != querier.index}
     scores, node_of, own = {}, {}, set()
     for node, reply in exchange(grid, {n: wire.announce_content(announcement) for n in nodes}, wire.PROBE, settings.reply_timeout).items():
         if isinstance(reply, str):
@@ -81,6 +82,8 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
             continue
         if party_scores is None:  # the querier's own SuperNode, in a simulation: not a teacher
             own.add(node)
+        elif party not in teachers or party in scores:
+            lost[f"node {node}"] = f"its reply names party '{party}', which is no teacher of this run or has answered already"
         else:
             scores[party], node_of[party] = party_scores, node
     # Replies arrive in any order; experts are taken in party order, as in-process, so that the run is reproducible.

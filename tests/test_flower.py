@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, RecordDict  # noqa: E402
 
 from qkt.cli import main  # noqa: E402
 from qkt.config import parse_config  # noqa: E402
-from qkt.errors import ConfigError, QueryError  # noqa: E402
+from qkt.errors import ConfigError, QKTError, QueryError  # noqa: E402
 from qkt.flower import faults, wire  # noqa: E402
 from qkt.flower.client_app import proximal_loss  # noqa: E402
 from qkt.flower.federation import run_config  # noqa: E402
@@ -134,3 +134,18 @@ def test_flower_commands_say_how_to_install_flower(monkeypatch, capsys):
     monkeypatch.setattr(qkt.flower.cli.importlib.util, "find_spec", lambda name: None)
     assert main(["flower", "simulate"]) == 2
     assert 'pip install "qkt[flower]"' in capsys.readouterr().err
+
+
+def test_a_failed_start_stops_what_it_had_started(tmp_path, monkeypatch):
+    from qkt.flower.federation import LocalFederation
+
+    started = []
+
+    def start_then_time_out(self, timeout=60.0):
+        started.append(self.spawn("superlink", ["sleep", "600"]))
+        raise QKTError("the SuperLink did not listen within 60 s")
+
+    monkeypatch.setattr(LocalFederation, "start", start_then_time_out)
+    with pytest.raises(QKTError, match="did not listen"), LocalFederation(tmp_path):
+        pass
+    assert started[0].poll() is not None  # no SuperLink outlives a failed start

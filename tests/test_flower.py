@@ -75,6 +75,21 @@ def test_a_score_reply_that_does_not_fit_the_query_is_refused(scores):
         wire.read_scores(RecordDict({"other": ConfigRecord({"party": "4"})}), 2)
 
 
+def test_probe_replies_that_do_not_fit_lose_their_node_not_the_query():
+    from qkt.flower.server_app import read_probe_replies
+
+    def reply(party, scores):
+        return wire.scores_content(party, None if scores is None else np.array(scores, dtype=np.float32))
+
+    replies = {1: reply("2", [0.5]), 2: reply("1", [0.3]), 3: reply("1", [0.9]), 4: reply("x", [0.1]), 5: reply("0", [0.1]),
+               6: reply("3", [0.1, 0.2]), 7: reply("0", None), 8: "did not answer within 5 s"}
+    scores, node_of, own, lost = read_probe_replies(replies, 1, teachers={"1", "2", "3"})
+    assert list(scores) == ["1", "2"] and node_of == {"1": 2, "2": 1} and own == {7}  # party order, first answer kept
+    assert set(lost) == {"node 3", "node 4", "node 5", "node 6", "node 8"}
+    assert "has answered already" in lost["node 3"] and "party 'x'" in lost["node 4"] and "party '0'" in lost["node 5"]
+    assert "one finite score per query class" in lost["node 6"] and lost["node 8"] == "did not answer within 5 s"
+
+
 def test_run_config_round_trips_through_toml(tmp_path):
     config = parse_config({"partition": {"num_parties": 7}, "methods": ["local", "qkt", "kd", "fedprox"],
                            "federated": {"local_epochs": 4}, "training": {"epochs": 10}})

@@ -52,6 +52,33 @@ def exchange(grid: Grid, contents: dict[int, RecordDict], kind: str, timeout: fl
     return out
 
 
+def read_probe_replies(replies: dict[int, RecordDict | str], query_size: int, teachers: set[str]
+                       ) -> tuple[dict[str, np.ndarray], dict[str, int], set[int], dict[str, str]]:
+    """The teachers' scores in party order, each one's node, the querier's own nodes, and the nodes lost with why.
+
+    A reply that is not one finite score per query class from a teacher of the run
+    (an unknown party, or one that already answered) loses its node, not the query.
+    """
+    scores, node_of, own, lost = {}, {}, set(), {}
+    for node, reply in replies.items():
+        if isinstance(reply, str):
+            lost[f"node {node}"] = reply
+            continue
+        try:
+            party, party_scores = wire.read_scores(reply, query_size)
+        except QueryError as exc:
+            lost[f"node {node}"] = str(exc)
+            continue
+        if party_scores is None:  # the querier's own SuperNode, in a simulation: not a teacher
+            own.add(node)
+        elif party not in teachers or party in scores:
+            lost[f"node {node}"] = f"its reply names party '{party}', which is no teacher of this run or has answered already"
+        else:
+            scores[party], node_of[party] = party_scores, node
+    # Replies arrive in any order; experts are taken in party order, as in-process, so that the run is reproducible.
+    return dict(sorted(scores.items(), key=lambda item: int(item[0]))), node_of, own, lost
+
+
 def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, student: nn.Module,
                  light: bool) -> tuple[nn.Module, dict]:
     """Run one query over ``grid`` and return the new model and the report (a :class:`QueryReport` dict plus ``lost``).
@@ -64,30 +91,13 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
     query, num_classes = querier.scenario.query, querier.dataset.num_classes
     first = len(grid.log)
     seconds: dict[str, float] = {}
-    lost: dict[str, str] = {}
     announcement = Announcement.from_config(query, num_classes, tuple(querier.x.shape[1:]), config)
 
     start = time.perf_counter()
     nodes = list(grid.get_node_ids())
     teachers = {str(k) for k in range(settings.config.partition.num_parties) if k != querier.index}
-    scores, node_of, own = {}, {}, set()
-    for node, reply in exchange(grid, {n: wire.announce_content(announcement) for n in nodes}, wire.PROBE, settings.reply_timeout).items():
-        if isinstance(reply, str):
-            lost[f"node {node}"] = reply
-            continue
-        try:
-            party, party_scores = wire.read_scores(reply, len(query))
-        except QueryError as exc:
-            lost[f"node {node}"] = str(exc)
-            continue
-        if party_scores is None:  # the querier's own SuperNode, in a simulation: not a teacher
-            own.add(node)
-        elif party not in teachers or party in scores:
-            lost[f"node {node}"] = f"its reply names party '{party}', which is no teacher of this run or has answered already"
-        else:
-            scores[party], node_of[party] = party_scores, node
-    # Replies arrive in any order; experts are taken in party order, as in-process, so that the run is reproducible.
-    scores = dict(sorted(scores.items(), key=lambda item: int(item[0])))
+    replies = exchange(grid, {n: wire.announce_content(announcement) for n in nodes}, wire.PROBE, settings.reply_timeout)
+    scores, node_of, own, lost = read_probe_replies(replies, len(query), teachers)
     if not scores:
         raise QueryError(f"no teacher answered the announcement ({len(nodes)} SuperNode(s) connected; lost: {lost or 'none'})")
     masks, notes = choose_experts(scores, query, num_classes, config)

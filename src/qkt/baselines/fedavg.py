@@ -52,6 +52,11 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequen
     return out
 
 
+def num_rounds(budget: int, per_round: int) -> int:
+    """Rounds of ``per_round`` local epochs that spend a budget of ``budget`` local epochs (the last one may be shorter)."""
+    return math.ceil(budget / per_round)
+
+
 def round_epochs(budget: int, per_round: int, round_index: int) -> int:
     """Local epochs of round ``round_index`` (from 0): ``per_round``, and in the last round what is left of ``budget``."""
     return min(per_round, budget - round_index * per_round)
@@ -88,7 +93,7 @@ class FedAvg:
 
     @property
     def rounds(self) -> int:
-        return math.ceil(self.training.epochs / self.config.local_epochs)
+        return num_rounds(self.training.epochs, self.config.local_epochs)
 
     def start(self, model: nn.Module, parties: Sequence[Party]) -> None:
         """Called once before the first round (FedGen builds its generator here)."""

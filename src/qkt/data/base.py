@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from stat import S_ISREG
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -151,11 +152,11 @@ def cached(name: str, source: Path, decode) -> dict[str, np.ndarray]:
     A folder's own timestamp does not change when a file inside is edited, so a
     folder is identified by the size and timestamp of every file under it.
     """
-    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
     identity = hashlib.sha1(str(source.resolve()).encode())
-    for file in files:
+    for file in sorted(source.rglob("*")) if source.is_dir() else [source]:
         stat = file.stat()
-        identity.update(f"|{file.relative_to(source)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        if S_ISREG(stat.st_mode):
+            identity.update(f"|{file.relative_to(source)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     key = identity.hexdigest()[:16]
     path = cache_dir() / f"{name}-{key}.npz"
     if path.exists():

@@ -24,6 +24,7 @@ from ..config import RunConfig, parse_config
 from ..data import DataSet, load_dataset
 from ..data.base import cache_dir
 from ..errors import ConfigError
+from ..baselines.fedavg import num_rounds
 from ..experiment import make_scenario, party_arch
 from ..models import build_model
 from ..partition import Scenario
@@ -71,7 +72,7 @@ class Settings:
     @property
     def rounds(self) -> int:
         """FedAvg/FedProx rounds, so that the total local-epoch budget equals ``training.epochs``."""
-        return max(1, -(-self.config.training.epochs // self.config.federated.local_epochs))
+        return num_rounds(self.config.training.epochs, self.config.federated.local_epochs)
 
 
 def read_settings(run_config: Mapping[str, object]) -> Settings:
@@ -149,7 +150,7 @@ def trained_model(config: RunConfig, party: Party) -> nn.Module:
     """The party's own model, trained on its own share with the seed of the in-process run; checkpointed between messages."""
     t = config.training
     model = blank_model(config, party)
-    key = checkpoint_key(party.dataset.digest, config.data.model_dump(), config.partition.model_dump(), config.scenario.model_dump(),
+    key = checkpoint_key(party.dataset.name, party.dataset.digest, config.partition.model_dump(), config.scenario.model_dump(),
                          t.model_dump(), party.index)
     path = cache_dir() / "flower-parties" / f"party{party.index}-{key}.pt"
     if not load_checkpoint(model, path):

@@ -17,12 +17,13 @@ from qkt.cli import main  # noqa: E402
 from qkt.config import parse_config  # noqa: E402
 from qkt.errors import ConfigError, QKTError, QueryError  # noqa: E402
 from qkt.flower import faults, wire  # noqa: E402
-from qkt.flower.client_app import proximal_loss  # noqa: E402
+from qkt.flower import client_app  # noqa: E402
+from qkt.flower.client_app import proximal_loss, train_round  # noqa: E402
 from qkt.flower.federation import run_config  # noqa: E402
-from qkt.flower.party import partition_id, read_settings  # noqa: E402
+from qkt.flower.party import Settings, blank_model, load_party, partition_id, read_settings  # noqa: E402
 from qkt.models import build_model  # noqa: E402
 from qkt.query.protocol import export_weights, import_weights  # noqa: E402
-from qkt.training import cross_entropy_loss  # noqa: E402
+from qkt.training import cross_entropy_loss, fit  # noqa: E402
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -128,6 +129,24 @@ def test_fedprox_loss_is_cross_entropy_at_the_global_weights_and_grows_away_from
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     assert loss(model, batch) > cross_entropy_loss(model, batch)
+
+
+def test_a_flower_client_keeps_the_local_epoch_budget_over_its_rounds(tmp_path, monkeypatch):
+    config = parse_config({"partition": {"num_parties": 4}, "training": {"epochs": 5}, "federated": {"local_epochs": 2}})
+    settings, party = Settings(config, tmp_path, 30.0), load_party(config, 1)
+    trained = []
+
+    def recording_fit(model, data, epochs, *args, **kwargs):
+        trained.append(epochs)
+        return fit(model, data, epochs, *args, **kwargs)
+
+    monkeypatch.setattr(client_app, "fit", recording_fit)
+    state = blank_model(config, party, party.scenario.querier).state_dict()
+    for server_round in range(1, settings.rounds + 1):
+        model = train_round(settings, party, state, server_round, config.federated.local_epochs)
+        assert any(not torch.equal(state[k], v) for k, v in model.state_dict().items())  # it trained from the global weights
+        state = model.state_dict()
+    assert settings.rounds == 3 and trained == [2, 2, 1]  # 5 epochs in all, as in-process FedAvg
 
 
 def test_cli_prints_a_run_config_flwr_accepts(tmp_path, capsys):

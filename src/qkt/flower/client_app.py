@@ -10,7 +10,7 @@ FedProx strategies.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -62,20 +62,30 @@ def proximal_loss(anchor: Sequence[torch.Tensor], mu: float):
     return loss
 
 
+def train_round(settings: Settings, party: Party, global_state: Mapping[str, torch.Tensor], server_round: int,
+                local_epochs: int, mu: float = 0.0) -> nn.Module:
+    """Round ``server_round`` (from 1) of FedAvg (``mu = 0``) or FedProx on this party's share, from the global weights.
+
+    The party trains ``local_epochs`` epochs, or what is left of ``training.epochs`` in the
+    last round, exactly as in-process FedAvg does (:func:`~qkt.baselines.fedavg.round_epochs`).
+    """
+    t = settings.config.training
+    # The global model has the querier's architecture, whatever this party's own model is.
+    model = blank_model(settings.config, party, party.scenario.querier)
+    model.load_state_dict(global_state)
+    anchor = [p.detach().clone() for p in model.parameters()]
+    fit(model, (party.x, party.y), round_epochs(t.epochs, local_epochs, server_round - 1), t.lr, t.batch_size, t.weight_decay,
+        seed=t.seed * 1000 + party.index + server_round, augment=t.augment, progress=False,
+        loss_fn=proximal_loss(anchor, mu) if mu else cross_entropy_loss)
+    return model
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """One FedAvg/FedProx round on this party's own share; FedProx sends ``proximal-mu`` in the config."""
     party, settings = _party(context)
-    t = settings.config.training
     config = message.content["config"]
-    # The global model has the querier's architecture, whatever this party's own model is.
-    model = blank_model(settings.config, party, party.scenario.querier)
-    model.load_state_dict(message.content["arrays"].to_torch_state_dict())
-    mu = float(config.get("proximal-mu", 0.0))
-    anchor = [p.detach().clone() for p in model.parameters()]
-    epochs = round_epochs(t.epochs, int(config["local-epochs"]), int(config["server-round"]) - 1)
-    fit(model, (party.x, party.y), epochs, t.lr, t.batch_size, t.weight_decay,
-        seed=t.seed * 1000 + party.index + int(config["server-round"]), augment=t.augment, progress=False,
-        loss_fn=proximal_loss(anchor, mu) if mu else cross_entropy_loss)
+    model = train_round(settings, party, message.content["arrays"].to_torch_state_dict(), int(config["server-round"]),
+                        int(config["local-epochs"]), float(config.get("proximal-mu", 0.0)))
     reply = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": len(party.y)})})
     return Message(reply, reply_to=message)

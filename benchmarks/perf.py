@@ -60,9 +60,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from qkt import bench, experiment  # noqa: E402
@@ -292,7 +292,7 @@ def scaling(world: experiment.World, config: RunConfig, replies: weakref.WeakKey
             before = memory()["rss_bytes"]
             with bench.teacher_replies(replies), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                (_, report), wall = timed(lambda: query(student, party, s.query, world.querier_data, config.query, progress=False))
+                (_, report), wall = timed(lambda: query(student, party, s.query, world.querier_data, config.query, progress=False))  # noqa: B023 (called at once)
             runs.append((wall, report, before, memory()["peak_rss_bytes"]))
         wall, report, before, _ = min(runs, key=lambda r: r[0])
         by_kind: dict[str, int] = {}

@@ -71,7 +71,7 @@ def test_fedprox_with_large_mu_stays_near_the_global_model():
     for mu in (0.0, 100.0):
         algo = FedProx(FederatedConfig(prox_mu=mu), training)
         result = algo.fit(lambda: _copy(start), [(x, y)], progress=False)
-        drift[mu] = sum((p - q).abs().sum().item() for p, q in zip(result.model.parameters(), start.parameters()))
+        drift[mu] = sum((p - q).abs().sum().item() for p, q in zip(result.model.parameters(), start.parameters(), strict=True))
     assert drift[100.0] < 0.5 * drift[0.0]
 
 

@@ -16,8 +16,11 @@ from flwr.app import ConfigRecord, RecordDict  # noqa: E402
 from qkt.cli import main  # noqa: E402
 from qkt.config import parse_config  # noqa: E402
 from qkt.errors import ConfigError, QKTError, QueryError  # noqa: E402
-from qkt.flower import faults, wire  # noqa: E402
-from qkt.flower import client_app  # noqa: E402
+from qkt.flower import (  # noqa: E402
+    client_app,  # noqa: E402
+    faults,
+    wire,
+)
 from qkt.flower.client_app import proximal_loss, train_round  # noqa: E402
 from qkt.flower.federation import run_config  # noqa: E402
 from qkt.flower.party import Settings, blank_model, load_party, partition_id, read_settings  # noqa: E402

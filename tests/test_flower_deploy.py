@@ -85,7 +85,7 @@ def test_lost_and_corrupt_teachers_are_dropped_and_named(tmp_path):
     held = class_counts(party.dataset.y_train, list(party.scenario.parts), party.dataset.num_classes)[:, party.scenario.query].sum(1)
     # The faults strike the teachers holding least of Q, so that the healthy ones can still teach it.
     teachers = sorted((k for k in range(7) if k != party.scenario.querier), key=lambda k: held[k])
-    faults = dict(zip(teachers, ["die", "hang", "nan", "shape"]))
+    faults = dict(zip(teachers, ["die", "hang", "nan", "shape"], strict=False))
     got, _, _ = deploy(tmp_path, config, faults, reply_timeout=60.0)
 
     report = got["reports"]["qkt"]

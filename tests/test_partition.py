@@ -21,8 +21,8 @@ def test_dirichlet_covers_every_sample_once_and_is_seeded():
     _assert_exact_cover(parts, len(LABELS))
     assert all(len(p) >= 10 for p in parts)
     again = dirichlet(LABELS, 10, 0.1, seed=3)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
-    assert not all(np.array_equal(a, b) for a, b in zip(parts, dirichlet(LABELS, 10, 0.1, seed=4)))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, dirichlet(LABELS, 10, 0.1, seed=4), strict=True))
 
 
 def test_small_alpha_is_skewed_large_alpha_is_balanced():

@@ -75,7 +75,7 @@ def test_only_experts_send_weights_and_weights_hold_no_sample(wire):
     asked = [m["from"] for m in report.messages if m["kind"] == "weights"]
     assert sorted(asked) == sorted({k for v in report.experts.values() for k in v} | set(report.distrusted))
     assert [m["bytes"] for m in report.messages if m["kind"] == "weights"] == [sum(a.nbytes for a in w.values()) for w in weights]
-    for name, arrays in zip(asked, weights):
+    for name, arrays in zip(asked, weights, strict=True):
         teacher = world.teachers[name]
         assert set(arrays) == set(teacher.state_dict()), "a payload holds something besides the model's own state"
         assert all(a.shape == tuple(teacher.state_dict()[k].shape) for k, a in arrays.items())
@@ -128,7 +128,7 @@ def test_with_noisy_replies_the_trust_checks_drop_the_false_experts_noise_lets_i
         rng = np.random.default_rng(seed)
         with warnings.catch_warnings(), pytest.MonkeyPatch.context() as patch:
             warnings.simplefilter("ignore")
-            patch.setattr(protocol, "answer_probe", lambda m, a, h=None, r=None: honest(m, a, h, rng))
+            patch.setattr(protocol, "answer_probe", lambda m, a, h=None, r=None: honest(m, a, h, rng))  # noqa: B023 (used within this seed)
             _, report = query(world.models[s.querier], world.teachers, s.query, world.querier_data, config, progress=False)
         asked = {m["from"] for m in report.messages if m["kind"] == "weights"}
         kept = {k for v in report.experts.values() for k in v}

@@ -34,7 +34,7 @@ def test_dirichlet_assigns_every_sample_once_and_reproduces(data, num_parties, a
     parts = dirichlet(labels, num_parties, alpha, seed, min_samples=1, max_tries=1000)
     assert len(parts) == num_parties and _exact_cover(parts, len(labels))
     assert all(len(p) >= 1 for p in parts)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, dirichlet(labels, num_parties, alpha, seed, min_samples=1, max_tries=1000)))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, dirichlet(labels, num_parties, alpha, seed, min_samples=1, max_tries=1000), strict=True))
 
 
 @PROPERTY
@@ -49,7 +49,7 @@ def test_k_classes_holdings(data, num_parties, k, seed):
     if num_parties * k >= num_classes:  # every class has a holder, so every sample is assigned, once
         assert _exact_cover(parts, len(labels)) and held.any(0).all()
         assert (held.sum(1) == k).all()
-    assert all(np.array_equal(a, b) for a, b in zip(parts, k_classes(labels, num_parties, k, seed)))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, k_classes(labels, num_parties, k, seed), strict=True))
 
 
 @PROPERTY
@@ -63,7 +63,7 @@ def test_a_scenario_leaves_the_querier_none_of_its_query(data, num_parties, seed
         return
     s = make_scenario(labels, parts, 0, 1, seed, num_classes)
     assert s.query[0] in lacking and not np.isin(labels[s.parts[0]], s.query).any()
-    assert all(np.array_equal(a, b) for a, b in zip(s.parts[1:], parts[1:]))
+    assert all(np.array_equal(a, b) for a, b in zip(s.parts[1:], parts[1:], strict=True))
 
 
 @st.composite

@@ -47,7 +47,7 @@ def test_training_in_the_fast_layout_learns_as_before():
     fast = fit(_cnn(), (x, y), epochs=1, seed=0, progress=False)
     torch.manual_seed(0)
     plain = fit(nn.Sequential(*_cnn().children()), (x, y), epochs=1, seed=0, progress=False)  # not a qkt model: default layout
-    for a, b in zip(fast.parameters(), plain.parameters()):
+    for a, b in zip(fast.parameters(), plain.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-2)
 
 

@@ -390,7 +390,7 @@ def plot(summary: dict, path: Path) -> None:
     """Overall accuracy (mean ± std) of every method, one panel per data set, one bar group per scenario."""
     datasets = list(summary)
     fig, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.6 * len(datasets)), squeeze=False)
-    for ax, ds in zip(axes[:, 0], datasets):
+    for ax, ds in zip(axes[:, 0], datasets, strict=True):
         scenarios = list(summary[ds])
         methods = list(dict.fromkeys(m for s in scenarios for m in summary[ds][s]["rows"]))
         width = 0.85 / len(methods)

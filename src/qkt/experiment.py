@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -132,10 +133,13 @@ def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bo
     return World(dataset, x_train, y_train, x_test, y_test, scenario, models)
 
 
-def _timed(fn: Callable[[], nn.Module]) -> tuple[nn.Module, float]:
+T = TypeVar("T")
+
+
+def _timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
     start = time.perf_counter()
-    model = fn()
-    return model, time.perf_counter() - start
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
 
 
 def run_methods(world: World, config: RunConfig, progress: bool = True) -> tuple[dict[str, MethodResult], dict[str, dict]]:
@@ -181,14 +185,14 @@ def run_methods(world: World, config: RunConfig, progress: bool = True) -> tuple
                                     details={"rounds": g.rounds})
             continue
         if method == "kd":
-            model, seconds = _timed(lambda: distill_all(student, list(world.teachers.values()), local_x, local_y, config.query, progress))
+            model, seconds = _timed(distill_all, student, list(world.teachers.values()), local_x, local_y, config.query, progress)
             costs = {"bytes_received": all_weights}
         else:
             query_config = config.query.model_copy(update={"light": method == "qkt_light", **ABLATIONS.get(method, {})})
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the report carries them
-                    (model, report), seconds = _timed(lambda: query(student, world.teachers, s.query, (local_x, local_y), query_config, progress=progress))
+                    (model, report), seconds = _timed(query, student, world.teachers, s.query, (local_x, local_y), query_config, progress=progress)
             except QueryError as exc:  # a failed query leaves the querier with its own model: score that, say why
                 results[method] = score(method, before, local_before, test_counts, s.query, s.local_classes, details={"failed": str(exc)})
                 continue

@@ -57,7 +57,7 @@ def k_classes(labels: np.ndarray, num_parties: int, k: int, seed: int) -> list[n
         if not owners:
             continue
         idx = rng.permutation(np.flatnonzero(labels == c))
-        for owner, chunk in zip(owners, np.array_split(idx, len(owners))):
+        for owner, chunk in zip(owners, np.array_split(idx, len(owners)), strict=True):
             parts[owner].append(chunk)
     return [np.sort(np.concatenate(p)) if p else np.empty(0, dtype=np.int64) for p in parts]
 

@@ -15,7 +15,7 @@ from .fedavg import FedAvg
 
 def proximal_term(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
     """``½ Σ ||w - w_anchor||²`` over the trainable parameters, in ``model.parameters()`` order."""
-    return 0.5 * sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
+    return 0.5 * sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
 
 
 class FedProx(FedAvg):

@@ -56,7 +56,7 @@ def proximal_loss(anchor: Sequence[torch.Tensor], mu: float):
     """FedProx's local objective: cross-entropy + μ/2 · ‖w − w_global‖², ``anchor`` being the received global weights."""
 
     def loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        drift = sum(((w - w0) ** 2).sum() for w, w0 in zip(model.parameters(), anchor))
+        drift = sum(((w - w0) ** 2).sum() for w, w0 in zip(model.parameters(), anchor, strict=True))
         return cross_entropy_loss(model, batch) + mu / 2 * drift
 
     return loss

@@ -20,11 +20,11 @@ import torch
 import yaml
 from torch import nn
 
+from ..baselines.fedavg import num_rounds
 from ..config import RunConfig, parse_config
 from ..data import DataSet, load_dataset
 from ..data.base import cache_dir
 from ..errors import ConfigError
-from ..baselines.fedavg import num_rounds
 from ..experiment import make_scenario, party_arch
 from ..models import build_model
 from ..partition import Scenario

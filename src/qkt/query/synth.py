@@ -61,7 +61,7 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         layout.remove()
-        for p, flag in zip(model.parameters(), grad_flags):
+        for p, flag in zip(model.parameters(), grad_flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
 

@@ -10,11 +10,12 @@ from torch import nn
 from qkt.baselines import FEDERATED, train_global
 from qkt.baselines.fedavg import FedAvg, average_states, round_epochs
 from qkt.baselines.fedgen import Generator, diversity_loss, generator_step, label_weights
-from qkt.baselines.fedprox import FedProx, proximal_term
+from qkt.baselines.fedprox import FedProx, proximal_loss, proximal_term
 from qkt.config import FederatedConfig, TrainingConfig, parse_config
 from qkt.data import load_dataset
+from qkt.models import build_model
 from qkt.partition import dirichlet
-from qkt.training import per_class_accuracy
+from qkt.training import cross_entropy_loss, per_class_accuracy
 
 
 def test_average_states_is_the_sample_weighted_mean():
@@ -60,6 +61,18 @@ def test_proximal_term_and_its_gradient():
     assert term.item() == pytest.approx(0.5 * 2)  # two weights, each 1 away
     term.backward()
     assert torch.allclose(model.weight.grad, torch.ones_like(model.weight))  # d/dw ½||w - a||² = w - a
+
+
+def test_fedprox_loss_is_cross_entropy_at_the_global_weights_and_grows_away_from_them():
+    torch.manual_seed(0)
+    model = build_model("mlp", (64,), 10)
+    batch = (torch.randn(16, 64), torch.randint(0, 10, (16,)))
+    anchor = [p.detach().clone() for p in model.parameters()]
+    loss = proximal_loss(anchor, mu=0.5)
+    assert torch.isclose(loss(model, batch), cross_entropy_loss(model, batch))
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert loss(model, batch) > cross_entropy_loss(model, batch)
 
 
 def test_fedprox_with_large_mu_stays_near_the_global_model():

@@ -1,4 +1,4 @@
-"""The Flower app's pieces that need no running federation: records, run config, faults, FedProx's loss."""
+"""The Flower app's pieces that need no running federation: records, run config, faults, a FedAvg/FedProx round."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from qkt.flower import (  # noqa: E402
     faults,
     wire,
 )
-from qkt.flower.client_app import proximal_loss, train_round  # noqa: E402
+from qkt.flower.client_app import train_round  # noqa: E402
 from qkt.flower.federation import run_config  # noqa: E402
 from qkt.flower.party import Settings, blank_model, load_party, partition_id, read_settings  # noqa: E402
 from qkt.models import build_model  # noqa: E402
 from qkt.query.protocol import export_weights, import_weights  # noqa: E402
-from qkt.training import cross_entropy_loss, fit  # noqa: E402
+from qkt.training import fit  # noqa: E402
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -122,16 +122,6 @@ def test_a_supernode_must_match_the_partition():
         partition_id({"partition-id": 3, "num-partitions": 5}, config)
     with pytest.raises(ConfigError, match="partition-id"):
         partition_id({}, config)
-
-
-def test_fedprox_loss_is_cross_entropy_at_the_global_weights_and_grows_away_from_them(model):
-    batch = (torch.randn(16, 64), torch.randint(0, 10, (16,)))
-    anchor = [p.detach().clone() for p in model.parameters()]
-    loss = proximal_loss(anchor, mu=0.5)
-    assert torch.isclose(loss(model, batch), cross_entropy_loss(model, batch))
-    with torch.no_grad():
-        next(model.parameters()).add_(1.0)
-    assert loss(model, batch) > cross_entropy_loss(model, batch)
 
 
 def test_a_flower_client_keeps_the_local_epoch_budget_over_its_rounds(tmp_path, monkeypatch):

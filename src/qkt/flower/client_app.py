@@ -10,7 +10,7 @@ FedProx strategies.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from ..baselines.fedavg import round_epochs
+from ..baselines.fedprox import proximal_loss
 from ..query.protocol import answer_probe, export_weights
 from ..training import cross_entropy_loss, fit, set_threads
 from . import faults, wire
@@ -50,16 +51,6 @@ def weights(message: Message, context: Context) -> Message:
     arrays = export_weights(trained_model(settings.config, party), half=bool(message.content["request"]["half"]))
     arrays = faults.strike(str(context.node_config.get("qkt-fault", "")), arrays)
     return Message(wire.weights_content(arrays), reply_to=message)
-
-
-def proximal_loss(anchor: Sequence[torch.Tensor], mu: float):
-    """FedProx's local objective: cross-entropy + μ/2 · ‖w − w_global‖², ``anchor`` being the received global weights."""
-
-    def loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        drift = sum(((w - w0) ** 2).sum() for w, w0 in zip(model.parameters(), anchor, strict=True))
-        return cross_entropy_loss(model, batch) + mu / 2 * drift
-
-    return loss
 
 
 def train_round(settings: Settings, party: Party, global_state: Mapping[str, torch.Tensor], server_round: int,

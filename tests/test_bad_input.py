@@ -42,8 +42,10 @@ def _fails_cleanly(capsys, tmp_path, config_text: str, suffix: str = ".toml", *e
     ('[training]\nbatch_size = 1', (), "training.batch_size: Input should be greater than or equal to 2"),
     ('[query.probe]\nkind = "self"', (), "'self' needs each teacher's held-out data"),
     ('[scenario]\nquerier = 8\nquery = [7]', (), "party 8 holds 10+ samples of class(es) [7]"),
+    ('[data]\nname = "digits"', ("--data-path", "mine.npz"), "for your own .npz set data.name: npz"),
+    ('[data]\nmax_train = 5', (), "cannot draw a stratified subset of 5 train samples (data.max_train)"),
 ], ids=["unknown-dataset", "class-outside", "empty-query", "missing-file", "no-expert", "wrong-types", "bad-range",
-        "batch-of-one", "self-probe-in-process", "querier-knows-query"])
+        "batch-of-one", "self-probe-in-process", "querier-knows-query", "path-without-name", "subset-below-the-classes"])
 def test_each_bad_input_gets_one_clear_message(capsys, tmp_path, config, extra, says):
     if "{own}" in config:  # a class only the querier holds: k_classes gives every class a single holder
         from qkt.data import load_dataset
@@ -64,10 +66,21 @@ def test_a_flag_that_would_do_nothing_is_refused(capsys, argv, says):
     assert says in capsys.readouterr().err
 
 
-def test_zero_threads_is_refused_by_the_parser(capsys):
+@pytest.mark.parametrize(("argv", "says"), [
+    (["bench", "--threads", "0"], "--threads: must be at least 1, not 0"),
+    (["flower", "run-config", "--reply-timeout", "0"], "--reply-timeout: must be more than 0.0, not 0"),
+    (["flower", "simulate", "--timeout", "-5"], "--timeout: must be more than 0.0, not -5"),
+    (["flower", "run-config", "--min-supernodes", "-1"], "--min-supernodes: must be at least 0, not -1"),
+])
+def test_numbers_out_of_range_are_refused_by_the_parser(capsys, argv, says):
     with pytest.raises(SystemExit):
-        main(["bench", "--threads", "0"])
-    assert "--threads: must be at least 1, not 0" in capsys.readouterr().err
+        main(argv)
+    assert says in capsys.readouterr().err
+
+
+def test_digits_has_nothing_to_download(capsys, tmp_path):
+    assert main(["data", "download", "digits", "--data-root", str(tmp_path)]) == 2
+    assert "nothing to download" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
 def load_config_text(tmp_path, text: str, suffix: str = ".toml") -> RunConfig:
@@ -82,6 +95,14 @@ def test_corrupt_data_file(capsys, tmp_path):
     assert "may be corrupt or cut short" in err
 
 
+def test_a_data_file_with_an_empty_split(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "mine.npz", x_train=rng.normal(size=(400, 5)), y_train=rng.integers(0, 3, 400),
+             x_test=np.zeros((0, 5)), y_test=np.zeros(0, dtype=np.int64))
+    err = _fails_cleanly(capsys, tmp_path, '[data]\nname = "npz"', ".toml", "--data-path", str(tmp_path / "mine.npz"))
+    assert "has no test samples" in err
+
+
 def test_missing_and_unreadable_config_files(capsys, tmp_path):
     assert main(["run", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -89,6 +110,10 @@ def test_missing_and_unreadable_config_files(capsys, tmp_path):
     assert "not valid YAML" in err
     err = _fails_cleanly(capsys, tmp_path, "- just\n- a list\n", ".yaml")
     assert "top level must be a mapping" in err
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"data:\n  name: digits\xff\n")
+    assert main(["run", "--config", str(latin)]) == 2
+    assert "not UTF-8 text" in capsys.readouterr().err
 
 
 def test_every_bad_key_is_listed_with_what_to_change(tmp_path):
@@ -99,6 +124,22 @@ def test_every_bad_key_is_listed_with_what_to_change(tmp_path):
     assert "query.lamda: unknown key; did you mean 'lam'?" in message
     assert "query.trust.min_local_agreement: Input should be less than or equal to 1 (got 3)" in message
     assert "partition.num_parties: Input should be greater than or equal to 2 (got 1)" in message
+
+
+@pytest.mark.parametrize(("labels", "says"), [
+    (np.arange(20) % 4, "local labels must lie in 0..2; got 0..3"),
+    (-np.ones(20, dtype=np.int64), "local labels must lie in 0..2; got -1..-1"),
+    (np.zeros(20, dtype=np.float32), "1-D integer tensor of class indices, not torch.float32"),
+], ids=["label-outside", "negative-label", "float-labels"])
+def test_labels_a_query_cannot_learn_from_are_refused_before_any_exchange(labels, says):
+    import torch
+
+    from qkt import query
+
+    torch.manual_seed(0)
+    student, teacher = build_model("mlp", (8,), 3), build_model("mlp", (8,), 3)
+    with pytest.raises(QueryError, match=says.replace("(", r"\(").replace(".", r"\.")):
+        query(student, [teacher], [2], (torch.randn(20, 8), torch.as_tensor(labels)), progress=False)
 
 
 def test_teacher_weights_that_do_not_fit_are_refused():

@@ -116,6 +116,9 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, path: st
         An explicit file or folder, which overrides the lookup under ``data_root``.
     """
     if name == "digits":
+        if path is not None:  # data.name defaults to digits: a forgotten name must not quietly replace the user's file
+            raise DataError(f"digits is bundled and reads no file, so '{path}' would be ignored; "
+                            "for your own .npz set data.name: npz (or --dataset npz)")
         return digits.load()
     source = _source(name)
     if path is not None:
@@ -139,6 +142,8 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, path: st
 
 def download(name: str, data_root: str | os.PathLike | None = None) -> Path:
     """Fetch the official file of ``name`` into the data root (only on this explicit call)."""
+    if name == "digits":
+        raise DataError("digits comes with scikit-learn; there is nothing to download")
     source = _source(name)
     if not source.url:
         raise DataError(f"{name}: qkt cannot download it; get {source.where}")

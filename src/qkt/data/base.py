@@ -62,15 +62,18 @@ class DataSet:
         """A seeded, stratified subset (for quick runs); the class proportions are kept."""
         from sklearn.model_selection import train_test_split
 
-        def take(x: np.ndarray, y: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+        def take(x: np.ndarray, y: np.ndarray, limit: int | None, split: str) -> tuple[np.ndarray, np.ndarray]:
             if limit is None or limit >= len(y):
                 return x, y
-            keep, _ = train_test_split(np.arange(len(y)), train_size=limit, random_state=seed, stratify=y)
+            try:
+                keep, _ = train_test_split(np.arange(len(y)), train_size=limit, random_state=seed, stratify=y)
+            except ValueError as exc:  # a subset too small for every class, or a class of one sample, cannot be stratified
+                raise DataError(f"{self.name}: cannot draw a stratified subset of {limit} {split} samples (data.max_{split}): {exc}") from None
             keep = np.sort(keep)
             return x[keep], y[keep]
 
-        x_train, y_train = take(self.x_train, self.y_train, max_train)
-        x_test, y_test = take(self.x_test, self.y_test, max_test)
+        x_train, y_train = take(self.x_train, self.y_train, max_train, "train")
+        x_test, y_test = take(self.x_test, self.y_test, max_test, "test")
         return DataSet(self.name, x_train, y_train, x_test, y_test, self.classes)
 
     def normalized(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,6 +109,8 @@ def validate_arrays(name: str, source: Path | str, arrays: dict[str, np.ndarray]
         if x.ndim not in (2, 3, 4):
             raise DataError(f"{name}: x_{split} in {source} has shape {x.shape}; expected N×H×W×C images or N×D features")
         y = np.asarray(y).reshape(-1)
+        if not len(y):
+            raise DataError(f"{name}: {source} has no {split} samples (x_{split} and y_{split} are empty)")
         if len(x) != len(y):
             raise DataError(f"{name}: x_{split} has {len(x)} rows but y_{split} has {len(y)} in {source}")
         if not np.issubdtype(y.dtype, np.integer):

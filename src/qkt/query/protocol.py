@@ -312,6 +312,11 @@ def query(
     for who, size in outputs.items():
         if size != num_classes:
             raise QueryError(f"{who} outputs {size} classes but the label space has {num_classes}")
+    if local_y.dtype.is_floating_point or local_y.dtype.is_complex or local_y.dtype == torch.bool or local_y.ndim != 1:
+        raise QueryError(f"local labels must be a 1-D integer tensor of class indices, not {local_y.dtype} of shape {tuple(local_y.shape)}")
+    local_y = local_y.long()  # the losses take int64 class indices
+    if local_y.min() < 0 or local_y.max() >= num_classes:
+        raise QueryError(f"local labels must lie in 0..{num_classes - 1}; got {int(local_y.min())}..{int(local_y.max())}")
     query_classes = probe.check_query(query_classes, num_classes)
     notes: list[str] = []
     held = torch.bincount(local_y, minlength=num_classes)

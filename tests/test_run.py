@@ -55,6 +55,15 @@ def test_run_on_a_user_npz(tmp_path):
     assert summary["methods"]["qkt"]["query_accuracy"] > summary["methods"]["local"]["query_accuracy"]
 
 
+def test_a_run_of_baselines_only_writes_its_results_and_chart(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('methods = ["ensemble"]\n[training]\nepochs = 1\n')
+    output = tmp_path / "out"
+    assert main(["run", "--config", str(config), "--output", str(output), "--quiet"]) == 0
+    assert "ensemble" in json.loads((output / "results.json").read_text())["methods"]
+    assert (output / "results.md").exists() and (output / "per_class_accuracy.png").exists()
+
+
 def test_run_on_blood_cells(tmp_path, data_root):
     toml = '[data]\nname = "bloodmnist"\nmax_train = 2000\nmax_test = 800\n' + QUICK.format(arch="cnn", epochs=3)
     summary = _run(tmp_path, toml, "--data-root", str(data_root))

@@ -25,6 +25,9 @@ METHOD_NAMES = {
     "kd": "KD (all teachers)",
     "qkt": "QKT",
     "qkt_light": "QKT Light",
+    "fedavg": "FedAvg",
+    "fedprox": "FedProx",
+    "fedgen": "FedGen",
 }
 
 
@@ -85,8 +88,11 @@ def save_figure(fig: Figure, path: Path, dpi: int = 110) -> None:
 
 
 def plot_per_class(summary: dict, path: Path) -> None:
-    """Bars of the querier's per-class test accuracy before (Local) and after (QKT, QKT Light) the query."""
-    methods = {k: v for k, v in summary["methods"].items() if k in ("local", "qkt", "qkt_light")}
+    """Bars of the querier's per-class test accuracy before (Local) and after (QKT, QKT Light) the query.
+
+    A run of none of these three shows the methods it ran instead.
+    """
+    methods = {k: v for k, v in summary["methods"].items() if k in ("local", "qkt", "qkt_light")} or summary["methods"]
     classes = summary["classes"]
     query = set(summary["scenario"]["query"])
     local = set(summary["scenario"]["local_classes"])
@@ -94,7 +100,7 @@ def plot_per_class(summary: dict, path: Path) -> None:
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) + 2), 3.8))
     for i, (name, r) in enumerate(methods.items()):
-        label = "before (Local)" if name == "local" else f"after ({METHOD_NAMES[name]})"
+        label = "before (Local)" if name == "local" else f"after ({METHOD_NAMES.get(name, name)})"
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, r["per_class_accuracy"], width, label=label)
     for c in query:
         ax.axvspan(c - 0.45, c + 0.45, color="gold", alpha=0.25, lw=0)
@@ -103,7 +109,7 @@ def plot_per_class(summary: dict, path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{summary['dataset']}: querier {summary['scenario']['querier']} — query classes shaded (*), · = neither local nor queried", fontsize=9)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(methods), fontsize=8, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=max(len(methods), 1), fontsize=8, frameon=False)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
 
@@ -111,6 +117,6 @@ def plot_per_class(summary: dict, path: Path) -> None:
 def write_outputs(summary: dict, output: Path) -> None:
     """``results.json``, ``results.md`` and ``per_class_accuracy.png`` in ``output``."""
     output.mkdir(parents=True, exist_ok=True)
-    plot_per_class(summary, output / "per_class_accuracy.png")
     atomic_write(output / "results.md", (describe_scenario(summary) + "\n\n" + format_table(summary["methods"]) + "\n").encode())
     atomic_write(output / "results.json", json.dumps(summary, indent=2).encode())
+    plot_per_class(summary, output / "per_class_accuracy.png")  # last: the numbers are kept even if drawing fails

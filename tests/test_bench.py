@@ -75,6 +75,21 @@ def test_unknown_profile_and_scenario_are_user_errors(tmp_path):
         bench.run_bench("quick", ["digits"], tmp_path, scenarios=["nope"])
 
 
+def test_a_data_set_that_is_missing_stops_the_bench_before_any_query(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "run_scenario", lambda *a, **k: pytest.fail("a query ran before the data sets were checked"))
+    with pytest.raises(QKTError, match="cifar10: no data file"):
+        bench.run_bench("quick", ["digits", "cifar10"], tmp_path / "out", data_root=tmp_path, progress=False)
+    with pytest.raises(QKTError, match="use `qkt run` with data.name: npz"):
+        bench.run_bench("quick", ["npz"], tmp_path / "out", progress=False)
+
+
+def test_a_scenario_named_twice_runs_once(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(bench, "run_scenario", lambda dataset, scenario, seed, *a, **k: ran.append((dataset.name, scenario.name, seed)))
+    bench.run_bench("quick", ["digits", "digits"], tmp_path, scenarios=["single", "single"], progress=False)
+    assert ran == [("digits", "single", 0)]
+
+
 def test_multi_class_query_size_scales_with_the_label_space():
     assert [bench.multi_query_size(c) for c in (8, 10, 100)] == [2, 3, 30]
 

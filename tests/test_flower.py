@@ -142,6 +142,11 @@ def test_a_flower_client_keeps_the_local_epoch_budget_over_its_rounds(tmp_path, 
     assert settings.rounds == 3 and trained == [2, 2, 1]  # 5 epochs in all, as in-process FedAvg
 
 
+def test_zero_parties_is_refused_not_ignored(capsys):
+    assert main(["flower", "run-config", "--parties", "0"]) == 2
+    assert "partition.num_parties: Input should be greater than or equal to 2 (got 0)" in capsys.readouterr().err
+
+
 def test_cli_prints_a_run_config_flwr_accepts(tmp_path, capsys):
     assert main(["flower", "run-config", "--parties", "5", "--output", str(tmp_path), "--min-supernodes", "4"]) == 0
     settings = read_settings(tomllib.loads(capsys.readouterr().out))

@@ -48,7 +48,7 @@ QKT_METHODS = ["qkt", "qkt_light"]
 ABLATIONS = list(experiment.ABLATIONS)
 # The existing ways of collaborating that the paper's headline compares QKT with: every baseline but Local.
 COLLABORATIVE = [m for m in BASELINES if m != "local"]
-NAMES = {**METHOD_NAMES, "fedavg": "FedAvg", "fedprox": "FedProx", "fedgen": "FedGen", "qkt_no_masks": "QKT, no masks",
+NAMES = {**METHOD_NAMES, "qkt_no_masks": "QKT, no masks",
          "qkt_no_phase2": "QKT, no Phase 2", "qkt_merged": "QKT, phases merged", "qkt_no_mixup": "QKT, no mixup",
          "qkt_short_phase1": "QKT, short Phase 1 epochs"}
 METRICS = ["query_accuracy", "local_accuracy", "overall_accuracy", "forgetting", "bytes", "seconds"]
@@ -448,10 +448,16 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     if profile_name not in PROFILES:
         raise QKTError(f"unknown profile '{profile_name}'; choose one of: {', '.join(PROFILES)}")
     profile = PROFILES[profile_name]
-    unknown = [s for s in scenarios or () if s not in SCENARIOS]
+    scenarios = list(dict.fromkeys(scenarios or ()))  # a name given twice would run, and count, its queries twice
+    unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise QKTError(f"unknown scenario(s) {unknown}; choose from: {', '.join(SCENARIOS)}")
-    datasets = list(datasets or available_datasets(data_root))
+    datasets = list(dict.fromkeys(datasets or available_datasets(data_root)))
+    if "npz" in datasets:
+        raise QKTError("qkt bench runs the registry data sets; for your own .npz file use `qkt run` with data.name: npz and data.path")
+    for name in datasets:  # a missing file must stop the bench before hours of other data sets, not after
+        if name != "digits":
+            find_file(name, data_root)
     previous = output / "bench.json"
     records: list[dict] = []
     spent = (0.0, 0.0)

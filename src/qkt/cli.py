@@ -7,12 +7,16 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
 from .config import RunConfig, load_config, parse_config
 from .errors import QKTError
+
+T = TypeVar("T", int, float)
 
 DEMO = {
     "data": {"name": "digits"},
@@ -106,11 +110,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def bounded(kind: Callable[[str], T], minimum: T, *, inclusive: bool = True) -> Callable[[str], T]:
+    """An argparse ``type``: ``kind(text)``, refused below ``minimum`` (or at it, unless ``inclusive``)."""
+
+    def parse(text: str) -> T:
+        value = kind(text)
+        if value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'more than'} {minimum}, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
+positive_int = bounded(int, 1)
+positive_float = bounded(float, 0.0, inclusive=False)
+non_negative_int = bounded(int, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-path", default=None, help="an explicit data file (overrides data.path)")
     run.add_argument("--resume", action="store_true", help="reuse the parties' models already trained in OUTPUT/checkpoints (default: retrain)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, interrupted="finished checkpoints are kept (qkt run --resume reuses them); results were not written")
 
     config = sub.add_parser("config", help="print every config option with its default, as YAML")
     config.add_argument("--demo", action="store_true", help="print the demo's config instead of the defaults")
@@ -150,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest")
     bench.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else every core; 1 is much faster on a busy machine)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
-    bench.set_defaults(func=cmd_bench)
+    bench.set_defaults(func=cmd_bench, interrupted="every finished query is in bench.json; qkt bench --resume with the same --output runs the rest")
 
     data = sub.add_parser("data", help="list, inspect or download data sets")
     data.add_argument("action", choices=["list", "info", "download"], help="list the registry; show a data set; download its official file")
@@ -175,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished checkpoints are kept (qkt run --resume reuses them); results were not written", file=sys.stderr)
+        hint = getattr(args, "interrupted", None)  # what survives depends on the command
+        print(f"interrupted: {hint}" if hint else "interrupted", file=sys.stderr)
         return 130
 
 

@@ -25,7 +25,7 @@ def _config(args: argparse.Namespace):
     from ..cli import DEMO
 
     config = load_config(args.config) if args.config else parse_config(DEMO, "demo")
-    if getattr(args, "parties", None):
+    if getattr(args, "parties", None) is not None:
         config = parse_config({**config.model_dump(), "partition": {**config.partition.model_dump(), "num_parties": args.parties}},
                               f"{args.config or 'demo'} with --parties {args.parties}")
     return config
@@ -67,6 +67,8 @@ def cmd_run_config(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``qkt flower`` and its commands on the main parser's subcommands."""
+    from ..cli import non_negative_int, positive_float
+
     flower = sub.add_parser("flower", help="run queries on Flower: simulation, or SuperLink/SuperNodes across machines",
                             description="qkt as a Flower app. See docs/flower.md for running across machines.")
     commands = flower.add_subparsers(dest="flower_command", required=True, metavar="ACTION")
@@ -74,12 +76,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path, default=None, help="a `qkt run` config (YAML/TOML; default: the demo's)")
         p.add_argument("--output", type=Path, default=Path("qkt-output/flower"), help="folder for the querier's results (default: %(default)s)")
-        p.add_argument("--reply-timeout", type=float, default=600.0, help="seconds to wait for each exchange; later parties are reported lost (default: %(default)s)")
+        p.add_argument("--reply-timeout", type=positive_float, default=600.0, help="seconds to wait for each exchange; later parties are reported lost (default: %(default)s)")
 
     simulate = commands.add_parser("simulate", help="run one query with one simulated SuperNode per party (Flower's simulation runtime)")
     common(simulate)
     simulate.add_argument("--parties", type=int, default=None, help="number of parties (overrides partition.num_parties)")
-    simulate.add_argument("--timeout", type=float, default=3600.0, help="give up on the whole run after this many seconds (default: %(default)s)")
+    simulate.add_argument("--timeout", type=positive_float, default=3600.0, help="give up on the whole run after this many seconds (default: %(default)s)")
     simulate.set_defaults(func=cmd_simulate)
 
     app_dir = commands.add_parser("app-dir", help="print the folder of the Flower app, for `flwr run <folder> <superlink>`")
@@ -88,5 +90,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run_config = commands.add_parser("run-config", help="print a run config (TOML) for `flwr run ... --run-config run.toml`")
     common(run_config)
     run_config.add_argument("--parties", type=int, default=None, help="number of parties (overrides partition.num_parties)")
-    run_config.add_argument("--min-supernodes", type=int, default=0, help="SuperNodes to wait for before the query starts (default: %(default)s)")
+    run_config.add_argument("--min-supernodes", type=non_negative_int, default=0, help="SuperNodes to wait for before the query starts (default: %(default)s)")
     run_config.set_defaults(func=cmd_run_config)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from qkt.cli import main
-from qkt.config import load_config
+from qkt.config import RunConfig, load_config, parse_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 QUICK = """
@@ -62,6 +63,13 @@ def test_a_run_of_baselines_only_writes_its_results_and_chart(tmp_path):
     assert main(["run", "--config", str(config), "--output", str(output), "--quiet"]) == 0
     assert "ensemble" in json.loads((output / "results.json").read_text())["methods"]
     assert (output / "results.md").exists() and (output / "per_class_accuracy.png").exists()
+
+
+def test_qkt_config_prints_every_option_with_its_meaning(capsys):
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert parse_config(yaml.safe_load(out)) == RunConfig()  # the comments do not change what it loads as
+    assert "  temperature: 2.0  # softmax temperature" in out and "partition:  # How the training data" in out
 
 
 def test_run_on_blood_cells(tmp_path, data_root):

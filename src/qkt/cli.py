@@ -11,9 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import yaml
-
-from .config import RunConfig, load_config, parse_config
+from .config import RunConfig, commented_yaml, load_config, parse_config
 from .errors import QKTError
 
 T = TypeVar("T", int, float)
@@ -75,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     config = parse_config(DEMO, "demo") if args.demo else RunConfig()
-    print(yaml.safe_dump(config.model_dump(), sort_keys=False), end="")
+    print(commented_yaml(config))
     return 0
 
 

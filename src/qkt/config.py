@@ -67,12 +67,12 @@ class TrustConfig(Section):
 class InversionConfig(Section):
     """Synthetic query-class inputs made at the querier by inverting the experts (DeepInversion)."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="invert the experts into synthetic query-class inputs (off: local data and mixups only)")
     samples_per_class: NonNegative = Field(
         256, description="synthetic inputs made per query class, split among its experts; an expert of several classes makes "
                          "the same number for each, its share of its most shared class")
     steps: Positive = Field(200, description="optimisation steps per batch")
-    lr: Rate = 0.1
+    lr: Rate = Field(0.1, description="Adam learning rate of the synthetic inputs")
     bn_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of matching the expert's BatchNorm statistics")
     tv_weight: Annotated[float, Field(ge=0)] = Field(1e-4, description="weight of the total-variation image prior")
     l2_weight: Annotated[float, Field(ge=0)] = Field(1e-5, description="weight of the L2 input prior")
@@ -92,23 +92,23 @@ class QueryConfig(Section):
     mixup: Annotated[float, Field(ge=0)] = Field(
         1.0, description="mixups of local and synthetic inputs added per such input (0: none); each costs Phase 1 as much as a local input"
     )
-    mixup_alpha: Rate = 0.4
-    temperature: Rate = 2.0
+    mixup_alpha: Rate = Field(0.4, description="mixup weights are drawn from Beta(mixup_alpha, mixup_alpha)")
+    temperature: Rate = Field(2.0, description="softmax temperature of the distillation targets and the student's KL term")
     kd_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of the distillation term against the local cross-entropy")
-    phase1_epochs: NonNegative = 10
+    phase1_epochs: NonNegative = Field(10, description="epochs of Phase 1, the masked distillation (see phase1_epoch)")
     phase1_epoch: Literal["transfer", "local"] = Field(
         "transfer", description="a Phase 1 epoch: one pass over the whole transfer set, or 'local': as many of its inputs as the "
                                 "querier holds, drawn in turn (a fine-tuning epoch's cost: about half Phase 1's time, 1-3 points of accuracy in the ablations)"
     )
-    phase2_epochs: NonNegative = 20
-    lr: Rate = 1e-3
-    head_lr: Rate = 5e-3
-    batch_size: BatchSize = 64
+    phase2_epochs: NonNegative = Field(20, description="epochs of Phase 2, which re-fits only the head on class-balanced transfer inputs")
+    lr: Rate = Field(1e-3, description="Adam learning rate of Phase 1")
+    head_lr: Rate = Field(5e-3, description="Adam learning rate of Phase 2 (the head alone)")
+    batch_size: BatchSize = Field(64, description="mini-batch of Phases 1 and 2")
     light: bool = Field(False, description="QKT Light: experts send float16 weights; Phase 1 trains the last block and the head")
     use_masks: bool = Field(True, description="ablation switch: False treats every teacher as expert in every query class")
     phase2: bool = Field(True, description="ablation switch: False skips head refinement")
     merged: bool = Field(False, description="ablation switch: one class-balanced phase instead of Phase 1 then Phase 2")
-    seed: NonNegative = 0
+    seed: NonNegative = Field(0, description="seeds the probe, the inversion, the mixups and both phases: a query repeats exactly")
 
 
 class FederatedConfig(Section):
@@ -136,7 +136,9 @@ Arch = Literal["mlp", "cnn", "resnet"]
 
 
 class DataConfig(Section):
-    name: str = "digits"
+    """Which data set: a registry name, or npz with your own file."""
+
+    name: str = Field("digits", description="digits (bundled), cifar10, cifar100, cinic10, a MedMNIST name, or npz (see `qkt data list`)")
     root: str | None = Field(None, description="folder with the data files (default: $QKT_DATA_ROOT or ./data)")
     path: str | None = Field(None, description="an explicit data file, e.g. your own .npz")
     max_train: Positive | None = Field(None, description="use a seeded, stratified subset of this many training samples")
@@ -144,23 +146,29 @@ class DataConfig(Section):
 
 
 class PartitionConfig(Section):
+    """How the training data is split over the parties."""
+
     num_parties: Annotated[int, Field(ge=2)] = 10
-    kind: Literal["dirichlet", "k_classes"] = "dirichlet"
-    alpha: Rate = 0.1
-    classes_per_party: Positive = 2
+    kind: Literal["dirichlet", "k_classes"] = Field("dirichlet", description="label skew: Dirichlet(alpha) shares per class, or k classes per party")
+    alpha: Rate = Field(0.1, description="Dirichlet concentration: smaller is more skewed")
+    classes_per_party: Positive = Field(2, description="k of k_classes")
     seed: NonNegative = 0
 
 
 class ScenarioConfig(Section):
+    """Who queries, and for which classes."""
+
     querier: NonNegative | None = Field(None, description="the querying party (default: the eligible party with most samples)")
     query: list[NonNegative] | None = Field(None, description="fixed query classes, which the querier must lack (default: drawn)")
-    query_size: Positive = 1
+    query_size: Positive = Field(1, description="number of query classes drawn when query is not set")
     max_query_samples: Positive = Field(10, description="a class the querier holds fewer samples of than this may be queried")
-    min_expert_samples: Positive = 10
+    min_expert_samples: Positive = Field(10, description="only a class some other party holds this many samples of can be queried (someone can teach it)")
 
 
 class TrainingConfig(Section):
-    arch: Arch = "mlp"
+    """Every party's training of its own model (and the federated baselines' optimiser)."""
+
+    arch: Arch = Field("mlp", description="the querier's model: mlp, cnn or resnet")
     teacher_archs: list[Arch] | None = Field(None, description="architectures of the teachers, cycled over the parties (default: arch)")
     epochs: Positive = 20
     lr: Rate = 1e-3
@@ -192,6 +200,21 @@ class RunConfig(Section):
                              "Flower app do not set aside; use 'statistics' or 'noise', or the Python API with "
                              "qkt.Teacher(model, holdout=...)")
         return self
+
+
+def commented_yaml(config: BaseModel, indent: int = 0) -> str:
+    """``config`` as YAML that loads back to it, each option followed by its description as a comment."""
+    lines = []
+    for name, field in type(config).model_fields.items():
+        value, pad = getattr(config, name), "  " * indent
+        if isinstance(value, BaseModel):
+            doc = (type(value).__doc__ or "").strip().splitlines()
+            lines.append(f"{pad}{name}:" + (f"  # {doc[0]}" if doc else ""))
+            lines.append(commented_yaml(value, indent + 1))
+            continue
+        text = yaml.safe_dump([value], default_flow_style=True, width=1_000).strip()[1:-1]  # one line, lists inline
+        lines.append(f"{pad}{name}: {text}" + (f"  # {field.description}" if field.description else ""))
+    return "\n".join(lines)
 
 
 def _shown(value: object) -> str:

@@ -142,9 +142,25 @@ def test_a_flower_client_keeps_the_local_epoch_budget_over_its_rounds(tmp_path, 
     assert settings.rounds == 3 and trained == [2, 2, 1]  # 5 epochs in all, as in-process FedAvg
 
 
-def test_zero_parties_is_refused_not_ignored(capsys):
-    assert main(["flower", "run-config", "--parties", "0"]) == 2
-    assert "partition.num_parties: Input should be greater than or equal to 2 (got 0)" in capsys.readouterr().err
+@pytest.mark.parametrize(("argv", "says"), [
+    (["run-config", "--parties", "0"], "partition.num_parties: Input should be greater than or equal to 2 (got 0)"),
+    (["run-config", "--min-supernodes", "11"], "the run has 10 parties, 9 besides the querier"),
+])
+def test_a_run_config_that_cannot_work_is_refused(capsys, argv, says):
+    assert main(["flower", *argv]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_a_partition_that_cannot_work_fails_before_flower_starts(tmp_path, capsys):
+    assert main(["flower", "simulate", "--parties", "100", "--output", str(tmp_path / "out")]) == 2
+    assert "use fewer parties or a larger alpha" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # no SuperLink, no logs
+
+
+def test_the_data_root_reaches_every_party_as_an_absolute_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["flower", "run-config", "--data-root", "data"]) == 0
+    assert read_settings(tomllib.loads(capsys.readouterr().out)).config.data.root == str(tmp_path.resolve() / "data")
 
 
 def test_cli_prints_a_run_config_flwr_accepts(tmp_path, capsys):

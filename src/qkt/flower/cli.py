@@ -28,6 +28,8 @@ def _config(args: argparse.Namespace):
     if getattr(args, "parties", None) is not None:
         config = parse_config({**config.model_dump(), "partition": {**config.partition.model_dump(), "num_parties": args.parties}},
                               f"{args.config or 'demo'} with --parties {args.parties}")
+    if args.data_root is not None:  # absolute: the parties' processes do not start in this folder
+        config = config.model_copy(update={"data": config.data.model_copy(update={"root": str(args.data_root.expanduser().resolve())})})
     return config
 
 
@@ -60,8 +62,12 @@ def cmd_run_config(args: argparse.Namespace) -> int:
 
     from .federation import run_config
 
+    config = _config(args)
+    if args.min_supernodes > config.partition.num_parties:
+        raise QKTError(f"--min-supernodes {args.min_supernodes}: the run has {config.partition.num_parties} parties, "
+                       f"{config.partition.num_parties - 1} besides the querier")
     options = {"reply_timeout": args.reply_timeout, "min_supernodes": args.min_supernodes}
-    sys.stdout.write(tomli_w.dumps(run_config(_config(args), args.output, **options), multiline_strings=True))
+    sys.stdout.write(tomli_w.dumps(run_config(config, args.output, **options), multiline_strings=True))
     return 0
 
 
@@ -76,6 +82,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path, default=None, help="a `qkt run` config (YAML/TOML; default: the demo's)")
         p.add_argument("--output", type=Path, default=Path("qkt-output/flower"), help="folder for the querier's results (default: %(default)s)")
+        p.add_argument("--data-root", type=Path, default=None,
+                       help="folder of the data files, for every party (default: data.root, else $QKT_DATA_ROOT on each machine)")
         p.add_argument("--reply-timeout", type=positive_float, default=600.0, help="seconds to wait for each exchange; later parties are reported lost (default: %(default)s)")
 
     simulate = commands.add_parser("simulate", help="run one query with one simulated SuperNode per party (Flower's simulation runtime)")

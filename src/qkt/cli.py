@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run, interrupted="finished checkpoints are kept (qkt run --resume reuses them); results were not written")
 
-    config = sub.add_parser("config", help="print every config option with its default, as YAML")
+    config = sub.add_parser("config", help="print every config option with its default, as YAML",
+                            description="Print every option of a `qkt run` config with its default and what it means, as YAML that loads back to the same config: a starting point for your own.")
     config.add_argument("--demo", action="store_true", help="print the demo's config instead of the defaults")
     config.set_defaults(func=cmd_config)
 

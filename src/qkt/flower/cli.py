@@ -86,16 +86,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="folder of the data files, for every party (default: data.root, else $QKT_DATA_ROOT on each machine)")
         p.add_argument("--reply-timeout", type=positive_float, default=600.0, help="seconds to wait for each exchange; later parties are reported lost (default: %(default)s)")
 
-    simulate = commands.add_parser("simulate", help="run one query with one simulated SuperNode per party (Flower's simulation runtime)")
+    simulate = commands.add_parser("simulate", help="run one query with one simulated SuperNode per party (Flower's simulation runtime)",
+                                   description="Start a SuperLink with Flower's simulation runtime (Ray), one virtual SuperNode per party, run the config's Flower methods (local, qkt, qkt_light, fedavg, fedprox), print the table and stop every process it started.")
     common(simulate)
     simulate.add_argument("--parties", type=int, default=None, help="number of parties (overrides partition.num_parties)")
     simulate.add_argument("--timeout", type=positive_float, default=3600.0, help="give up on the whole run after this many seconds (default: %(default)s)")
     simulate.set_defaults(func=cmd_simulate)
 
-    app_dir = commands.add_parser("app-dir", help="print the folder of the Flower app, for `flwr run <folder> <superlink>`")
+    app_dir = commands.add_parser("app-dir", help="print the folder of the Flower app, for `flwr run <folder> <superlink>`",
+                                  description="Print the folder of qkt's Flower app (its pyproject.toml names the ServerApp and ClientApp), for `flwr run \"$(qkt flower app-dir)\" <superlink> --run-config run.toml`.")
     app_dir.set_defaults(func=cmd_app_dir)
 
-    run_config = commands.add_parser("run-config", help="print a run config (TOML) for `flwr run ... --run-config run.toml`")
+    run_config = commands.add_parser("run-config", help="print a run config (TOML) for `flwr run ... --run-config run.toml`",
+                                     description="Print the Flower run config of a `qkt run` config (TOML): what the querier and every party read when `flwr run` starts the app on a SuperLink. See docs/flower.md.")
     common(run_config)
     run_config.add_argument("--parties", type=int, default=None, help="number of parties (overrides partition.num_parties)")
     run_config.add_argument("--min-supernodes", type=non_negative_int, default=0, help="SuperNodes to wait for before the query starts (default: %(default)s)")

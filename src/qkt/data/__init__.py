@@ -118,7 +118,7 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, path: st
     if name == "digits":
         if path is not None:  # data.name defaults to digits: a forgotten name must not quietly replace the user's file
             raise DataError(f"digits is bundled and reads no file, so '{path}' would be ignored; "
-                            "for your own .npz set data.name: npz (or --dataset npz)")
+                            "for your own .npz set data.name: npz")
         return digits.load()
     source = _source(name)
     if path is not None:

@@ -25,7 +25,7 @@ def _config(args: argparse.Namespace):
     from ..cli import DEMO
 
     config = load_config(args.config) if args.config else parse_config(DEMO, "demo")
-    if getattr(args, "parties", None) is not None:
+    if args.parties is not None:
         config = parse_config({**config.model_dump(), "partition": {**config.partition.model_dump(), "num_parties": args.parties}},
                               f"{args.config or 'demo'} with --parties {args.parties}")
     if args.data_root is not None:  # absolute: the parties' processes do not start in this folder
@@ -82,6 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path, default=None, help="a `qkt run` config (YAML/TOML; default: the demo's)")
         p.add_argument("--output", type=Path, default=Path("qkt-output/flower"), help="folder for the querier's results (default: %(default)s)")
+        p.add_argument("--parties", type=int, default=None, help="number of parties (overrides partition.num_parties)")
         p.add_argument("--data-root", type=Path, default=None,
                        help="folder of the data files, for every party (default: data.root, else $QKT_DATA_ROOT on each machine)")
         p.add_argument("--reply-timeout", type=positive_float, default=600.0, help="seconds to wait for each exchange; later parties are reported lost (default: %(default)s)")
@@ -89,7 +90,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     simulate = commands.add_parser("simulate", help="run one query with one simulated SuperNode per party (Flower's simulation runtime)",
                                    description="Start a SuperLink with Flower's simulation runtime (Ray), one virtual SuperNode per party, run the config's Flower methods (local, qkt, qkt_light, fedavg, fedprox), print the table and stop every process it started.")
     common(simulate)
-    simulate.add_argument("--parties", type=int, default=None, help="number of parties (overrides partition.num_parties)")
     simulate.add_argument("--timeout", type=positive_float, default=3600.0, help="give up on the whole run after this many seconds (default: %(default)s)")
     simulate.set_defaults(func=cmd_simulate)
 
@@ -100,6 +100,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run_config = commands.add_parser("run-config", help="print a run config (TOML) for `flwr run ... --run-config run.toml`",
                                      description="Print the Flower run config of a `qkt run` config (TOML): what the querier and every party read when `flwr run` starts the app on a SuperLink. See docs/flower.md.")
     common(run_config)
-    run_config.add_argument("--parties", type=int, default=None, help="number of parties (overrides partition.num_parties)")
     run_config.add_argument("--min-supernodes", type=non_negative_int, default=0, help="SuperNodes to wait for before the query starts (default: %(default)s)")
     run_config.set_defaults(func=cmd_run_config)

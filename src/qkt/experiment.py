@@ -122,12 +122,17 @@ def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scen
     return models
 
 
+def load_scenario(config: RunConfig, dataset: DataSet | None = None) -> tuple[DataSet, partition.Scenario]:
+    """The data subset of ``config`` and its scenario; ``dataset`` spares loading ``config.data`` again."""
+    dataset = dataset or load_dataset(config.data.name, config.data.root, config.data.path)
+    dataset = dataset.subsample(config.data.max_train, config.data.max_test, config.partition.seed)
+    return dataset, make_scenario(config, dataset)
+
+
 def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bool = True,
                 dataset: DataSet | None = None, resume: bool = True) -> World:
     """The parties' data, scenario and trained models; ``dataset`` spares loading ``config.data`` again."""
-    dataset = dataset or load_dataset(config.data.name, config.data.root, config.data.path)
-    dataset = dataset.subsample(config.data.max_train, config.data.max_test, config.partition.seed)
-    scenario = make_scenario(config, dataset)
+    dataset, scenario = load_scenario(config, dataset)
     x_train, y_train, x_test, y_test = dataset.normalized()
     models = train_parties(config, (x_train, y_train), scenario, dataset, checkpoints, progress, resume)
     return World(dataset, x_train, y_train, x_test, y_test, scenario, models)

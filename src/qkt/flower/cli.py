@@ -25,12 +25,14 @@ def _config(args: argparse.Namespace):
     from ..cli import DEMO
 
     config = load_config(args.config) if args.config else parse_config(DEMO, "demo")
+    raw, flags = config.model_dump(), []
     if args.parties is not None:
-        config = parse_config({**config.model_dump(), "partition": {**config.partition.model_dump(), "num_parties": args.parties}},
-                              f"{args.config or 'demo'} with --parties {args.parties}")
+        raw["partition"]["num_parties"] = args.parties
+        flags.append(f"--parties {args.parties}")
     if args.data_root is not None:  # absolute: the parties' processes do not start in this folder
-        config = config.model_copy(update={"data": config.data.model_copy(update={"root": str(args.data_root.expanduser().resolve())})})
-    return config
+        raw["data"]["root"] = str(args.data_root.expanduser().resolve())
+        flags.append(f"--data-root {args.data_root}")
+    return parse_config(raw, " with ".join([str(args.config or "demo"), *flags])) if flags else config
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

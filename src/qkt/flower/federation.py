@@ -23,7 +23,7 @@ import yaml
 
 from ..config import RunConfig
 from ..errors import QKTError
-from .party import load_party
+from ..experiment import load_scenario
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 CONNECTION = "qkt-local"
@@ -237,7 +237,7 @@ def simulate(config: RunConfig, output: Path, timeout: float = 3600.0, **options
 
     Flower's logs are kept in ``output/flower-logs``.
     """
-    load_party(config)  # a data set or partition that cannot work fails here, before Flower and Ray start
+    load_scenario(config)  # a data set or partition that cannot work fails here, before Flower and Ray start
     output = Path(output).resolve()
     for stale in ("results.json", "error.txt"):
         (output / stale).unlink(missing_ok=True)

@@ -22,10 +22,10 @@ from torch import nn
 
 from ..baselines.fedavg import num_rounds
 from ..config import RunConfig, parse_config
-from ..data import DataSet, load_dataset
+from ..data import DataSet
 from ..data.base import cache_dir
 from ..errors import ConfigError
-from ..experiment import make_scenario, party_arch
+from ..experiment import load_scenario, party_arch
 from ..models import build_model
 from ..partition import Scenario
 from ..training import checkpoint_key, fit, load_checkpoint, save_checkpoint
@@ -124,10 +124,8 @@ class Party:
 @functools.lru_cache(maxsize=1)
 def _world(data_and_partition: str) -> tuple[DataSet, Scenario, tuple[torch.Tensor, ...]]:
     # A simulated SuperNode's worker serves many parties and rounds of the same run: partition the data once.
-    config = parse_config(json.loads(data_and_partition))
-    dataset = load_dataset(config.data.name, config.data.root, config.data.path)
-    dataset = dataset.subsample(config.data.max_train, config.data.max_test, config.partition.seed)
-    return dataset, make_scenario(config, dataset), dataset.normalized()
+    dataset, scenario = load_scenario(parse_config(json.loads(data_and_partition)))
+    return dataset, scenario, dataset.normalized()
 
 
 def load_party(config: RunConfig, index: int | None = None) -> Party:

@@ -104,3 +104,13 @@ def test_light_halves_the_weight_bytes(parties):
     _, light = qkt.query(parties["querier"], [parties["teacher_a"]], [2], local, config.model_copy(update={"light": True}), progress=False)
     assert light.bytes_received < 0.6 * full.bytes_received
     assert np.isclose(sum(light.seconds[k] for k in ("probe", "transfer", "synthesis", "phase1", "phase2")), light.seconds["total"])
+
+
+def test_light_leaves_frozen_blocks_as_they_were(parties):
+    """QKT Light trains only the head of UserNet: its body, BatchNorm statistics included, must come back unchanged."""
+    config = qkt.QueryConfig(phase1_epochs=2, phase2_epochs=1, light=True, inversion={"samples_per_class": 8, "steps": 5})
+    model, _ = qkt.query(parties["querier"], [parties["teacher_a"]], [2], _blobs([0, 1], 50, 0), config, head="classifier",
+                         progress=False)
+    before, after = parties["querier"].body.state_dict(), model.body.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(parties["querier"].classifier.weight, model.classifier.weight)

@@ -145,6 +145,7 @@ def fit(
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     n = len(tensors[0])
     model.train()
+    keep_frozen_statistics(model, params)
     bar = tqdm(epoch_orders(n, epochs, generator, epoch_size), total=epochs, desc=desc, leave=False,
                disable=not progress or desc is None, unit="epoch")
     for order in bar:
@@ -161,6 +162,20 @@ def fit(
         bar.set_postfix(loss=f"{total / max(len(order), 1):.3f}")
     model.eval()
     return model
+
+
+def keep_frozen_statistics(model: nn.Module, trained: Iterable[nn.Parameter]) -> None:
+    """Put every sub-module none of whose parameters are trained in evaluation mode.
+
+    A frozen block must compute what it computed before training: in training mode its
+    BatchNorm layers would normalise with batch statistics and drift their running
+    statistics towards the new data, though none of its weights move.
+    """
+    trained_ids = {id(p) for p in trained}
+    for module in model.modules():
+        own = list(module.parameters())
+        if own and not any(id(p) in trained_ids for p in own):
+            module.eval()
 
 
 @torch.no_grad()

@@ -2,9 +2,8 @@
 
 Experts send float16 weights, and Phase 1 trains only the last block of the
 feature extractor and the head; the measured accuracy cost is reported as its own row.
-The earlier blocks' weights stay fixed, but they run in training mode with the rest,
-so their BatchNorm layers keep adapting their running statistics to the transfer
-inputs: the committed QKT Light figures were measured that way.
+The earlier blocks stay frozen whole, BatchNorm statistics included (see
+:func:`qkt.training.keep_frozen_statistics`).
 """
 
 from __future__ import annotations

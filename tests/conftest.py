@@ -11,6 +11,7 @@ import torch
 from qkt.training import set_threads
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+USER_CACHE = os.environ.get("QKT_CACHE_DIR")  # read before any test isolates it
 
 
 def shared_data_root() -> Path | None:
@@ -31,7 +32,12 @@ def _seeded_cpu():
 
 
 @pytest.fixture
-def data_root() -> Path:
+def data_root(_isolated_cache, monkeypatch) -> Path:
+    # The real data sets are decoded in the user's cache, once, not once per test run (CIFAR-10 takes seconds).
+    if USER_CACHE is None:
+        monkeypatch.delenv("QKT_CACHE_DIR")
+    else:
+        monkeypatch.setenv("QKT_CACHE_DIR", USER_CACHE)
     root = shared_data_root()
     if root is None:
         pytest.skip("real data files not found: set QKT_DATA_ROOT to the folder holding cifar10-jpeg.tar.xz and bloodcell-28.npz")
@@ -40,6 +46,5 @@ def data_root() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    # Tests never write into the user's cache, except the decoded real data sets, which are costly to rebuild.
-    if "QKT_CACHE_DIR" not in os.environ:
-        monkeypatch.setenv("QKT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "qkt-cache"))
+    # Tests never write into the user's cache; only the data_root fixture lets the real data sets in.
+    monkeypatch.setenv("QKT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "qkt-cache"))

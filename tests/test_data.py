@@ -82,8 +82,9 @@ def test_cifar10_image_folder(tmp_path, as_archive):
     assert np.array_equal(first_airplane, images["train/airplane/0000.png"])  # PNG is lossless
 
 
-def test_an_image_edited_inside_a_folder_is_decoded_again(tmp_path):
+def test_an_image_edited_inside_a_folder_is_decoded_again(tmp_path, monkeypatch):
     # Editing a file leaves its folder's timestamp alone: the cache must look at the files themselves.
+    monkeypatch.setenv("QKT_CACHE_DIR", str(tmp_path / "cache"))
     for split, n in (("train", 2), ("test", 1)):
         for cls in ("cat", "dog"):
             for i in range(n):
@@ -95,6 +96,7 @@ def test_an_image_edited_inside_a_folder_is_decoded_again(tmp_path):
     after = load_dataset("cifar10", tmp_path)
     assert before.x_train.max() == 0 and after.x_train.max() == 255
     assert before.digest != after.digest
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # the new arrays replaced the old, not joined them
 
 
 def test_the_digest_tells_apart_the_same_bytes_in_another_shape():

@@ -38,7 +38,8 @@ def decode(source: Path, splits: dict[str, tuple[str, ...]]) -> dict[str, np.nda
     folder_to_split = {folder: split for split, folders in splits.items() for folder in folders}
     images: dict[str, list[np.ndarray]] = {"train": [], "test": []}
     names: dict[str, list[str]] = {"train": [], "test": []}
-    for parts, blob in tqdm(_entries(source), desc=f"decoding {source.name}", unit="img", leave=False):
+    # Decoding happens once per file, below any command's --quiet: show it only on a terminal, not in logs.
+    for parts, blob in tqdm(_entries(source), desc=f"decoding {source.name}", unit="img", leave=False, disable=None):
         # The split folder may sit below a top folder of the archive: find it from the end.
         if len(parts) < 3 or parts[-3] not in folder_to_split:
             continue

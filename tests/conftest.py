@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+
+# One torch thread in every test, in the module-scoped fixtures that run a whole `qkt demo`
+# or `qkt bench` too, and in the subprocesses they start: the same float rounding on every
+# machine, and no OpenMP threads spinning against a busy neighbour (on 2 busy cores, two
+# threads made the bench fixture take minutes instead of seconds).
+os.environ["OMP_NUM_THREADS"] = "1"
+
 from pathlib import Path
 
 import pytest
@@ -25,7 +32,7 @@ def shared_data_root() -> Path | None:
 
 @pytest.fixture(autouse=True)
 def _seeded_cpu():
-    # One thread: the same float rounding on every machine, and no threads spinning against a busy neighbour.
+    # Tests that set another thread count leave it behind: start each test from one.
     torch.manual_seed(0)
     set_threads(1)
     yield

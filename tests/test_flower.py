@@ -109,6 +109,7 @@ def test_run_config_round_trips_through_toml(tmp_path):
     ({"qkt-config": "partition: {num_partys: 3}"}, "num_partys: unknown key"),
     ({"reply-timeout": 0.0}, "must be positive"),
     ({"qkt-config": "query: {probe: {kind: self}}"}, "held-out data"),
+    ({"qkt-config": "partition: {num_parties: 4}", "min-supernodes": 5}, "'min-supernodes' is 5: the run has 4 parties"),
 ])
 def test_bad_run_config_names_the_key(run, message):
     with pytest.raises(ConfigError, match=message):
@@ -144,7 +145,7 @@ def test_a_flower_client_keeps_the_local_epoch_budget_over_its_rounds(tmp_path, 
 
 @pytest.mark.parametrize(("argv", "says"), [
     (["run-config", "--parties", "0"], "partition.num_parties: Input should be greater than or equal to 2 (got 0)"),
-    (["run-config", "--min-supernodes", "11"], "the run has 10 parties, 9 besides the querier"),
+    (["run-config", "--min-supernodes", "11"], "'min-supernodes' is 11: the run has 10 parties, 9 besides the querier"),
 ])
 def test_a_run_config_that_cannot_work_is_refused(capsys, argv, says):
     assert main(["flower", *argv]) == 2

@@ -63,13 +63,12 @@ def cmd_run_config(args: argparse.Namespace) -> int:
     import tomli_w
 
     from .federation import run_config
+    from .party import read_settings
 
-    config = _config(args)
-    if args.min_supernodes > config.partition.num_parties:
-        raise QKTError(f"--min-supernodes {args.min_supernodes}: the run has {config.partition.num_parties} parties, "
-                       f"{config.partition.num_parties - 1} besides the querier")
     options = {"reply_timeout": args.reply_timeout, "min_supernodes": args.min_supernodes}
-    sys.stdout.write(tomli_w.dumps(run_config(config, args.output, **options), multiline_strings=True))
+    flower_config = run_config(_config(args), args.output, **options)
+    read_settings(flower_config)  # what the app would refuse at start is refused here
+    sys.stdout.write(tomli_w.dumps(flower_config, multiline_strings=True))
     return 0
 
 

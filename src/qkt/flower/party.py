@@ -86,8 +86,12 @@ def read_settings(run_config: Mapping[str, object]) -> Settings:
     timeout = float(run_config.get("reply-timeout", 600.0))
     if timeout <= 0:
         raise ConfigError(f"run config 'reply-timeout' must be positive, not {timeout:g}")
+    parties, min_supernodes = config.partition.num_parties, int(run_config.get("min-supernodes", 0))
+    if not 0 <= min_supernodes <= parties:  # more would wait out the whole reply-timeout before failing
+        raise ConfigError(f"run config 'min-supernodes' is {min_supernodes}: the run has {parties} parties, "
+                          f"{parties - 1} besides the querier")
     return Settings(config, Path(str(run_config.get("output-dir", "qkt-output/flower"))).expanduser(), timeout,
-                    int(run_config.get("min-supernodes", 0)), max(1, int(run_config.get("threads", 1))))
+                    min_supernodes, max(1, int(run_config.get("threads", 1))))
 
 
 def partition_id(node_config: Mapping[str, object], config: RunConfig) -> int:

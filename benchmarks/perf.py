@@ -20,8 +20,8 @@ cores): FedAvg's rounds and fine-tuning grow with the data, the probe does not.
    timed with both kinds of Phase 1 epoch: one pass over the transfer set (the default,
    ``query.phase1_epoch = "transfer"``) and as many of its inputs as the querier holds
    (``"local"``, a fine-tuning epoch's length).
-2. **A whole query against FedAvg.** ``qkt.query`` with every teacher answering the probe
-   in this process, one after the other, against FedAvg over the same parties with its
+2. **A whole query against FedAvg.** ``qkt.query``, and again with QKT Light, with every
+   teacher answering the probe in this process, one after the other, against FedAvg over the same parties with its
    configured budget (``training.epochs`` local epochs in rounds of ``federated.local_epochs``,
    as in ``qkt bench``) and again for ``--fedavg-rounds`` rounds (40), closer to what FedAvg
    needs under this label skew; each timed up to the first round whose accuracy reaches its final one (the querier's overall
@@ -188,34 +188,45 @@ def fedavg_to_final(world: experiment.World, config: RunConfig, rounds: int, loc
             "model_bytes": num_bytes(result.model)}
 
 
-def query_vs_fedavg(world: experiment.World, config: RunConfig, local_before: float, long_rounds: int,
-                    progress: bool) -> tuple[dict, protocol.QueryReport, weakref.WeakKeyDictionary]:
-    """Section 2; also returns the query's report and the teachers' probe replies, which sections 1 and 3 reuse.
-
-    FedAvg runs twice: with the benchmark's budget (the parties' own epochs) and for
-    ``long_rounds`` rounds, closer to what FedAvg needs under this label skew.
-    """
+def measured_query(world: experiment.World, config: RunConfig, local_before: float, light: bool,
+                   progress: bool) -> tuple[dict, protocol.QueryReport, weakref.WeakKeyDictionary]:
+    """One whole query, every teacher computing its probe reply afresh in this process; its figures, report and replies."""
     s = world.scenario
-    student = world.models[s.querier]
     replies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    settings = config.query.model_copy(update={"light": light})
     with bench.teacher_replies(replies), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the report carries them
-        (model, report), wall = timed(lambda: query(student, world.teachers, s.query, world.querier_data, config.query, progress=progress))
+        (model, report), wall = timed(lambda: query(world.models[s.querier], world.teachers, s.query, world.querier_data, settings,
+                                                    progress=progress))
     reply_seconds = [replies[m]["seconds"] for m in world.teachers.values()]
-    qkt_bytes = report.bytes_sent + report.bytes_received
-    qkt_parallel = wall - sum(reply_seconds) + max(reply_seconds)
-    section = {
-        "qkt": {"wall_seconds": round(wall, 2), "seconds_per_phase": {k: round(v, 2) for k, v in report.seconds.items()},
-                "teacher_reply_seconds": {"each": [round(x, 2) for x in reply_seconds], "sum": round(sum(reply_seconds), 2)},
-                "parallel_seconds": round(qkt_parallel, 2), "bytes": qkt_bytes, "bytes_sent": report.bytes_sent,
-                "bytes_received": report.bytes_received, "experts": report.experts, **accuracies(accuracy(world, model, local_before))},
-    }
+    figures = {"wall_seconds": round(wall, 2), "seconds_per_phase": {k: round(v, 2) for k, v in report.seconds.items()},
+               "teacher_reply_seconds": {"each": [round(x, 2) for x in reply_seconds], "sum": round(sum(reply_seconds), 2)},
+               "parallel_seconds": round(wall - sum(reply_seconds) + max(reply_seconds), 2),
+               "bytes": report.bytes_sent + report.bytes_received, "bytes_sent": report.bytes_sent,
+               "bytes_received": report.bytes_received, "experts": report.experts, **accuracies(accuracy(world, model, local_before))}
+    return figures, report, replies
+
+
+def query_vs_fedavg(world: experiment.World, config: RunConfig, local_before: float, long_rounds: int,
+                    progress: bool) -> tuple[dict, protocol.QueryReport, weakref.WeakKeyDictionary]:
+    """Section 2; also returns the QKT query's report and the teachers' probe replies, which sections 1 and 3 reuse.
+
+    QKT and QKT Light (float16 weights, only the head and last block trained) each run
+    a whole query. FedAvg runs twice: with the benchmark's budget (the parties' own
+    epochs) and for ``long_rounds`` rounds, closer to what FedAvg needs under this label skew.
+    """
+    section, report, replies = {}, None, None
+    for method in ("qkt", "qkt_light"):
+        section[method], method_report, method_replies = measured_query(world, config, local_before, method == "qkt_light", progress)
+        if method == "qkt":
+            report, replies = method_report, method_replies
     budget_rounds = config.training.epochs // config.federated.local_epochs
     for name, rounds in (("fedavg", budget_rounds), ("fedavg_long", long_rounds)):
         fedavg = fedavg_to_final(world, config, rounds, local_before, progress)
-        section[name] = {**fedavg, "time_ratio": round(wall / fedavg["seconds_to_final"], 3),
-                         "parallel_time_ratio": round(qkt_parallel / fedavg["parallel_seconds_to_final"], 3),
-                         "bytes_ratio": round(qkt_bytes / fedavg["bytes_to_final"], 4)}
+        section[name] = {**fedavg, "ratios": {method: {"time": round(section[method]["wall_seconds"] / fedavg["seconds_to_final"], 3),
+                                                       "parallel_time": round(section[method]["parallel_seconds"] / fedavg["parallel_seconds_to_final"], 3),
+                                                       "bytes": round(section[method]["bytes"] / fedavg["bytes_to_final"], 4)}
+                                              for method in ("qkt", "qkt_light")}}
     return section, report, replies
 
 
@@ -347,11 +358,11 @@ def plot_fedavg(section: dict, path: Path, train_images: int) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     curve = section["fedavg_long"]["per_round"]
     model_bytes = section["fedavg_long"]["model_bytes"]
-    qkt = section["qkt"]
-    for ax, xs, qkt_x, label in ((axes[0], [r["seconds"] for r in curve], qkt["wall_seconds"], "wall seconds (every party in one process)"),
-                                 (axes[1], [2 * model_bytes * r["round"] for r in curve], qkt["bytes"], "bytes at the querier")):
+    for ax, x, label in ((axes[0], "wall_seconds", "wall seconds (every party in one process)"), (axes[1], "bytes", "bytes at the querier")):
+        xs = [r["seconds"] for r in curve] if x == "wall_seconds" else [2 * model_bytes * r["round"] for r in curve]
         ax.plot(xs, [r["overall_accuracy"] for r in curve], ".-", label="FedAvg, round by round")
-        ax.plot([qkt_x], [qkt["overall_accuracy"]], "*", markersize=14, label="QKT, one query")
+        for method, marker, name in (("qkt", "*", "QKT"), ("qkt_light", "P", "QKT Light")):
+            ax.plot([section[method][x]], [section[method]["overall_accuracy"]], marker, markersize=12, label=f"{name}, one query")
         ax.set_xlabel(label)
         ax.set_ylabel("querier's overall accuracy")
         ax.set_ylim(0, 1)
@@ -447,12 +458,16 @@ def main() -> int:
     fedavg_targets = []
     for name, runs in (("fedavg", "the benchmark's budget"), ("fedavg_long", f"{args.fedavg_rounds} rounds")):
         f = fedavg_section[name]
-        fedavg_targets += [
-            target(f"query wall time / FedAvg time to its final accuracy, {runs}", f["time_ratio"], 0.2,
-                   f"both in one process; with every party computing on its own machine: {f['parallel_time_ratio']}; FedAvg's "
-                   f"final overall accuracy {f['final_overall_accuracy']:.3f}, reached in round {f['rounds_to_final']}"),
-            target(f"query bytes / FedAvg bytes to its final accuracy, {runs}", f["bytes_ratio"], 0.1, "bytes sent + received by the querier"),
-        ]
+        for method, label in (("qkt", "query"), ("qkt_light", "QKT Light query")):
+            ratios, accuracy_reached = f["ratios"][method], fedavg_section[method]["overall_accuracy"]
+            fedavg_targets += [
+                target(f"{label} wall time / FedAvg time to its final accuracy, {runs}", ratios["time"], 0.2,
+                       f"both in one process; with every party computing on its own machine: {ratios['parallel_time']}; FedAvg's "
+                       f"final overall accuracy {f['final_overall_accuracy']:.3f}, reached in round {f['rounds_to_final']}; "
+                       f"the query's {accuracy_reached:.3f}"),
+                target(f"{label} bytes / FedAvg bytes to its final accuracy, {runs}", ratios["bytes"], 0.1,
+                       "bytes sent + received by the querier"),
+            ]
     result = {
         "what": "speed of a query: Phases 1 + 2 vs fine-tuning, a whole query vs FedAvg, and a query among K parties (benchmarks/perf.py)",
         "command": f"{Path(sys.executable).name} {shlex.join(sys.argv)}",

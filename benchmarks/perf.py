@@ -21,8 +21,8 @@ cores): FedAvg's rounds and fine-tuning grow with the data, the probe does not.
    ``query.phase1_epoch = "transfer"``) and as many of its inputs as the querier holds
    (``"local"``, a fine-tuning epoch's length).
 2. **A whole query against FedAvg.** ``qkt.query``, and again with QKT Light, with every
-   teacher answering the probe in this process, one after the other, against FedAvg over the same parties with its
-   configured budget (``training.epochs`` local epochs in rounds of ``federated.local_epochs``,
+   teacher answering the probe in this process, one after the other, against FedAvg over
+   the same parties with its configured budget (``training.epochs`` local epochs in rounds of ``federated.local_epochs``,
    as in ``qkt bench``) and again for ``--fedavg-rounds`` rounds (40), closer to what FedAvg
    needs under this label skew; each timed up to the first round whose accuracy reaches its final one (the querier's overall
    accuracy, as every table reports), evaluation excluded. Bytes are the querier's. Both
@@ -215,11 +215,9 @@ def query_vs_fedavg(world: experiment.World, config: RunConfig, local_before: fl
     a whole query. FedAvg runs twice: with the benchmark's budget (the parties' own
     epochs) and for ``long_rounds`` rounds, closer to what FedAvg needs under this label skew.
     """
-    section, report, replies = {}, None, None
-    for method in ("qkt", "qkt_light"):
-        section[method], method_report, method_replies = measured_query(world, config, local_before, method == "qkt_light", progress)
-        if method == "qkt":
-            report, replies = method_report, method_replies
+    section = {}
+    section["qkt"], report, replies = measured_query(world, config, local_before, False, progress)
+    section["qkt_light"], _, _ = measured_query(world, config, local_before, True, progress)
     budget_rounds = config.training.epochs // config.federated.local_epochs
     for name, rounds in (("fedavg", budget_rounds), ("fedavg_long", long_rounds)):
         fedavg = fedavg_to_final(world, config, rounds, local_before, progress)

@@ -37,8 +37,8 @@ cores): FedAvg's rounds and fine-tuning grow with the data, the probe does not.
    query, reset before it (``/proc/self/clear_refs``); the process holds every party's
    model, as the in-process simulation does.
 
-Timings are the fastest of ``--repeats`` interleaved runs: on a shared machine the other
-load only ever adds time.
+Sections 1 and 3 keep the fastest of ``--repeats`` interleaved runs: on a shared machine the
+other load only ever adds time. Section 2's queries and FedAvg runs are timed once.
 """
 
 from __future__ import annotations
@@ -356,8 +356,8 @@ def plot_fedavg(section: dict, path: Path, train_images: int) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     curve = section["fedavg_long"]["per_round"]
     model_bytes = section["fedavg_long"]["model_bytes"]
-    for ax, x, label in ((axes[0], "wall_seconds", "wall seconds (every party in one process)"), (axes[1], "bytes", "bytes at the querier")):
-        xs = [r["seconds"] for r in curve] if x == "wall_seconds" else [2 * model_bytes * r["round"] for r in curve]
+    for ax, xs, x, label in ((axes[0], [r["seconds"] for r in curve], "wall_seconds", "wall seconds (every party in one process)"),
+                             (axes[1], [2 * model_bytes * r["round"] for r in curve], "bytes", "bytes at the querier")):
         ax.plot(xs, [r["overall_accuracy"] for r in curve], ".-", label="FedAvg, round by round")
         for method, marker, name in (("qkt", "*", "QKT"), ("qkt_light", "P", "QKT Light")):
             ax.plot([section[method][x]], [section[method]["overall_accuracy"]], marker, markersize=12, label=f"{name}, one query")

@@ -356,11 +356,11 @@ def plot_fedavg(section: dict, path: Path, train_images: int) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     curve = section["fedavg_long"]["per_round"]
     model_bytes = section["fedavg_long"]["model_bytes"]
-    for ax, xs, x, label in ((axes[0], [r["seconds"] for r in curve], "wall_seconds", "wall seconds (every party in one process)"),
-                             (axes[1], [2 * model_bytes * r["round"] for r in curve], "bytes", "bytes at the querier")):
-        ax.plot(xs, [r["overall_accuracy"] for r in curve], ".-", label="FedAvg, round by round")
+    for ax, fedavg_x, query_key, label in ((axes[0], [r["seconds"] for r in curve], "wall_seconds", "wall seconds (every party in one process)"),
+                                           (axes[1], [2 * model_bytes * r["round"] for r in curve], "bytes", "bytes at the querier")):
+        ax.plot(fedavg_x, [r["overall_accuracy"] for r in curve], ".-", label="FedAvg, round by round")
         for method, marker, name in (("qkt", "*", "QKT"), ("qkt_light", "P", "QKT Light")):
-            ax.plot([section[method][x]], [section[method]["overall_accuracy"]], marker, markersize=12, label=f"{name}, one query")
+            ax.plot([section[method][query_key]], [section[method]["overall_accuracy"]], marker, markersize=12, label=f"{name}, one query")
         ax.set_xlabel(label)
         ax.set_ylabel("querier's overall accuracy")
         ax.set_ylim(0, 1)

@@ -1,7 +1,7 @@
 """How fast a query is, against fine-tuning and FedAvg, and how its cost grows with the parties.
 
-    python benchmarks/perf.py            # about 10 minutes on 2 idle cores; docs/results/perf.json, perf_vs_parties.png, perf_vs_fedavg.png
-    python benchmarks/perf.py --whole-dataset   # about 30 minutes; docs/results/perf-50k.json and its plots
+    python benchmarks/perf.py            # about 15 minutes on 2 idle cores; docs/results/perf.json, perf_vs_parties.png, perf_vs_fedavg.png
+    python benchmarks/perf.py --whole-dataset   # about 55 minutes; docs/results/perf-50k.json and its plots
     python benchmarks/perf.py --quick    # a smaller smoke run of the same, written under qkt-output/perf
 
 All three measurements use the CIFAR-10 single-class scenario of ``qkt bench`` (seed 0:

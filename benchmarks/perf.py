@@ -224,12 +224,11 @@ def query_vs_fedavg(world: experiment.World, config: RunConfig, local_before: fl
             runs[method].append(measured_query(world, config, local_before, light, progress))
         for name, rounds in (("fedavg", budget_rounds), ("fedavg_long", long_rounds)):
             runs[name].append(fedavg_to_final(world, config, rounds, local_before, progress))
-    section = {}
-    for method in ("qkt", "qkt_light"):
-        fastest = min(runs[method], key=lambda r: r[0]["wall_seconds"])
-        section[method] = {**fastest[0], "wall_seconds_each_repeat": [r[0]["wall_seconds"] for r in runs[method]],
-                           "same_accuracy_and_bytes_every_repeat": len({(r[0]["overall_accuracy"], r[0]["bytes"]) for r in runs[method]}) == 1}
-    _, report, replies = min(runs["qkt"], key=lambda r: r[0]["wall_seconds"])
+    fastest = {method: min(runs[method], key=lambda r: r[0]["wall_seconds"]) for method in ("qkt", "qkt_light")}
+    section = {method: {**fastest[method][0], "wall_seconds_each_repeat": [r[0]["wall_seconds"] for r in runs[method]],
+                        "same_accuracy_and_bytes_every_repeat": len({(r[0]["overall_accuracy"], r[0]["bytes"]) for r in runs[method]}) == 1}
+               for method in ("qkt", "qkt_light")}
+    _, report, replies = fastest["qkt"]
     for name in ("fedavg", "fedavg_long"):
         fedavg = min(runs[name], key=lambda r: r["seconds_to_final"])
         section[name] = {**fedavg, "seconds_to_final_each_repeat": [r["seconds_to_final"] for r in runs[name]],

@@ -23,8 +23,8 @@ cores): FedAvg's rounds and fine-tuning grow with the data, the probe does not.
 2. **A whole query against FedAvg.** ``qkt.query``, and again with QKT Light, with every
    teacher answering the probe in this process, one after the other, against FedAvg over
    the same parties with its configured budget (``training.epochs`` local epochs in rounds of ``federated.local_epochs``,
-   as in ``qkt bench``) and again for ``--fedavg-rounds`` rounds (40), closer to what FedAvg
-   needs under this label skew; each timed up to the first round whose accuracy reaches its final one (the querier's overall
+   as in ``qkt bench``) and after ``--fedavg-rounds`` rounds (40), closer to what FedAvg
+   needs under this label skew, both read off one run; each timed up to the first round whose accuracy reaches its final one (the querier's overall
    accuracy, as every table reports), evaluation excluded. Bytes are the querier's. Both
    run every party's computation in one process; the ``parallel`` figures add up only the
    slowest party of each step, as when every party computes on its own machine.
@@ -66,7 +66,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from qkt import bench, experiment  # noqa: E402
-from qkt.baselines.fedavg import FedAvg  # noqa: E402
+from qkt.baselines.fedavg import FedAvg, FederatedResult  # noqa: E402
 from qkt.config import RunConfig, parse_config  # noqa: E402
 from qkt.data import load_dataset  # noqa: E402
 from qkt.metrics import MethodResult, score  # noqa: E402
@@ -167,23 +167,32 @@ def world_config(args: argparse.Namespace, dataset) -> RunConfig:
     return parse_config(merged(config.model_dump(), QUICK), "perf --quick") if args.quick else config
 
 
-def fedavg_to_final(world: experiment.World, config: RunConfig, rounds: int, local_before: float, progress: bool) -> dict:
-    """FedAvg over the world's parties for ``rounds`` rounds of ``federated.local_epochs``, scored after each round.
-
-    Its final accuracy is the last round's; it is reached at the first round scoring at least that.
-    """
+def fedavg_curve(world: experiment.World, config: RunConfig, rounds: int, local_before: float,
+                 progress: bool) -> tuple[list[dict], FederatedResult]:
+    """FedAvg over the world's parties for ``rounds`` rounds of ``federated.local_epochs``: its log, scored after each round, and result."""
     s = world.scenario
     training = config.training.model_copy(update={"epochs": rounds * config.federated.local_epochs})
     fedavg = LoggedFedAvg(config.federated, training, lambda m: accuracy(world, m, local_before))
     parties = [(world.x_train[torch.as_tensor(p)], world.y_train[torch.as_tensor(p)]) for p in s.parts]
     result = fedavg.fit(lambda: build_model(config.training.arch, world.dataset.input_shape, world.dataset.num_classes), parties, progress)
-    final = fedavg.log[-1]["overall_accuracy"]
-    reached = next(r for r in fedavg.log if r["overall_accuracy"] >= final)
-    return {"rounds_configured": result.rounds, "local_epochs_per_round": config.federated.local_epochs,
-            "per_round": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in fedavg.log],
+    return fedavg.log, result
+
+
+def stopped_after(curve: list[dict], result: FederatedResult, rounds: int, local_epochs: int) -> dict:
+    """FedAvg's figures had it stopped after ``rounds`` rounds of ``curve``.
+
+    Its final accuracy is that round's; it is reached at the first round scoring at least
+    that. Each round's training is seeded by the round's index alone, so a shorter run is
+    the first rounds of a longer one.
+    """
+    log = curve[:rounds]
+    final = log[-1]["overall_accuracy"]
+    reached = next(r for r in log if r["overall_accuracy"] >= final)
+    return {"rounds_configured": rounds, "local_epochs_per_round": local_epochs,
+            "per_round": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in log],
             "final_overall_accuracy": final, "rounds_to_final": reached["round"], "seconds_to_final": round(reached["seconds"], 2),
-            "seconds_all_rounds": round(fedavg.log[-1]["seconds"], 2),
-            "parallel_seconds_to_final": round(sum(r["slowest_party_seconds"] for r in fedavg.log[:reached["round"]]), 2),
+            "seconds_all_rounds": round(log[-1]["seconds"], 2),
+            "parallel_seconds_to_final": round(sum(r["slowest_party_seconds"] for r in log[:reached["round"]]), 2),
             "bytes_to_final": (result.bytes_sent + result.bytes_received) * reached["round"] // result.rounds,
             "model_bytes": num_bytes(result.model)}
 
@@ -212,18 +221,20 @@ def query_vs_fedavg(world: experiment.World, config: RunConfig, local_before: fl
     """Section 2; also returns the QKT query's report and the teachers' probe replies, which sections 1 and 3 reuse.
 
     QKT and QKT Light (float16 weights, only the head and last block trained) each run
-    a whole query. FedAvg runs twice: with the benchmark's budget (the parties' own
-    epochs) and for ``long_rounds`` rounds, closer to what FedAvg needs under this label skew.
-    All four run ``repeats`` times, interleaved, and the fastest run of each is kept, with
-    its ``parallel`` figure; every run is seeded alike, so the runs differ only in time.
+    a whole query. FedAvg is stopped twice: with the benchmark's budget (the parties' own
+    epochs) and after ``long_rounds`` rounds, closer to what FedAvg needs under this label
+    skew; one run of the longer gives both. Queries and FedAvg run ``repeats`` times,
+    interleaved, and the fastest of each figure's runs is kept, with its ``parallel``
+    figure; every run is seeded alike, so the runs differ only in time.
     """
     budget_rounds = config.training.epochs // config.federated.local_epochs
     runs: dict[str, list] = {"qkt": [], "qkt_light": [], "fedavg": [], "fedavg_long": []}
     for _ in tqdm(range(repeats), desc="query vs FedAvg", unit="repeat", disable=not progress):
         for method, light in (("qkt", False), ("qkt_light", True)):
             runs[method].append(measured_query(world, config, local_before, light, progress))
+        curve, result = fedavg_curve(world, config, max(budget_rounds, long_rounds), local_before, progress)
         for name, rounds in (("fedavg", budget_rounds), ("fedavg_long", long_rounds)):
-            runs[name].append(fedavg_to_final(world, config, rounds, local_before, progress))
+            runs[name].append(stopped_after(curve, result, rounds, config.federated.local_epochs))
     fastest = {method: min(runs[method], key=lambda r: r[0]["wall_seconds"]) for method in ("qkt", "qkt_light")}
     section = {method: {**fastest[method][0], "wall_seconds_each_repeat": [r[0]["wall_seconds"] for r in runs[method]],
                         "same_accuracy_and_bytes_every_repeat": len({(r[0]["overall_accuracy"], r[0]["bytes"]) for r in runs[method]}) == 1}

@@ -17,9 +17,10 @@ cores): FedAvg's rounds and fine-tuning grow with the data, the probe does not.
    head on features computed once, so its epochs are not fine-tuning epochs: it is counted
    on QKT's side only. Synthesis (inverting the experts) is reported apart. The transfer
    set is the local data widened with synthetic inputs and as many mixups; the phases are
-   timed with both kinds of Phase 1 epoch: one pass over the transfer set (the default,
-   ``query.phase1_epoch = "transfer"``) and as many of its inputs as the querier holds
-   (``"local"``, a fine-tuning epoch's length).
+   timed with each Phase 1 of :data:`PHASE1_VARIANTS`: one pass over the transfer set (the
+   default), as many of its inputs as the querier holds (``query.phase1_epoch = "local"``,
+   a fine-tuning epoch's length), and one pass over the local and synthetic inputs with the
+   mixups left to Phase 2 (``query.phase1_mixups = False``).
 2. **A whole query against FedAvg.** ``qkt.query``, and again with QKT Light, with every
    teacher answering the probe in this process, one after the other, against FedAvg over
    the same parties with its configured budget (``training.epochs`` local epochs in rounds of ``federated.local_epochs``,
@@ -76,6 +77,10 @@ from qkt.report import atomic_write, human_bytes, save_figure  # noqa: E402
 from qkt.training import fit, per_class_accuracy, set_threads  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# The Phases 1 + 2 timed against fine-tuning: the default and the two ways of cutting a Phase 1 epoch to a fine-tuning epoch's cost.
+PHASE1_VARIANTS = {"transfer": {"phase1_epoch": "transfer", "phase1_mixups": True},
+                   "local": {"phase1_epoch": "local", "phase1_mixups": True},
+                   "phase2_mixups": {"phase1_epoch": "transfer", "phase1_mixups": False}}
 # A smaller world for --quick: fewer images, probe and inversion steps, epochs of a query, parties.
 QUICK = {
     "data": {"max_train": 2000, "max_test": 500},
@@ -260,30 +265,32 @@ def phases_vs_finetuning(world: experiment.World, config: RunConfig, report: pro
     names = sorted({k for v in report.experts.values() for k in v})
     lesson = protocol.Lesson({k: world.teachers[k] for k in names},
                              {k: np.array([k in report.experts[c] for c in s.query]) for k in names}, s.query, local_x, local_y)
-    epochs = ("transfer", "local")
+    variants = dict(PHASE1_VARIANTS)
+    configured = next((name for name, update in variants.items() if all(getattr(q, k) == v for k, v in update.items())), "configured")
+    variants.setdefault(configured, {})
 
     runs = []
     for _ in tqdm(range(repeats), desc="phases vs fine-tuning", unit="repeat", disable=not progress):
         run = {}
-        for epoch in epochs:
-            _, seconds, transfer, num_synthetic = protocol.learn(student, lesson, q.model_copy(update={"phase1_epoch": epoch}), progress=False)
-            run.update({f"{k}_{epoch}_epochs": round(v, 3) for k, v in seconds.items()})
+        for name, update in variants.items():
+            _, seconds, transfer, num_synthetic = protocol.learn(student, lesson, q.model_copy(update=update), progress=False)
+            run.update({f"{k}_{name}": round(v, 3) for k, v in seconds.items()})
         run["finetune_local"] = round(timed(lambda: fit(copy.deepcopy(student), (local_x, local_y), q.phase1_epochs, lr=q.lr,
                                                         batch_size=q.batch_size, weight_decay=0.0, seed=q.seed, progress=False))[1], 3)
         runs.append(run)
     best = {k: min(r[k] for r in runs) for k in runs[0]}
-    phases = {e: min(r[f"phase1_{e}_epochs"] + r[f"phase2_{e}_epochs"] for r in runs) for e in epochs}
-    synthesis = best[f"synthesis_{q.phase1_epoch}_epochs"]
+    phases = {name: min(r[f"phase1_{name}"] + r[f"phase2_{name}"] for r in runs) for name in variants}
+    synthesis = best[f"synthesis_{configured}"]
     return {
         "epochs": {"phase1": q.phase1_epochs, "phase2_head_only": q.phase2_epochs, "finetune": q.phase1_epochs},
-        "phase1_epoch": q.phase1_epoch,
+        "phase1": configured, "variants": variants,
         "inputs": {"local": len(local_y), "transfer": len(transfer), "synthetic": num_synthetic},
         "runs": runs, "fastest": best,
-        "phases_seconds": round(phases[q.phase1_epoch], 3),
-        "ratio": round(phases[q.phase1_epoch] / best["finetune_local"], 3),
-        "ratio_by_phase1_epoch": {e: round(phases[e] / best["finetune_local"], 3) for e in epochs},
+        "phases_seconds": round(phases[configured], 3),
+        "ratio": round(phases[configured] / best["finetune_local"], 3),
+        "ratio_by_phase1": {name: round(phases[name] / best["finetune_local"], 3) for name in variants},
         "synthesis_over_finetune": round(synthesis / best["finetune_local"], 3),
-        "query_learning_over_finetune": round((phases[q.phase1_epoch] + synthesis) / best["finetune_local"], 3),
+        "query_learning_over_finetune": round((phases[configured] + synthesis) / best["finetune_local"], 3),
     }
 
 
@@ -510,10 +517,11 @@ def main() -> int:
         "parties": scale,
         "targets": [
             target("Phases 1+2 / fine-tuning on the local data", phases["ratio"], 1.3,
-                   f"fine-tuning for Phase 1's {config.query.phase1_epochs} epochs, Phase 1 epochs '{config.query.phase1_epoch}'; "
+                   f"fine-tuning for Phase 1's {config.query.phase1_epochs} epochs, Phase 1 '{phases['phase1']}'; "
                    f"one pass over the {phases['inputs']['transfer']} transfer inputs (local, synthetic, mixups) per epoch: "
-                   f"{phases['ratio_by_phase1_epoch']['transfer']}, as many of them as the {phases['inputs']['local']} local "
-                   f"ones ('local'): {phases['ratio_by_phase1_epoch']['local']}"),
+                   f"{phases['ratio_by_phase1']['transfer']}, as many of them as the {phases['inputs']['local']} local "
+                   f"ones ('local'): {phases['ratio_by_phase1']['local']}, the local and synthetic ones, mixups in Phase 2 "
+                   f"only ('phase2_mixups'): {phases['ratio_by_phase1']['phase2_mixups']}"),
             *fedavg_targets,
             target(f"query time, K={args.parties[-1]} / K={args.parties[0]}, experts fixed",
                    scale["growth"]["query_seconds_teachers_in_parallel"], 1.5,

@@ -83,6 +83,22 @@ def test_a_phase1_epoch_costs_a_fine_tuning_epoch_however_wide_the_transfer_set(
     assert sum(trained_on) == 3 * len(transfer)
 
 
+def test_without_phase1_mixups_phase1_trains_on_local_and_synthetic_inputs_and_phase2_on_all(monkeypatch):
+    trained_on: list[int] = []
+    loss = distill.distillation_loss
+    monkeypatch.setattr(distill, "distillation_loss", lambda logits, *a, **k: trained_on.append(len(logits)) or loss(logits, *a, **k))
+    torch.manual_seed(0)
+    student, expert = build_model("mlp", (8,), C), build_model("mlp", (8,), C)
+    local_x, local_y = torch.randn(100, 8), torch.randint(0, 3, (100,))
+    lesson = Lesson({"e": expert}, {"e": np.array([True, True])}, QUERY, local_x, local_y)
+    config = QueryConfig(phase1_epochs=3, phase1_mixups=False, phase2_epochs=1, batch_size=32,
+                         inversion={"samples_per_class": 8, "steps": 2})
+
+    _, _, transfer, num_synthetic = learn(student, lesson, config, progress=False)
+    assert num_synthetic and len(transfer) == 2 * (len(local_y) + num_synthetic)  # as many mixups as other inputs
+    assert sum(trained_on) == 3 * (len(local_y) + num_synthetic) + len(transfer)
+
+
 def test_a_lesson_keeps_the_query_as_a_tuple_of_class_indices():
     lesson = Lesson({}, {}, [np.int64(2), 4], torch.zeros(1, 8), torch.zeros(1, dtype=torch.long))
     assert lesson.query == (2, 4) and all(type(c) is int for c in lesson.query)

@@ -87,6 +87,10 @@ class TransferSet:
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return self.x, self.targets, self.labels, self.weights
 
+    def first(self, n: int) -> TransferSet:
+        """The first ``n`` inputs: the querier's own and the synthetic ones come before the mixups."""
+        return TransferSet(*(t[:n] for t in self.tensors()))
+
     def balanced(self) -> TransferSet:
         """The same set with weights making every class (label, else argmax target) weigh the same."""
         cls = torch.where(self.labels >= 0, self.labels, self.targets.argmax(1))

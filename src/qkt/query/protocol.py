@@ -241,7 +241,9 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | N
 
     start = time.perf_counter()
     params = light.light_parameters(new, head) if config.light else None
-    phase1_set = transfer.balanced() if config.merged else transfer
+    phase1_set = transfer if config.phase1_mixups else transfer.first(len(lesson.local_y) + num_synthetic)
+    if config.merged:
+        phase1_set = phase1_set.balanced()
     train_on_transfer(new, phase1_set, config, config.phase1_epochs, config.lr, params=params,
                       epoch_size=phase1_epoch_size(config, len(lesson.local_y)), desc="phase 1 (distill)", progress=progress)
     seconds["phase1"] = time.perf_counter() - start

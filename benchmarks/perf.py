@@ -3,6 +3,7 @@
     python benchmarks/perf.py            # about 15 minutes on 2 idle cores; docs/results/perf.json, perf_vs_parties.png, perf_vs_fedavg.png
     python benchmarks/perf.py --whole-dataset   # about 55 minutes; docs/results/perf-50k.json and its plots
     python benchmarks/perf.py --quick    # a smaller smoke run of the same, written under qkt-output/perf
+    python benchmarks/perf.py --phases-only --output docs/results/perf-phases.json   # section 1 alone, a few minutes
 
 All three measurements use the CIFAR-10 single-class scenario of ``qkt bench`` (seed 0:
 K = 10 parties, Dirichlet α = 0.1, its 6,000 training and 2,000 test images, the 3-block
@@ -456,6 +457,8 @@ def main() -> int:
                                                     "quick: WORK/perf-quick.json); the plots NAME_vs_parties.png and NAME_vs_fedavg.png go beside it")
     parser.add_argument("--fedavg-rounds", type=int, help="rounds of the second, longer FedAvg run (default: 40; quick: 8)")
     parser.add_argument("--note", default="", help="free text stored in the JSON, e.g. that the machine was shared")
+    parser.add_argument("--phases-only", action="store_true",
+                        help="section 1 alone, after one query that finds the experts (minutes); writes only the JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
     args.parties = args.parties or ([10, 20] if args.quick else [10, 50, 100])
@@ -478,13 +481,18 @@ def main() -> int:
     s = world.scenario
     local_before = accuracy(world, world.models[s.querier], 0.0).local_accuracy
 
-    fedavg_section, report, replies = query_vs_fedavg(world, config, local_before, args.fedavg_rounds, args.repeats, args.progress)
+    if args.phases_only:
+        fedavg_section, scale = {}, {}
+        report = measured_query(world, config, local_before, False, args.progress)[1]
+    else:
+        fedavg_section, report, replies = query_vs_fedavg(world, config, local_before, args.fedavg_rounds, args.repeats, args.progress)
     phases = phases_vs_finetuning(world, config, report, args.repeats, args.progress)
-    scale = scaling(world, config, replies, args)
+    if not args.phases_only:
+        scale = scaling(world, config, replies, args)
 
     wall = time.perf_counter() - wall_start
     fedavg_targets = []
-    for name, runs in (("fedavg", "the benchmark's budget"), ("fedavg_long", f"{args.fedavg_rounds} rounds")):
+    for name, runs in (("fedavg", "the benchmark's budget"), ("fedavg_long", f"{args.fedavg_rounds} rounds")) if fedavg_section else ():
         f = fedavg_section[name]
         for method, label in (("qkt", "query"), ("qkt_light", "QKT Light query")):
             ratios, accuracy_reached = f["ratios"][method], fedavg_section[method]["overall_accuracy"]
@@ -496,6 +504,17 @@ def main() -> int:
                 target(f"{label} bytes / FedAvg bytes to its final accuracy, {runs}", ratios["bytes"], 0.1,
                        "bytes sent + received by the querier"),
             ]
+    targets = [target("Phases 1+2 / fine-tuning on the local data", phases["ratio"], 1.3,
+                      f"fine-tuning for Phase 1's {config.query.phase1_epochs} epochs, Phase 1 '{phases['phase1']}'; "
+                      f"one pass over the {phases['inputs']['transfer']} transfer inputs (local, synthetic, mixups) per epoch: "
+                      f"{phases['ratio_by_phase1']['transfer']}, as many of them as the {phases['inputs']['local']} local "
+                      f"ones ('local'): {phases['ratio_by_phase1']['local']}, the local and synthetic ones, mixups in Phase 2 "
+                      f"only ('phase2_mixups'): {phases['ratio_by_phase1']['phase2_mixups']}"), *fedavg_targets]
+    if scale:
+        targets.append(target(f"query time, K={args.parties[-1]} / K={args.parties[0]}, experts fixed",
+                              scale["growth"]["query_seconds_teachers_in_parallel"], 1.5,
+                              f"teachers answering in parallel; the querier's own work alone: {scale['growth']['querier_seconds']}; "
+                              f"every reply computed in one process: {scale['growth']['query_seconds_in_one_process']}"))
     result = {
         "what": "speed of a query: Phases 1 + 2 vs fine-tuning, a whole query vs FedAvg, and a query among K parties (benchmarks/perf.py)",
         "command": f"{Path(sys.executable).name} {shlex.join(sys.argv)}",
@@ -515,26 +534,17 @@ def main() -> int:
         "phases_vs_finetuning": phases,
         "query_vs_fedavg": fedavg_section,
         "parties": scale,
-        "targets": [
-            target("Phases 1+2 / fine-tuning on the local data", phases["ratio"], 1.3,
-                   f"fine-tuning for Phase 1's {config.query.phase1_epochs} epochs, Phase 1 '{phases['phase1']}'; "
-                   f"one pass over the {phases['inputs']['transfer']} transfer inputs (local, synthetic, mixups) per epoch: "
-                   f"{phases['ratio_by_phase1']['transfer']}, as many of them as the {phases['inputs']['local']} local "
-                   f"ones ('local'): {phases['ratio_by_phase1']['local']}, the local and synthetic ones, mixups in Phase 2 "
-                   f"only ('phase2_mixups'): {phases['ratio_by_phase1']['phase2_mixups']}"),
-            *fedavg_targets,
-            target(f"query time, K={args.parties[-1]} / K={args.parties[0]}, experts fixed",
-                   scale["growth"]["query_seconds_teachers_in_parallel"], 1.5,
-                   f"teachers answering in parallel; the querier's own work alone: {scale['growth']['querier_seconds']}; "
-                   f"every reply computed in one process: {scale['growth']['query_seconds_in_one_process']}"),
-        ],
+        "targets": targets,
     }
     atomic_write(args.output, (json.dumps(result, indent=1) + "\n").encode())
+    for t in result["targets"]:
+        print(f"{'met   ' if t['met'] else 'missed'} {t['name']}: {t['measured']} (target {t['target']}; {t['note']})")
+    if args.phases_only:
+        print(f"wrote {args.output} in {wall:.0f} s")
+        return 0
     plots = [args.output.with_name(f"{args.output.stem}_vs_{what}.png") for what in ("parties", "fedavg")]
     plot(scale["rows"], plots[0])
     plot_fedavg(fedavg_section, plots[1], len(world.y_train))
-    for t in result["targets"]:
-        print(f"{'met   ' if t['met'] else 'missed'} {t['name']}: {t['measured']} (target {t['target']}; {t['note']})")
     print(f"wrote {args.output}, {plots[0].name} and {plots[1].name} beside it, in {wall:.0f} s")
     return 0
 

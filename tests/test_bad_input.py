@@ -44,8 +44,10 @@ def _fails_cleanly(capsys, tmp_path, config_text: str, suffix: str = ".toml", *e
     ('[scenario]\nquerier = 8\nquery = [7]', (), "party 8 holds 10+ samples of class(es) [7]"),
     ('[data]\nname = "digits"', ("--data-path", "mine.npz"), "for your own .npz set data.name: npz"),
     ('[data]\nmax_train = 5', (), "cannot draw a stratified subset of 5 train samples (data.max_train)"),
+    ('[query]\nphase1_mixups = false\nphase2 = false', (), "no phase would learn from them"),
 ], ids=["unknown-dataset", "class-outside", "empty-query", "missing-file", "no-expert", "wrong-types", "bad-range",
-        "batch-of-one", "self-probe-in-process", "querier-knows-query", "path-without-name", "subset-below-the-classes"])
+        "batch-of-one", "self-probe-in-process", "querier-knows-query", "path-without-name", "subset-below-the-classes",
+        "mixups-left-to-no-phase"])
 def test_each_bad_input_gets_one_clear_message(capsys, tmp_path, config, extra, says):
     if "{own}" in config:  # a class only the querier holds: k_classes gives every class a single holder
         from qkt.data import load_dataset

@@ -114,6 +114,13 @@ class QueryConfig(Section):
     merged: bool = Field(False, description="ablation switch: one class-balanced phase instead of Phase 1 then Phase 2")
     seed: NonNegative = Field(0, description="seeds the probe, the inversion, the mixups and both phases: a query repeats exactly")
 
+    @model_validator(mode="after")
+    def _mixups_are_learnt(self) -> QueryConfig:
+        if self.mixup and not self.phase1_mixups and (self.merged or not self.phase2 or not self.phase2_epochs):
+            raise ValueError("phase1_mixups = false leaves the mixups to Phase 2, which merged = true, phase2 = false or "
+                             "phase2_epochs = 0 skips: no phase would learn from them")
+        return self
+
 
 class FederatedConfig(Section):
     """FedAvg, FedProx and FedGen (SPEC §4): one global model trained over all parties.

@@ -44,10 +44,8 @@ def _fails_cleanly(capsys, tmp_path, config_text: str, suffix: str = ".toml", *e
     ('[scenario]\nquerier = 8\nquery = [7]', (), "party 8 holds 10+ samples of class(es) [7]"),
     ('[data]\nname = "digits"', ("--data-path", "mine.npz"), "for your own .npz set data.name: npz"),
     ('[data]\nmax_train = 5', (), "cannot draw a stratified subset of 5 train samples (data.max_train)"),
-    ('[query]\nphase1_mixups = false\nphase2 = false', (), "no phase would learn from them"),
 ], ids=["unknown-dataset", "class-outside", "empty-query", "missing-file", "no-expert", "wrong-types", "bad-range",
-        "batch-of-one", "self-probe-in-process", "querier-knows-query", "path-without-name", "subset-below-the-classes",
-        "mixups-left-to-no-phase"])
+        "batch-of-one", "self-probe-in-process", "querier-knows-query", "path-without-name", "subset-below-the-classes"])
 def test_each_bad_input_gets_one_clear_message(capsys, tmp_path, config, extra, says):
     if "{own}" in config:  # a class only the querier holds: k_classes gives every class a single holder
         from qkt.data import load_dataset
@@ -57,6 +55,12 @@ def test_each_bad_input_gets_one_clear_message(capsys, tmp_path, config, extra, 
         config = config.format(own=int(load_dataset("digits").y_train[parts[0][0]]))
     err = _fails_cleanly(capsys, tmp_path, 'methods = ["local", "qkt"]\n' + config, ".toml", *extra)
     assert says in err
+
+
+@pytest.mark.parametrize("skips_phase2", ["phase2 = false", "merged = true", "phase2_epochs = 0"])
+def test_mixups_left_to_a_phase2_that_does_not_run_are_refused(capsys, tmp_path, skips_phase2):
+    err = _fails_cleanly(capsys, tmp_path, f'methods = ["local", "qkt"]\n[query]\nphase1_mixups = false\n{skips_phase2}')
+    assert "no phase would learn from them" in err
 
 
 @pytest.mark.parametrize(("argv", "says"), [

@@ -64,14 +64,20 @@ def test_balanced_weights_equalise_classes():
     assert np.allclose(per_class, per_class[0])
 
 
-def test_a_phase1_epoch_costs_a_fine_tuning_epoch_however_wide_the_transfer_set(monkeypatch):
+def _counted_lesson(monkeypatch) -> tuple[torch.nn.Module, Lesson, list[int]]:
+    """A student, a lesson with one expert, and the list each distillation batch appends its size to."""
     trained_on: list[int] = []
     loss = distill.distillation_loss
     monkeypatch.setattr(distill, "distillation_loss", lambda logits, *a, **k: trained_on.append(len(logits)) or loss(logits, *a, **k))
     torch.manual_seed(0)
     student, expert = build_model("mlp", (8,), C), build_model("mlp", (8,), C)
     local_x, local_y = torch.randn(100, 8), torch.randint(0, 3, (100,))
-    lesson = Lesson({"e": expert}, {"e": np.array([True, True])}, QUERY, local_x, local_y)
+    return student, Lesson({"e": expert}, {"e": np.array([True, True])}, QUERY, local_x, local_y), trained_on
+
+
+def test_a_phase1_epoch_costs_a_fine_tuning_epoch_however_wide_the_transfer_set(monkeypatch):
+    student, lesson, trained_on = _counted_lesson(monkeypatch)
+    local_y = lesson.local_y
     config = QueryConfig(phase1_epochs=3, phase1_epoch="local", phase2=False, batch_size=32, inversion={"samples_per_class": 8, "steps": 2})
 
     _, _, transfer, _ = learn(student, lesson, config, progress=False)
@@ -84,13 +90,8 @@ def test_a_phase1_epoch_costs_a_fine_tuning_epoch_however_wide_the_transfer_set(
 
 
 def test_without_phase1_mixups_phase1_trains_on_local_and_synthetic_inputs_and_phase2_on_all(monkeypatch):
-    trained_on: list[int] = []
-    loss = distill.distillation_loss
-    monkeypatch.setattr(distill, "distillation_loss", lambda logits, *a, **k: trained_on.append(len(logits)) or loss(logits, *a, **k))
-    torch.manual_seed(0)
-    student, expert = build_model("mlp", (8,), C), build_model("mlp", (8,), C)
-    local_x, local_y = torch.randn(100, 8), torch.randint(0, 3, (100,))
-    lesson = Lesson({"e": expert}, {"e": np.array([True, True])}, QUERY, local_x, local_y)
+    student, lesson, trained_on = _counted_lesson(monkeypatch)
+    local_y = lesson.local_y
     config = QueryConfig(phase1_epochs=3, phase1_mixups=False, phase2_epochs=1, batch_size=32,
                          inversion={"samples_per_class": 8, "steps": 2})
 

@@ -90,7 +90,8 @@ class QueryConfig(Section):
     trust: TrustConfig = TrustConfig()
     inversion: InversionConfig = InversionConfig()
     mixup: Annotated[float, Field(ge=0)] = Field(
-        1.0, description="mixups of local and synthetic inputs added per such input (0: none); each costs Phase 1 as much as a local input"
+        1.0, description="mixups of local and synthetic inputs added per such input (0: none); Phase 2 re-fits the head on them "
+                         "(and Phase 1 distils on them with phase1_mixups)"
     )
     mixup_alpha: Rate = Field(0.4, description="mixup weights are drawn from Beta(mixup_alpha, mixup_alpha)")
     temperature: Rate = Field(2.0, description="softmax temperature of the distillation targets and the student's KL term")

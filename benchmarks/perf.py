@@ -18,11 +18,10 @@ cores): FedAvg's rounds and fine-tuning grow with the data, the probe does not.
    head on features computed once, so its epochs are not fine-tuning epochs: it is counted
    on QKT's side only. Synthesis (inverting the experts) is reported apart. The transfer
    set is the local data widened with synthetic inputs and as many mixups; the phases are
-   timed with each Phase 1 of :data:`PHASE1_VARIANTS`: one pass over the local and
-   synthetic inputs, the mixups left to Phase 2 (the default), one pass over the whole
-   transfer set (``query.phase1_mixups = True``, the default until 2026-12-01), and as many
-   of the whole set's inputs as the querier holds (that and ``query.phase1_epoch = "local"``,
-   a fine-tuning epoch's length).
+   timed with each Phase 1 of :data:`PHASE1_VARIANTS`: one pass over the transfer set (the
+   default), as many of its inputs as the querier holds (``query.phase1_epoch = "local"``,
+   a fine-tuning epoch's length), and one pass over the local and synthetic inputs with the
+   mixups left to Phase 2 (``query.phase1_mixups = False``).
 2. **A whole query against FedAvg.** ``qkt.query``, and again with QKT Light, with every
    teacher answering the probe in this process, one after the other, against FedAvg over
    the same parties with its configured budget (``training.epochs`` local epochs in rounds of ``federated.local_epochs``,
@@ -79,11 +78,10 @@ from qkt.report import atomic_write, human_bytes, save_figure  # noqa: E402
 from qkt.training import fit, per_class_accuracy, set_threads  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-# The Phases 1 + 2 timed against fine-tuning: the default ("phase2_mixups"), Phase 1 on the mixups too as it was
-# until 2026-12-01 ("transfer"), and that with its epochs cut to a fine-tuning epoch's length ("local").
-PHASE1_VARIANTS = {"phase2_mixups": {"phase1_epoch": "transfer", "phase1_mixups": False},
-                   "transfer": {"phase1_epoch": "transfer", "phase1_mixups": True},
-                   "local": {"phase1_epoch": "local", "phase1_mixups": True}}
+# The Phases 1 + 2 timed against fine-tuning: the default and the two ways of cutting a Phase 1 epoch to a fine-tuning epoch's cost.
+PHASE1_VARIANTS = {"transfer": {"phase1_epoch": "transfer", "phase1_mixups": True},
+                   "local": {"phase1_epoch": "local", "phase1_mixups": True},
+                   "phase2_mixups": {"phase1_epoch": "transfer", "phase1_mixups": False}}
 # A smaller world for --quick: fewer images, probe and inversion steps, epochs of a query, parties.
 QUICK = {
     "data": {"max_train": 2000, "max_test": 500},
@@ -508,11 +506,10 @@ def main() -> int:
             ]
     targets = [target("Phases 1+2 / fine-tuning on the local data", phases["ratio"], 1.3,
                       f"fine-tuning for Phase 1's {config.query.phase1_epochs} epochs, Phase 1 '{phases['phase1']}'; "
-                      f"a Phase 1 epoch over the {phases['inputs']['local']} local and {phases['inputs']['synthetic']} synthetic "
-                      f"inputs, mixups in Phase 2 only ('phase2_mixups'): {phases['ratio_by_phase1']['phase2_mixups']}; over "
-                      f"all {phases['inputs']['transfer']} transfer inputs, mixups too ('transfer'): "
-                      f"{phases['ratio_by_phase1']['transfer']}; over as many of them as the local ones ('local'): "
-                      f"{phases['ratio_by_phase1']['local']}"), *fedavg_targets]
+                      f"one pass over the {phases['inputs']['transfer']} transfer inputs (local, synthetic, mixups) per epoch: "
+                      f"{phases['ratio_by_phase1']['transfer']}, as many of them as the {phases['inputs']['local']} local "
+                      f"ones ('local'): {phases['ratio_by_phase1']['local']}, the local and synthetic ones, mixups in Phase 2 "
+                      f"only ('phase2_mixups'): {phases['ratio_by_phase1']['phase2_mixups']}"), *fedavg_targets]
     if scale:
         targets.append(target(f"query time, K={args.parties[-1]} / K={args.parties[0]}, experts fixed",
                               scale["growth"]["query_seconds_teachers_in_parallel"], 1.5,

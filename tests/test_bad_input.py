@@ -57,6 +57,12 @@ def test_each_bad_input_gets_one_clear_message(capsys, tmp_path, config, extra, 
     assert says in err
 
 
+@pytest.mark.parametrize("skips_phase2", ["phase2 = false", "merged = true", "phase2_epochs = 0"])
+def test_mixups_left_to_a_phase2_that_does_not_run_are_refused(capsys, tmp_path, skips_phase2):
+    err = _fails_cleanly(capsys, tmp_path, f'methods = ["local", "qkt"]\n[query]\nphase1_mixups = false\n{skips_phase2}')
+    assert "no phase would learn from them" in err
+
+
 @pytest.mark.parametrize(("argv", "says"), [
     (["run", "--config", "c.toml", "--resume"], "give the --output folder of the run to resume"),
     (["data", "list", "--data-path", "mine.npz"], "'qkt data list' does not read one"),

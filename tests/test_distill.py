@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from qkt.config import QueryConfig
@@ -90,28 +89,15 @@ def test_a_phase1_epoch_costs_a_fine_tuning_epoch_however_wide_the_transfer_set(
     assert sum(trained_on) == 3 * len(transfer)
 
 
-def test_by_default_phase1_leaves_the_mixups_to_phase2(monkeypatch):
+def test_without_phase1_mixups_phase1_trains_on_local_and_synthetic_inputs_and_phase2_on_all(monkeypatch):
     student, lesson, trained_on = _counted_lesson(monkeypatch)
     local_y = lesson.local_y
-    config = QueryConfig(phase1_epochs=3, phase2_epochs=1, batch_size=32, inversion={"samples_per_class": 8, "steps": 2})
+    config = QueryConfig(phase1_epochs=3, phase1_mixups=False, phase2_epochs=1, batch_size=32,
+                         inversion={"samples_per_class": 8, "steps": 2})
 
     _, _, transfer, num_synthetic = learn(student, lesson, config, progress=False)
     assert num_synthetic and len(transfer) == 2 * (len(local_y) + num_synthetic)  # as many mixups as other inputs
     assert sum(trained_on) == 3 * (len(local_y) + num_synthetic) + len(transfer)
-
-    trained_on.clear()
-    learn(student, lesson, config.model_copy(update={"phase1_mixups": True}), progress=False)
-    assert sum(trained_on) == 3 * len(transfer) + len(transfer)
-
-
-@pytest.mark.parametrize("skips_phase2", [{"phase2": False}, {"merged": True}, {"phase2_epochs": 0}])
-def test_with_no_phase2_to_learn_the_mixups_phase1_takes_them(monkeypatch, skips_phase2):
-    student, lesson, trained_on = _counted_lesson(monkeypatch)
-    config = QueryConfig(phase1_epochs=3, phase1_mixups=False, batch_size=32, inversion={"samples_per_class": 8, "steps": 2},
-                         **skips_phase2)
-
-    _, _, transfer, _ = learn(student, lesson, config, progress=False)
-    assert sum(trained_on) == 3 * len(transfer)
 
 
 def test_a_lesson_keeps_the_query_as_a_tuple_of_class_indices():

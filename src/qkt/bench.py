@@ -50,7 +50,7 @@ ABLATIONS = list(experiment.ABLATIONS)
 COLLABORATIVE = [m for m in BASELINES if m != "local"]
 NAMES = {**METHOD_NAMES, "qkt_no_masks": "QKT, no masks",
          "qkt_no_phase2": "QKT, no Phase 2", "qkt_merged": "QKT, phases merged", "qkt_no_mixup": "QKT, no mixup",
-         "qkt_short_phase1": "QKT, short Phase 1 epochs", "qkt_phase1_mixups": "QKT, mixups in Phase 1 too"}
+         "qkt_short_phase1": "QKT, short Phase 1 epochs", "qkt_phase2_mixups": "QKT, mixups in Phase 2 only"}
 METRICS = ["query_accuracy", "local_accuracy", "overall_accuracy", "forgetting", "bytes", "seconds"]
 
 

@@ -90,8 +90,7 @@ class QueryConfig(Section):
     trust: TrustConfig = TrustConfig()
     inversion: InversionConfig = InversionConfig()
     mixup: Annotated[float, Field(ge=0)] = Field(
-        1.0, description="mixups of local and synthetic inputs added per such input (0: none); Phase 2 re-fits the head on them "
-                         "(and Phase 1 distils on them with phase1_mixups)"
+        1.0, description="mixups of local and synthetic inputs added per such input (0: none); each costs Phase 1 as much as a local input"
     )
     mixup_alpha: Rate = Field(0.4, description="mixup weights are drawn from Beta(mixup_alpha, mixup_alpha)")
     temperature: Rate = Field(2.0, description="softmax temperature of the distillation targets and the student's KL term")
@@ -102,10 +101,8 @@ class QueryConfig(Section):
                                 "querier holds, drawn in turn (a fine-tuning epoch's cost: about half Phase 1's time, 1-3 points of accuracy in the ablations)"
     )
     phase1_mixups: bool = Field(
-        False, description="Phase 1 distils on the mixups too (its epochs then pass over twice the inputs); off: the mixups are left to "
-                           "Phase 2, which re-fits the head on features computed once, so a Phase 1 epoch costs about a fine-tuning "
-                           "epoch (in the ablations: within 0.7 points of on). With no Phase 2 to learn them (merged, phase2 = false, "
-                           "phase2_epochs = 0) Phase 1 takes them either way"
+        True, description="Phase 1 trains on the mixups too; off: only Phase 2 (the head, on features computed once) does, so a "
+                          "Phase 1 epoch costs about a fine-tuning epoch (in the ablations: within 0.7 points of the default)"
     )
     phase2_epochs: NonNegative = Field(20, description="epochs of Phase 2, which re-fits only the head on class-balanced transfer inputs")
     lr: Rate = Field(1e-3, description="Adam learning rate of Phase 1")
@@ -117,15 +114,12 @@ class QueryConfig(Section):
     merged: bool = Field(False, description="ablation switch: one class-balanced phase instead of Phase 1 then Phase 2")
     seed: NonNegative = Field(0, description="seeds the probe, the inversion, the mixups and both phases: a query repeats exactly")
 
-    @property
-    def phase2_runs(self) -> bool:
-        """Whether a head-refinement phase follows Phase 1 (the ablation switches can skip it)."""
-        return self.phase2 and not self.merged and self.phase2_epochs > 0
-
-    @property
-    def mixups_in_phase1(self) -> bool:
-        """Phase 1 learns from the mixups when asked to, and when no Phase 2 follows that would."""
-        return self.phase1_mixups or not self.phase2_runs
+    @model_validator(mode="after")
+    def _mixups_are_learnt(self) -> QueryConfig:
+        if self.mixup and not self.phase1_mixups and (self.merged or not self.phase2 or not self.phase2_epochs):
+            raise ValueError("phase1_mixups = false leaves the mixups to Phase 2, which merged = true, phase2 = false or "
+                             "phase2_epochs = 0 skips: no phase would learn from them")
+        return self
 
 
 class FederatedConfig(Section):
@@ -206,7 +200,7 @@ class RunConfig(Section):
     federated: FederatedConfig = FederatedConfig()
     methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light", "fedavg", "fedprox", "fedgen",
                           "qkt_no_masks", "qkt_no_phase2", "qkt_merged", "qkt_no_mixup", "qkt_short_phase1",
-                          "qkt_phase1_mixups"]] = Field(
+                          "qkt_phase2_mixups"]] = Field(
         ["local", "ensemble", "kd", "qkt", "qkt_light"], min_length=1, description="the methods to run and compare")
 
     @model_validator(mode="after")

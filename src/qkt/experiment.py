@@ -32,12 +32,12 @@ from .query import query
 from .query.probe import check_query
 from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
 
-# The ablations of SPEC §4 are QKT with one QueryConfig switch changed; "no mixup" adds what the mixups
-# are worth, "short Phase 1" what is lost by cutting a Phase 1 epoch to a fine-tuning epoch's length, and
-# "mixups in Phase 1 too" what the default gives up by leaving the mixups to Phase 2 (half Phase 1's time).
+# The ablations of SPEC §4 are QKT with one QueryConfig switch changed; "no mixup" adds what mixup's
+# inputs, which double Phase 1's time, are worth; "short Phase 1" and "mixups in Phase 2 only" what is
+# lost by the two ways of cutting a Phase 1 epoch to a fine-tuning epoch's cost.
 ABLATIONS = {"qkt_no_masks": {"use_masks": False}, "qkt_no_phase2": {"phase2": False}, "qkt_merged": {"merged": True},
              "qkt_no_mixup": {"mixup": 0.0}, "qkt_short_phase1": {"phase1_epoch": "local"},
-             "qkt_phase1_mixups": {"phase1_mixups": True}}
+             "qkt_phase2_mixups": {"phase1_mixups": False}}
 
 
 @dataclass

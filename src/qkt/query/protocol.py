@@ -241,7 +241,7 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | N
 
     start = time.perf_counter()
     params = light.light_parameters(new, head) if config.light else None
-    phase1_set = transfer if config.mixups_in_phase1 else transfer.first(len(lesson.local_y) + num_synthetic)
+    phase1_set = transfer if config.phase1_mixups else transfer.first(len(lesson.local_y) + num_synthetic)
     if config.merged:
         phase1_set = phase1_set.balanced()
     train_on_transfer(new, phase1_set, config, config.phase1_epochs, config.lr, params=params,
@@ -249,7 +249,7 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | N
     seconds["phase1"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    if config.phase2_runs:
+    if config.phase2 and not config.merged and config.phase2_epochs:
         refine_head(new, transfer, config, head, progress)
     seconds["phase2"] = time.perf_counter() - start
     return new.eval(), seconds, transfer, num_synthetic

@@ -102,7 +102,8 @@ class QueryConfig(Section):
     )
     phase1_mixups: bool = Field(
         True, description="Phase 1 trains on the mixups too; off: only Phase 2 (the head, on features computed once) does, so a "
-                          "Phase 1 epoch costs about a fine-tuning epoch (on the three-seed benchmark: 0.3-3.0 points of overall accuracy below the default)"
+                          "Phase 1 epoch costs about a fine-tuning epoch (on the three-seed benchmark: 0.3-3.0 points of overall "
+                          "accuracy below the default)"
     )
     phase2_epochs: NonNegative = Field(20, description="epochs of Phase 2, which re-fits only the head on class-balanced transfer inputs")
     lr: Rate = Field(1e-3, description="Adam learning rate of Phase 1")

@@ -87,9 +87,8 @@ def test_set_threads_uses_at_least_one_thread_and_at_most_every_core():
 
 def test_batchnorm_statistics_and_their_gradient_are_autograds_own():
     for shape in [(6, 3, 5, 5), (7, 4)]:  # a conv layer's activations (also channels-last) and an MLP's
-        x = torch.randn(*shape, dtype=torch.double, generator=torch.Generator().manual_seed(0)) * 2 + 1
-        inputs = [x, x.contiguous(memory_format=torch.channels_last)] if x.ndim == 4 else [x]
-        for x in inputs:
+        plain = torch.randn(*shape, dtype=torch.double, generator=torch.Generator().manual_seed(0)) * 2 + 1
+        for x in [plain, plain.contiguous(memory_format=torch.channels_last)] if plain.ndim == 4 else [plain]:
             dims = [0, *range(2, x.ndim)]
             mean, var = synth.ChannelStatistics.apply(x)
             assert torch.allclose(mean, x.mean(dims)) and torch.allclose(var, x.var(dims, unbiased=False))

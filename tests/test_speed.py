@@ -7,9 +7,10 @@ import os
 import torch
 from torch import nn
 
-from qkt.config import InversionConfig
+from qkt.config import InversionConfig, QueryConfig
 from qkt.models import build_model
-from qkt.query import synth
+from qkt.query import light, synth
+from qkt.query.distill import TransferSet, train_on_transfer
 from qkt.training import epoch_orders, fast_layout, fit, predict_logits, set_threads
 
 
@@ -49,6 +50,32 @@ def test_training_in_the_fast_layout_learns_as_before():
     plain = fit(nn.Sequential(*_cnn().children()), (x, y), epochs=1, seed=0, progress=False)  # not a qkt model: default layout
     for a, b in zip(fast.parameters(), plain.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-2)
+
+
+def test_training_some_parameters_runs_no_backward_pass_for_the_others():
+    model, x, y = _cnn(), _images(32), torch.arange(32) % 4
+    fit(model, (x, y), epochs=1, params=model.head.parameters(), seed=0, progress=False)
+    assert all(p.grad is None for p in model.features.parameters()) and model.head.weight.grad is not None
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_light_trains_on_the_frozen_blocks_outputs_as_on_the_whole_model():
+    """QKT Light computes its frozen blocks once; the trained weights are those of training the whole model's last block and head."""
+    x = _images(48)
+    transfer = TransferSet.querier_first(x, torch.softmax(torch.randn(48, 4, generator=torch.Generator().manual_seed(1)), 1),
+                                         torch.arange(32) % 4)
+    config = QueryConfig(batch_size=16)
+    whole = _cnn()
+    train_on_transfer(whole, transfer, config, epochs=2, lr=1e-2, params=light.light_parameters(whole), progress=False)
+    cached = _cnn()
+    tail, outputs, params = light.trained_part(cached, x)
+    assert params is None and tail.head is cached.head and len(outputs) == len(x)
+    train_on_transfer(tail, TransferSet(outputs, transfer.targets, transfer.labels, transfer.weights), config, epochs=2, lr=1e-2,
+                      progress=False)
+    changed = [k for k, v in cached.state_dict().items() if not torch.equal(v, _cnn().state_dict()[k])]
+    assert changed and all(k.startswith(("features.2.", "head.")) for k in changed)
+    for (name, a), b in zip(whole.state_dict().items(), cached.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_an_epoch_is_one_shuffled_pass_unless_sized():

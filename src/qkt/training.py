@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -148,20 +149,41 @@ def fit(
     keep_frozen_statistics(model, params)
     bar = tqdm(epoch_orders(n, epochs, generator, epoch_size), total=epochs, desc=desc, leave=False,
                disable=not progress or desc is None, unit="epoch")
-    for order in bar:
-        total = 0.0
-        for idx in batches(order, batch_size):
-            batch = tuple(t[idx] for t in tensors)
-            if augment:
-                batch = (augment_images(batch[0], generator), *batch[1:])
-            loss = loss_fn(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-        bar.set_postfix(loss=f"{total / max(len(order), 1):.3f}")
+    with gradients_only_for(model, params):
+        for order in bar:
+            total = 0.0
+            for idx in batches(order, batch_size):
+                batch = tuple(t[idx] for t in tensors)
+                if augment:
+                    batch = (augment_images(batch[0], generator), *batch[1:])
+                loss = loss_fn(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+            bar.set_postfix(loss=f"{total / max(len(order), 1):.3f}")
     model.eval()
     return model
+
+
+@contextmanager
+def gradients_only_for(model: nn.Module, trained: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Let autograd track only the ``trained`` parameters of ``model``; every flag is restored afterwards.
+
+    The optimiser would leave the others unchanged anyway, but while they require
+    gradients every backward pass runs on through their layers to compute gradients
+    nobody reads: QKT Light's Phase 1, which trains the last block and the head of a
+    CIFAR CNN, paid for the whole network's backward pass.
+    """
+    trained_ids = {id(p) for p in trained}
+    untracked = [p for p in model.parameters() if p.requires_grad and id(p) not in trained_ids]
+    for p in untracked:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in untracked:
+            p.requires_grad_(True)
 
 
 def keep_frozen_statistics(model: nn.Module, trained: Iterable[nn.Parameter]) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models import find_head, last_block
+from ..models import FeaturesHead, find_head, last_block
+from ..training import EVAL_BATCH_SIZE, fast_layout
 
 WIRE_DTYPE = torch.float16
 
@@ -23,3 +24,25 @@ def light_parameters(model: nn.Module, head_name: str | None = None) -> list[nn.
     if block is not None:
         params = list(block.parameters()) + params
     return params
+
+
+def trained_part(model: nn.Module, x: torch.Tensor,
+                 head_name: str | None = None) -> tuple[nn.Module, torch.Tensor, list[nn.Parameter] | None]:
+    """What QKT Light trains, the inputs it trains on, and the parameters to train (None: all of them).
+
+    The frozen blocks of one of qkt's models compute the same outputs on every epoch
+    (evaluation mode, fixed transfer inputs, no augmentation), so they run once here and
+    the returned tail, which shares the last block and the head with ``model``, trains on
+    their outputs: each step of Phases 1 and 2 then costs only the tail's work. The
+    outputs are the same to the bit as the frozen blocks give batch by batch. A user's
+    own model may compute more than ``head(features(x))``, so it trains whole on ``x``
+    with only :func:`light_parameters` moving.
+    """
+    if not isinstance(model, FeaturesHead):
+        return model, x, light_parameters(model, head_name)
+    block = last_block(model)
+    start = len(model.features) if block is None else next(i for i, b in enumerate(model.features) if b is block)
+    frozen, tail = model.features[:start].eval(), FeaturesHead(model.features[start:], model.head)
+    with torch.no_grad():
+        outputs = [frozen(fast_layout(x[i : i + EVAL_BATCH_SIZE], model)) for i in range(0, len(x), EVAL_BATCH_SIZE)]
+    return tail, torch.cat(outputs) if outputs else x, None

@@ -240,17 +240,20 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | N
     seconds["synthesis"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    params = light.light_parameters(new, head) if config.light else None
-    phase1_set = transfer if config.phase1_mixups else transfer.first(len(lesson.local_y) + num_synthetic)
+    trained, inputs, params = new, transfer, None
+    if config.light:  # trained shares its modules with new, so training it trains new
+        trained, x, params = light.trained_part(new, transfer.x, head)
+        inputs = replace(transfer, x=x)
+    phase1_set = inputs if config.phase1_mixups else inputs.first(len(lesson.local_y) + num_synthetic)
     if config.merged:
         phase1_set = phase1_set.balanced()
-    train_on_transfer(new, phase1_set, config, config.phase1_epochs, config.lr, params=params,
+    train_on_transfer(trained, phase1_set, config, config.phase1_epochs, config.lr, params=params,
                       epoch_size=phase1_epoch_size(config, len(lesson.local_y)), desc="phase 1 (distill)", progress=progress)
     seconds["phase1"] = time.perf_counter() - start
 
     start = time.perf_counter()
     if config.phase2 and not config.merged and config.phase2_epochs:
-        refine_head(new, transfer, config, head, progress)
+        refine_head(trained, inputs, config, head, progress)
     seconds["phase2"] = time.perf_counter() - start
     return new.eval(), seconds, transfer, num_synthetic
 

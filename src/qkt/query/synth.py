@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import InversionConfig
-from ..training import fast_layout
+from ..training import fast_layout, gradients_only_for
 
 
 def with_mixups(x: torch.Tensor, per_input: float, alpha: float, seed: int) -> torch.Tensor:
@@ -53,16 +53,14 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
     Inside, the model sees its inputs in :func:`~qkt.training.fast_layout`: every step of
     an input optimisation is a forward and backward pass, so the layout pays most here.
     """
-    was_training, grad_flags = model.training, [p.requires_grad for p in model.parameters()]
+    was_training = model.training
     model.eval()
-    model.requires_grad_(False)
     layout = model.register_forward_pre_hook(lambda module, args: (fast_layout(args[0], module), *args[1:]))
     try:
-        yield model
+        with gradients_only_for(model, ()):
+            yield model
     finally:
         layout.remove()
-        for p, flag in zip(model.parameters(), grad_flags, strict=True):
-            p.requires_grad_(flag)
         model.train(was_training)
 
 

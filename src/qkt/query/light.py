@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..models import FeaturesHead, find_head, last_block
-from ..training import EVAL_BATCH_SIZE, fast_layout
+from ..training import fast_layout, predict_logits
 
 WIRE_DTYPE = torch.float16
 
@@ -42,7 +42,6 @@ def trained_part(model: nn.Module, x: torch.Tensor,
         return model, x, light_parameters(model, head_name)
     block = last_block(model)
     start = len(model.features) if block is None else next(i for i, b in enumerate(model.features) if b is block)
-    frozen, tail = model.features[:start].eval(), FeaturesHead(model.features[start:], model.head)
-    with torch.no_grad():
-        outputs = [frozen(fast_layout(x[i : i + EVAL_BATCH_SIZE], model)) for i in range(0, len(x), EVAL_BATCH_SIZE)]
-    return tail, torch.cat(outputs) if outputs else x, None
+    # The frozen blocks are a plain Sequential, which predict_logits would not give the fast layout: x gets the model's here.
+    outputs = predict_logits(model.features[:start], fast_layout(x, model))
+    return FeaturesHead(model.features[start:], model.head), outputs, None

@@ -18,11 +18,13 @@ cores): FedAvg's rounds and fine-tuning grow with the data, the probe does not.
    head on features computed once, so its epochs are not fine-tuning epochs: it is counted
    on QKT's side only. Synthesis (inverting the experts) is reported apart. The transfer
    set is the local data widened with synthetic inputs and as many mixups; the phases are
-   timed with each Phase 1 of :data:`PHASE1_VARIANTS`: one pass over the transfer set (the
-   default), as many of its inputs as the querier holds (``query.phase1_epoch = "local"``,
-   a fine-tuning epoch's length), one pass over the local and synthetic inputs with the
-   mixups left to Phase 2 (``query.phase1_mixups = False``), and QKT Light's (the default's
-   epochs, training only the last block and the head on the frozen blocks' outputs).
+   timed with each Phase 1 of :data:`PHASE1_VARIANTS`: one pass over the transfer set, the
+   whole student trained (the default), as many of its inputs as the querier holds
+   (``query.phase1_epoch = "local"``, a fine-tuning epoch's length), one pass over the local
+   and synthetic inputs with the mixups left to Phase 2 (``query.phase1_mixups = False``),
+   the whole student in the first epoch only and its last block and head in the others, on
+   the frozen blocks' outputs (``query.phase1_whole_epochs = 1``), and QKT Light's (the
+   default's epochs, training only the last block and the head on those outputs).
 2. **A whole query against FedAvg.** ``qkt.query``, and again with QKT Light, with every
    teacher answering the probe in this process, one after the other, against FedAvg over
    the same parties with its configured budget (``training.epochs`` local epochs in rounds of ``federated.local_epochs``,
@@ -80,11 +82,14 @@ from qkt.training import fit, per_class_accuracy, set_threads  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # The Phases 1 + 2 timed against fine-tuning: the default, the two ways of cutting a Phase 1 epoch to a
-# fine-tuning epoch's cost, and QKT Light's, which trains the last block and the head on the default's inputs.
-PHASE1_VARIANTS = {"transfer": {"phase1_epoch": "transfer", "phase1_mixups": True},
-                   "local": {"phase1_epoch": "local", "phase1_mixups": True},
-                   "phase2_mixups": {"phase1_epoch": "transfer", "phase1_mixups": False},
-                   "light": {"phase1_epoch": "transfer", "phase1_mixups": True, "light": True}}
+# fine-tuning epoch's cost, the whole student in the first epoch only and the last block and the head after it,
+# and QKT Light's, which trains the last block and the head throughout, on the default's inputs.
+_DEFAULT = {"phase1_epoch": "transfer", "phase1_mixups": True, "phase1_whole_epochs": None}
+PHASE1_VARIANTS = {"transfer": _DEFAULT,
+                   "local": {**_DEFAULT, "phase1_epoch": "local"},
+                   "phase2_mixups": {**_DEFAULT, "phase1_mixups": False},
+                   "whole_first_epoch": {**_DEFAULT, "phase1_whole_epochs": 1},
+                   "light": {**_DEFAULT, "light": True}}
 # A smaller world for --quick: fewer images, probe and inversion steps, epochs of a query, parties.
 QUICK = {
     "data": {"max_train": 2000, "max_test": 500},
@@ -513,6 +518,10 @@ def main() -> int:
                       f"{phases['ratio_by_phase1']['transfer']}, as many of them as the {phases['inputs']['local']} local "
                       f"ones ('local'): {phases['ratio_by_phase1']['local']}, the local and synthetic ones, mixups in Phase 2 "
                       f"only ('phase2_mixups'): {phases['ratio_by_phase1']['phase2_mixups']}"),
+               target("Phases 1+2 / fine-tuning, the whole student in Phase 1's first epoch only",
+                      phases["ratio_by_phase1"]["whole_first_epoch"], 1.3,
+                      "query.phase1_whole_epochs = 1: the later epochs train the last block and the head on the frozen "
+                      "blocks' outputs computed once"),
                target("QKT Light's Phases 1+2 / fine-tuning on the local data", phases["ratio_by_phase1"]["light"], 1.3,
                       "the default's transfer inputs and epochs; only the last block and the head are trained, on the "
                       "outputs of the frozen blocks computed once"),

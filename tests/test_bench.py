@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -66,6 +67,23 @@ def test_resume_keeps_finished_queries(quick_digits, monkeypatch):
     monkeypatch.setattr(bench.experiment, "run_methods", lambda *a, **k: pytest.fail("a finished query ran again"))
     state = bench.run_bench("quick", ["digits"], quick_digits, resume=True, progress=False)
     assert state["records"] == before
+
+
+def test_chosen_methods_run_alone_and_score_as_among_every_method(quick_digits, tmp_path):
+    shutil.copytree(quick_digits / "checkpoints", tmp_path / "checkpoints")  # the same parties, not trained again
+    chosen = ["qkt", "qkt_whole_first_epoch"]
+    assert main(["bench", "--profile", "quick", "--dataset", "digits", "--scenario", "single", "--methods", *chosen,
+                 "--output", str(tmp_path), "--quiet"]) == 0
+    state = json.loads((tmp_path / "bench.json").read_text())
+    assert list(state["summary"]["digits"]["single"]["rows"]) == chosen
+    every = [r for r in json.loads((quick_digits / "bench.json").read_text())["records"] if r["scenario"] == "single"]
+    for alone, among in zip(state["records"], every, strict=True):
+        for method in chosen:
+            assert alone["methods"][method]["overall_accuracy"] == among["methods"][method]["overall_accuracy"], method
+    table = (tmp_path / "bench.md").read_text()
+    assert f"| {bench.NAMES['qkt_whole_first_epoch']} |" in table and "collaborative methods (" not in table
+    with pytest.raises(QKTError, match="must include qkt"):
+        bench.run_bench("quick", ["digits"], tmp_path, methods=["local"])
 
 
 def test_unknown_profile_and_scenario_are_user_errors(tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 from qkt.config import QueryConfig
 from qkt.models import build_model
-from qkt.query import Lesson, distill, learn
+from qkt.query import Lesson, distill, learn, light
 from qkt.query.distill import TransferSet, combine_targets
 
 N, C = 6, 5
@@ -98,6 +98,23 @@ def test_without_phase1_mixups_phase1_trains_on_local_and_synthetic_inputs_and_p
     _, _, transfer, num_synthetic = learn(student, lesson, config, progress=False)
     assert num_synthetic and len(transfer) == 2 * (len(local_y) + num_synthetic)  # as many mixups as other inputs
     assert sum(trained_on) == 3 * (len(local_y) + num_synthetic) + len(transfer)
+
+
+def test_after_its_whole_epochs_phase1_moves_only_the_last_block_and_the_head(monkeypatch):
+    student, lesson, _ = _counted_lesson(monkeypatch)
+    config = QueryConfig(phase1_epochs=3, phase1_whole_epochs=1, phase2=False, batch_size=32, inversion={"samples_per_class": 8, "steps": 2})
+    light_part = {id(p) for p in light.light_parameters(student)}
+    late = {name for name, p in student.named_parameters() if id(p) in light_part}
+    assert late and len(late) < len(dict(student.named_parameters()))
+
+    def weights(update):
+        model, *_ = learn(student, lesson, config.model_copy(update=update), progress=False)
+        return dict(model.named_parameters())
+
+    first_epoch, schedule, every_epoch = weights({"phase1_epochs": 1}), weights({}), weights({"phase1_whole_epochs": None})
+    for name, p in schedule.items():
+        assert torch.equal(p, first_epoch[name]) != (name in late), name
+        assert not torch.equal(every_epoch[name], first_epoch[name]), name
 
 
 def test_a_lesson_keeps_the_query_as_a_tuple_of_class_indices():

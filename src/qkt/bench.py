@@ -50,7 +50,8 @@ ABLATIONS = list(experiment.ABLATIONS)
 COLLABORATIVE = [m for m in BASELINES if m != "local"]
 NAMES = {**METHOD_NAMES, "qkt_no_masks": "QKT, no masks",
          "qkt_no_phase2": "QKT, no Phase 2", "qkt_merged": "QKT, phases merged", "qkt_no_mixup": "QKT, no mixup",
-         "qkt_short_phase1": "QKT, short Phase 1 epochs", "qkt_phase2_mixups": "QKT, mixups in Phase 2 only"}
+         "qkt_short_phase1": "QKT, short Phase 1 epochs", "qkt_phase2_mixups": "QKT, mixups in Phase 2 only",
+         "qkt_whole_first_epoch": "QKT, whole student in Phase 1's first epoch only"}
 METRICS = ["query_accuracy", "local_accuracy", "overall_accuracy", "forgetting", "bytes", "seconds"]
 
 
@@ -148,8 +149,9 @@ def multi_query_size(num_classes: int) -> int:
     return max(2, round(0.3 * num_classes))
 
 
-def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed: int, data_root: str | None) -> RunConfig:
-    """The RunConfig of one scenario and seed: the profile's settings, the scenario's partition, every method."""
+def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed: int, data_root: str | None,
+               methods: Sequence[str] | None = None) -> RunConfig:
+    """The RunConfig of one scenario and seed: the profile's settings, the scenario's partition, its methods (default: every one)."""
     raw = profile.config(dataset.name)
     c = dataset.num_classes
     raw["data"] = {**raw.get("data", {}), "name": dataset.name, "root": None if data_root is None else str(data_root)}
@@ -161,7 +163,8 @@ def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed
     raw["scenario"] = {"query_size": multi_query_size(c) if scenario.query_size == "multi" else 1}
     raw["training"] = {**raw.get("training", {}), "seed": seed}
     raw["query"] = {**raw.get("query", {}), "seed": seed}
-    raw["methods"] = BASELINES + QKT_METHODS + (ABLATIONS if scenario.ablations and profile.ablations_for(dataset.name) else [])
+    raw["methods"] = list(methods) if methods else BASELINES + QKT_METHODS + (
+        ABLATIONS if scenario.ablations and profile.ablations_for(dataset.name) else [])
     return parse_config(raw, f"bench {dataset.name}/{scenario.name}")
 
 
@@ -248,9 +251,9 @@ def _record(dataset: str, scenario: str, seed: int, world: experiment.World, res
 
 
 def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: Profile, data_root: str | None,
-                 checkpoints: Path, done: set, on_record, progress: bool) -> None:
+                 checkpoints: Path, done: set, on_record, progress: bool, methods: Sequence[str] | None = None) -> None:
     """Every querier of one scenario and seed; ``on_record`` receives each query's record as soon as it is scored."""
-    config = run_config(profile, dataset, scenario, seed, data_root)
+    config = run_config(profile, dataset, scenario, seed, data_root, methods)
     parts = experiment.make_partition(config, dataset.y_train)
     x_train, y_train, x_test, y_test = dataset.normalized()
     pairs = [(q, query) for q, query in querier_queries(config, dataset, parts, scenario, profile.max_queriers)
@@ -259,7 +262,8 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
         return
     whole = partition.Scenario(-1, (), (), tuple(parts), 0)
     base_models = experiment.train_parties(config, (x_train, y_train), whole, dataset, checkpoints, progress)
-    global_models = {m: global_model(m, config, dataset, (x_train, y_train), parts, checkpoints, progress) for m in FEDERATED}
+    global_models = {m: global_model(m, config, dataset, (x_train, y_train), parts, checkpoints, progress)
+                     for m in FEDERATED if m in config.methods}
     test_probs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared: fixed models are evaluated once per seed
     probes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
     every_class = protocol.Announcement.from_config(tuple(range(dataset.num_classes)), dataset.num_classes,
@@ -307,19 +311,21 @@ def summarize(records: list[dict]) -> dict:
                 rows[m]["queries"] = len(results)
                 rows[m]["failed"] = sum("failed" in v["details"] for v in results)
             qkt = rows["qkt"]["overall_accuracy"][0]
-            collaborative = [m for m in COLLABORATIVE if m in rows]
-            mean_collab = float(np.mean([rows[m]["overall_accuracy"][0] for m in collaborative]))
-            best = max(collaborative, key=lambda m: rows[m]["overall_accuracy"][0])
-            summary.setdefault(ds, {})[name] = {
+            entry = summary.setdefault(ds, {})[name] = {
                 "queries": len(recs),
                 "seeds": sorted({r["seed"] for r in recs}),
                 "rows": rows,
                 "gain_over": {m: 100 * (qkt - rows[m]["overall_accuracy"][0]) for m in methods if m != "qkt"},
-                "gain_over_collaborative_mean": 100 * (qkt - mean_collab),
-                "best_collaborative": best,
-                "gain_over_best_collaborative": 100 * (qkt - rows[best]["overall_accuracy"][0]),
                 "qkt_forgetting_points": 100 * rows["qkt"]["forgetting"][0],
             }
+            collaborative = [m for m in COLLABORATIVE if m in rows]
+            if collaborative:  # a run of chosen methods (--methods) may have none
+                best = max(collaborative, key=lambda m: rows[m]["overall_accuracy"][0])
+                entry.update({
+                    "gain_over_collaborative_mean": 100 * (qkt - float(np.mean([rows[m]["overall_accuracy"][0] for m in collaborative]))),
+                    "best_collaborative": best,
+                    "gain_over_best_collaborative": 100 * (qkt - rows[best]["overall_accuracy"][0]),
+                })
     return summary
 
 
@@ -348,9 +354,10 @@ def format_tables(summary: dict) -> str:
             failed = [f"{NAMES.get(m, m)} in {row['failed']}" for m, row in s["rows"].items() if row["failed"]]
             if failed:
                 lines += ["", "Queries that failed (no expert found; scored as the querier's unchanged model): " + ", ".join(failed) + "."]
-            lines += ["", f"QKT vs the mean of the collaborative methods ({', '.join(NAMES[m] for m in COLLABORATIVE)}): "
-                      f"{s['gain_over_collaborative_mean']:+.1f} points; vs the best of them ({NAMES[s['best_collaborative']]}): "
-                      f"{s['gain_over_best_collaborative']:+.1f} points; QKT forgets {s['qkt_forgetting_points']:.1f} points.", ""]
+            against = (f"QKT vs the mean of the collaborative methods ({', '.join(NAMES[m] for m in COLLABORATIVE if m in s['rows'])}): "
+                       f"{s['gain_over_collaborative_mean']:+.1f} points; vs the best of them ({NAMES[s['best_collaborative']]}): "
+                       f"{s['gain_over_best_collaborative']:+.1f} points; " if "best_collaborative" in s else "")
+            lines += ["", f"{against}QKT forgets {s['qkt_forgetting_points']:.1f} points.", ""]
     return "\n".join(lines)
 
 
@@ -360,7 +367,7 @@ def format_headline(summary: dict) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for ds, scenarios in summary.items():
         for name in ("single", "multi"):
-            if name not in scenarios:
+            if name not in scenarios or "best_collaborative" not in scenarios[name]:
                 continue
             s = scenarios[name]
             rows = s["rows"]
@@ -429,7 +436,8 @@ def machine() -> str:
 
 
 def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, data_root: str | None = None,
-              scenarios: Sequence[str] | None = None, resume: bool = False, progress: bool = True) -> dict:
+              scenarios: Sequence[str] | None = None, resume: bool = False, progress: bool = True,
+              methods: Sequence[str] | None = None) -> dict:
     """Run a benchmark profile and write its outputs to ``output``; returns the final state (as in ``bench.json``).
 
     Parameters
@@ -444,6 +452,8 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
         A subset of the profile's scenarios (names in :data:`SCENARIOS`).
     resume:
         Keep the queries already in ``output/bench.json`` and run only the missing ones.
+    methods:
+        Only these methods (default: the profile's), ``qkt`` among them: every Δ is against it.
     """
     if profile_name not in PROFILES:
         raise QKTError(f"unknown profile '{profile_name}'; choose one of: {', '.join(PROFILES)}")
@@ -452,6 +462,9 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise QKTError(f"unknown scenario(s) {unknown}; choose from: {', '.join(SCENARIOS)}")
+    methods = list(dict.fromkeys(methods or ()))
+    if methods and "qkt" not in methods:
+        raise QKTError("--methods must include qkt: every table compares the other methods with it")
     datasets = list(dict.fromkeys(datasets or available_datasets(data_root)))
     if "npz" in datasets:
         raise QKTError("qkt bench runs the registry data sets; for your own .npz file use `qkt run` with data.name: npz and data.path")
@@ -482,7 +495,8 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
         dataset = load_dataset(name, data_root).subsample(data.get("max_train"), data.get("max_test"), 0)
         for seed in range(profile.seeds):
             for scenario in scenarios or profile.scenarios_for(name):
-                run_scenario(dataset, SCENARIOS[scenario], seed, profile, data_root, output / "checkpoints", done, on_record, progress)
+                run_scenario(dataset, SCENARIOS[scenario], seed, profile, data_root, output / "checkpoints", done, on_record,
+                             progress, methods)
     state["wall_seconds"] = time.perf_counter() - wall
     state["cpu_seconds"] = time.process_time() - cpu
     write_outputs(state, output)

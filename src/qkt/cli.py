@@ -101,7 +101,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     state = run_bench(args.profile, args.dataset, args.output, args.data_root, args.scenario, args.resume,
-                      progress=not args.quiet and sys.stderr.isatty())
+                      progress=not args.quiet and sys.stderr.isatty(), methods=args.methods)
     print((args.output / "bench.md").read_text() if (args.output / "bench.md").exists() else "no query was eligible")
     print(f"wrote {args.output}/bench.json, bench.md, bench.csv, headline.md and bench.png "
           f"(wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s)")
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scenario", action="append", default=None, help="run only this scenario (repeatable; default: the profile's)")
     bench.add_argument("--output", type=Path, default=Path("qkt-output/bench"), help="folder for the results and checkpoints (default: %(default)s)")
     bench.add_argument("--data-root", default=None, help="folder with the data files (default $QKT_DATA_ROOT or ./data)")
+    bench.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                       help="run only these methods, qkt among them (default: the profile's; names as in the config's methods, "
+                            "e.g. qkt qkt_whole_first_epoch)")
     bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest")
     bench.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else every core; 1 is much faster on a busy machine)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -37,7 +37,7 @@ from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, 
 # lost by the two ways of cutting a Phase 1 epoch to a fine-tuning epoch's cost.
 ABLATIONS = {"qkt_no_masks": {"use_masks": False}, "qkt_no_phase2": {"phase2": False}, "qkt_merged": {"merged": True},
              "qkt_no_mixup": {"mixup": 0.0}, "qkt_short_phase1": {"phase1_epoch": "local"},
-             "qkt_phase2_mixups": {"phase1_mixups": False}}
+             "qkt_phase2_mixups": {"phase1_mixups": False}, "qkt_whole_first_epoch": {"phase1_whole_epochs": 1}}
 
 
 @dataclass

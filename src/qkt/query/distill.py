@@ -104,6 +104,14 @@ def phase1_epoch_size(config: QueryConfig, num_local: int) -> int | None:
     return num_local if config.phase1_epoch == "local" and num_local else None
 
 
+def whole_student_epochs(config: QueryConfig) -> int:
+    """Phase 1 epochs that train the whole student under ``config.phase1_whole_epochs``; QKT Light trains its part in every one."""
+    if config.light:
+        return 0
+    whole = config.phase1_whole_epochs
+    return config.phase1_epochs if whole is None else min(whole, config.phase1_epochs)
+
+
 def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                       temperature: float, kd_weight: float) -> torch.Tensor:
     """Cross-entropy on the querier's labels plus the temperature-scaled KL towards the combined target."""

@@ -3,7 +3,8 @@
 Experts send float16 weights, and Phase 1 trains only the last block of the
 feature extractor and the head; the measured accuracy cost is reported as its own row.
 The earlier blocks stay frozen whole, BatchNorm statistics included (see
-:func:`qkt.training.keep_frozen_statistics`).
+:func:`qkt.training.keep_frozen_statistics`). QKT trains the same part in the Phase 1
+epochs after its first ``query.phase1_whole_epochs``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def light_parameters(model: nn.Module, head_name: str | None = None) -> list[nn.
 
 def trained_part(model: nn.Module, x: torch.Tensor,
                  head_name: str | None = None) -> tuple[nn.Module, torch.Tensor, list[nn.Parameter] | None]:
-    """What QKT Light trains, the inputs it trains on, and the parameters to train (None: all of them).
+    """What QKT Light trains (and QKT after its whole-student epochs), the inputs it trains on, and the parameters to train (None: all of them).
 
     The frozen blocks of one of qkt's models compute the same outputs on every epoch
     (evaluation mode, fixed transfer inputs, no augmentation), so they run once here and

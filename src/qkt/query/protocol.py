@@ -23,7 +23,7 @@ from ..config import QueryConfig, TrustConfig
 from ..errors import QueryError
 from ..training import predict_logits
 from . import light, privacy, probe, synth, trust
-from .distill import TransferSet, combine_targets, phase1_epoch_size, softmax_outputs, train_on_transfer
+from .distill import TransferSet, combine_targets, phase1_epoch_size, softmax_outputs, train_on_transfer, whole_student_epochs
 from .refine import refine_head
 
 SCORE_BYTES = 4  # one float32 per query class
@@ -240,15 +240,19 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | N
     seconds["synthesis"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    trained, inputs, params = new, transfer, None
-    if config.light:  # trained shares its modules with new, so training it trains new
+    def phase1(model: nn.Module, inputs: TransferSet, epochs: int, params: list[nn.Parameter] | None = None) -> None:
+        chosen = inputs if config.phase1_mixups else inputs.first(len(lesson.local_y) + num_synthetic)
+        train_on_transfer(model, chosen.balanced() if config.merged else chosen, config, epochs, config.lr, params=params,
+                          epoch_size=phase1_epoch_size(config, len(lesson.local_y)), desc="phase 1 (distill)", progress=progress)
+
+    whole = whole_student_epochs(config)
+    if whole:
+        phase1(new, transfer, whole)
+    trained, inputs = new, transfer
+    if whole < config.phase1_epochs:  # trained shares its modules with new, so training it trains new
         trained, x, params = light.trained_part(new, transfer.x, head)
         inputs = replace(transfer, x=x)
-    phase1_set = inputs if config.phase1_mixups else inputs.first(len(lesson.local_y) + num_synthetic)
-    if config.merged:
-        phase1_set = phase1_set.balanced()
-    train_on_transfer(trained, phase1_set, config, config.phase1_epochs, config.lr, params=params,
-                      epoch_size=phase1_epoch_size(config, len(lesson.local_y)), desc="phase 1 (distill)", progress=progress)
+        phase1(trained, inputs, config.phase1_epochs - whole, params)
     seconds["phase1"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -3,8 +3,8 @@
 Experts send float16 weights, and Phase 1 trains only the last block of the
 feature extractor and the head; the measured accuracy cost is reported as its own row.
 The earlier blocks stay frozen whole, BatchNorm statistics included (see
-:func:`qkt.training.keep_frozen_statistics`). QKT trains the same part in the Phase 1
-epochs after its first ``query.phase1_whole_epochs``.
+:func:`qkt.training.keep_frozen_statistics`). With ``query.phase1_whole_epochs`` set, QKT
+trains the same part in the Phase 1 epochs after those.
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ def test_chosen_methods_run_alone_and_score_as_among_every_method(quick_digits, 
             assert alone["methods"][method]["overall_accuracy"] == among["methods"][method]["overall_accuracy"], method
     table = (tmp_path / "bench.md").read_text()
     assert f"| {bench.NAMES['qkt_whole_first_epoch']} |" in table and "collaborative methods (" not in table
+    assert "No collaborative method ran" in (tmp_path / "headline.md").read_text()
     with pytest.raises(QKTError, match="must include qkt"):
         bench.run_bench("quick", ["digits"], tmp_path, methods=["local"])
 

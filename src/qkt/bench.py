@@ -377,7 +377,7 @@ def format_headline(summary: dict) -> str:
                          f"{mean_collab:.3f} | {rows[best]['overall_accuracy'][0]:.3f} ({NAMES[best]}) | "
                          f"{s['gain_over_collaborative_mean']:+.1f} | {s['gain_over_best_collaborative']:+.1f} | "
                          f"{s['qkt_forgetting_points']:.1f} pts |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else "No collaborative method ran (qkt bench --methods)."
 
 
 def format_csv(summary: dict) -> str:

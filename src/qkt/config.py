@@ -108,8 +108,8 @@ class QueryConfig(Section):
     phase1_whole_epochs: NonNegative | None = Field(
         None, description="Phase 1's first epochs that train the whole student (None: every one); the later ones train only "
                           "its last block and head, as QKT Light does, on the frozen blocks' outputs computed once, a third "
-                          "of a whole epoch's time on the CNN (1 on the three-seed benchmark: Phase 1 in half the time, 0.4-0.9 "
-                          "points of overall accuracy below the default on CIFAR-10)"
+                          "of a whole epoch's time on the CNN (1, on the three-seed benchmark: Phase 1 in half the time, 0.4-0.8 "
+                          "points of overall accuracy below the default in three of its four scenarios)"
     )
     phase2_epochs: NonNegative = Field(20, description="epochs of Phase 2, which re-fits only the head on class-balanced transfer inputs")
     lr: Rate = Field(1e-3, description="Adam learning rate of Phase 1")

@@ -239,12 +239,12 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | N
     transfer, num_synthetic = build_transfer_set(original, lesson, config, progress)
     seconds["synthesis"] = time.perf_counter() - start
 
-    start = time.perf_counter()
     def phase1(model: nn.Module, inputs: TransferSet, epochs: int, params: list[nn.Parameter] | None = None) -> None:
         chosen = inputs if config.phase1_mixups else inputs.first(len(lesson.local_y) + num_synthetic)
         train_on_transfer(model, chosen.balanced() if config.merged else chosen, config, epochs, config.lr, params=params,
                           epoch_size=phase1_epoch_size(config, len(lesson.local_y)), desc="phase 1 (distill)", progress=progress)
 
+    start = time.perf_counter()
     whole = whole_student_epochs(config)
     if whole:
         phase1(new, transfer, whole)

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -85,6 +86,17 @@ def test_chosen_methods_run_alone_and_score_as_among_every_method(quick_digits, 
     assert "No collaborative method ran" in (tmp_path / "headline.md").read_text()
     with pytest.raises(QKTError, match="must include qkt"):
         bench.run_bench("quick", ["digits"], tmp_path, methods=["local"])
+
+
+def test_whole_dataset_drops_the_image_subsets_and_never_resumes_a_subset_run(quick_digits, tmp_path):
+    full = bench.PROFILES["full"]
+    assert "max_train" not in full.at_full_size().config("cifar10")["data"]
+    assert full.config("cifar10")["data"]["max_train"] == 6000  # the profile itself is untouched
+    config = bench.run_config(full.at_full_size(), SimpleNamespace(name="cifar10", num_classes=10), bench.SCENARIOS["single"], 0, None)
+    assert config.data.max_train is None and config.data.max_test is None
+    shutil.copy(quick_digits / "bench.json", tmp_path / "bench.json")
+    with pytest.raises(QKTError, match="resume it without --whole-dataset"):
+        bench.run_bench("quick", ["digits"], tmp_path, resume=True, progress=False, whole_dataset=True)
 
 
 def test_unknown_profile_and_scenario_are_user_errors(tmp_path):

@@ -97,6 +97,12 @@ class Profile:
     def config(self, dataset: str) -> dict:
         return copy.deepcopy(self.settings.get(dataset, self.settings["default"]))
 
+    def at_full_size(self) -> Profile:
+        """The same profile on every training and test image of each data set: its subsets dropped."""
+        settings = {name: {**s, "data": {k: v for k, v in s.get("data", {}).items() if k not in ("max_train", "max_test")}}
+                    for name, s in self.settings.items()}
+        return dataclasses.replace(self, settings=settings)
+
     def scenarios_for(self, dataset: str) -> tuple[str, ...]:
         return self.scenarios.get(dataset, self.scenarios["default"])
 
@@ -437,7 +443,7 @@ def machine() -> str:
 
 def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, data_root: str | None = None,
               scenarios: Sequence[str] | None = None, resume: bool = False, progress: bool = True,
-              methods: Sequence[str] | None = None) -> dict:
+              methods: Sequence[str] | None = None, whole_dataset: bool = False) -> dict:
     """Run a benchmark profile and write its outputs to ``output``; returns the final state (as in ``bench.json``).
 
     Parameters
@@ -454,10 +460,13 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
         Keep the queries already in ``output/bench.json`` and run only the missing ones.
     methods:
         Only these methods (default: the profile's), ``qkt`` among them: every Δ is against it.
+    whole_dataset:
+        Every training and test image of each data set instead of the profile's subsets
+        (SPEC §5's scale: on CIFAR-10 each query takes about three times as long).
     """
     if profile_name not in PROFILES:
         raise QKTError(f"unknown profile '{profile_name}'; choose one of: {', '.join(PROFILES)}")
-    profile = PROFILES[profile_name]
+    profile = PROFILES[profile_name].at_full_size() if whole_dataset else PROFILES[profile_name]
     scenarios = list(dict.fromkeys(scenarios or ()))  # a name given twice would run, and count, its queries twice
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
@@ -476,10 +485,13 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     spent = (0.0, 0.0)
     if resume and previous.exists():
         before = json.loads(previous.read_text())
+        if before.get("whole_dataset", False) != whole_dataset:
+            raise QKTError(f"{previous} holds a run on {'whole data sets' if not whole_dataset else 'the subsets'}: resume it "
+                           f"{'with' if not whole_dataset else 'without'} --whole-dataset, or choose another --output")
         records, spent = before["records"], (before["wall_seconds"], before["cpu_seconds"])
     done = {(r["dataset"], r["scenario"], r["seed"], r["querier"]) for r in records}
     state = {"profile": profile_name, "datasets": datasets, "machine": machine(),
-             "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "wall_seconds": 0.0, "cpu_seconds": 0.0,
+             "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "whole_dataset": whole_dataset, "wall_seconds": 0.0, "cpu_seconds": 0.0,
              "records": records}
     wall, cpu = time.perf_counter() - spent[0], time.process_time() - spent[1]
 

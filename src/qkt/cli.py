@@ -101,7 +101,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     state = run_bench(args.profile, args.dataset, args.output, args.data_root, args.scenario, args.resume,
-                      progress=not args.quiet and sys.stderr.isatty(), methods=args.methods)
+                      progress=not args.quiet and sys.stderr.isatty(), methods=args.methods, whole_dataset=args.whole_dataset)
     print((args.output / "bench.md").read_text() if (args.output / "bench.md").exists() else "no query was eligible")
     print(f"wrote {args.output}/bench.json, bench.md, bench.csv, headline.md and bench.png "
           f"(wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s)")
@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                        help="run only these methods, qkt among them (default: the profile's; names as in the config's methods, "
                             "e.g. qkt qkt_whole_first_epoch)")
+    bench.add_argument("--whole-dataset", action="store_true",
+                       help="every training and test image of each data set, not the 6,000 / 2,000-image subsets (SPEC §5's scale)")
     bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest")
     bench.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else every core; 1 is much faster on a busy machine)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -486,8 +486,8 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     if resume and previous.exists():
         before = json.loads(previous.read_text())
         if before.get("whole_dataset", False) != whole_dataset:
-            raise QKTError(f"{previous} holds a run on {'whole data sets' if not whole_dataset else 'the subsets'}: resume it "
-                           f"{'with' if not whole_dataset else 'without'} --whole-dataset, or choose another --output")
+            held, flag = ("the subsets", "without") if whole_dataset else ("whole data sets", "with")
+            raise QKTError(f"{previous} holds a run on {held}: resume it {flag} --whole-dataset, or choose another --output")
         records, spent = before["records"], (before["wall_seconds"], before["cpu_seconds"])
     done = {(r["dataset"], r["scenario"], r["seed"], r["querier"]) for r in records}
     state = {"profile": profile_name, "datasets": datasets, "machine": machine(),

@@ -97,6 +97,10 @@ def test_whole_dataset_drops_the_image_subsets_and_never_resumes_a_subset_run(qu
     shutil.copy(quick_digits / "bench.json", tmp_path / "bench.json")
     with pytest.raises(QKTError, match="resume it without --whole-dataset"):
         bench.run_bench("quick", ["digits"], tmp_path, resume=True, progress=False, whole_dataset=True)
+    state = json.loads((quick_digits / "bench.json").read_text())
+    assert (quick_digits / "bench.md").read_text().startswith("qkt bench --profile quick (digits)")
+    bench.write_outputs({**state, "whole_dataset": True}, tmp_path)
+    assert (tmp_path / "bench.md").read_text().startswith("qkt bench --profile quick --whole-dataset (digits)")
 
 
 def test_unknown_profile_and_scenario_are_user_errors(tmp_path):

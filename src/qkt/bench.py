@@ -428,7 +428,8 @@ def write_outputs(state: dict, output: Path) -> None:
     atomic_write(output / "bench.json", json.dumps(state, indent=1).encode())
     if not summary:
         return
-    header = (f"qkt bench --profile {state['profile']} ({', '.join(state['datasets'])}); {state['started']}; "
+    scale = " --whole-dataset" if state["whole_dataset"] else ""
+    header = (f"qkt bench --profile {state['profile']}{scale} ({', '.join(state['datasets'])}); {state['started']}; "
               f"{state['machine']}; wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s\n\n")
     atomic_write(output / "bench.md", (header + "## Headline\n\n" + format_headline(summary) + "\n\n" + format_tables(summary)).encode())
     atomic_write(output / "headline.md", (format_headline(summary) + "\n").encode())

@@ -117,6 +117,17 @@ def test_after_its_whole_epochs_phase1_moves_only_the_last_block_and_the_head(mo
         assert not torch.equal(every_epoch[name], first_epoch[name]), name
 
 
+def test_phase1_frozen_blocks_come_out_of_the_query_as_they_went_in(monkeypatch):
+    student, lesson, _ = _counted_lesson(monkeypatch)
+    config = QueryConfig(phase1_epochs=2, phase1_frozen_blocks=1, phase2_epochs=1, batch_size=32,
+                         inversion={"samples_per_class": 8, "steps": 2})
+    model, *_ = learn(student, lesson, config, progress=False)
+    before = student.state_dict()
+    first_block = next(i for i, block in enumerate(student.features) if list(block.parameters()))  # after the MLP's Flatten
+    for name, weights in model.state_dict().items():
+        assert torch.equal(weights, before[name]) == name.startswith(f"features.{first_block}."), name
+
+
 def test_a_lesson_keeps_the_query_as_a_tuple_of_class_indices():
     lesson = Lesson({}, {}, [np.int64(2), 4], torch.zeros(1, 8), torch.zeros(1, dtype=torch.long))
     assert lesson.query == (2, 4) and all(type(c) is int for c in lesson.query)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from torch import nn
 
 from qkt.config import InversionConfig, QueryConfig
+from qkt.errors import QKTError
 from qkt.models import build_model
 from qkt.query import light, synth
 from qkt.query.distill import TransferSet, train_on_transfer
@@ -59,24 +61,31 @@ def test_training_some_parameters_runs_no_backward_pass_for_the_others():
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_light_trains_on_the_frozen_blocks_outputs_as_on_the_whole_model():
-    """QKT Light computes its frozen blocks once; the trained weights are those of training the whole model's last block and head."""
+@pytest.mark.parametrize("frozen_blocks, trained", [(None, ("features.2.", "head.")), (1, ("features.1.", "features.2.", "head."))])
+def test_frozen_blocks_train_on_their_outputs_as_on_the_whole_model(frozen_blocks, trained):
+    """QKT Light (None) and ``query.phase1_frozen_blocks`` compute their frozen blocks once; the trained weights are those of training the whole model's other parameters."""
     x = _images(48)
     transfer = TransferSet.querier_first(x, torch.softmax(torch.randn(48, 4, generator=torch.Generator().manual_seed(1)), 1),
                                          torch.arange(32) % 4)
     config = QueryConfig(batch_size=16)
     whole = _cnn()
-    train_on_transfer(whole, transfer, config, epochs=2, lr=1e-2, params=light.light_parameters(whole), progress=False)
+    params = [p for name, p in whole.named_parameters() if name.startswith(trained)]
+    train_on_transfer(whole, transfer, config, epochs=2, lr=1e-2, params=params, progress=False)
     cached = _cnn()
-    tail, outputs, params = light.trained_part(cached, x)
+    tail, outputs, params = light.trained_part(cached, x, frozen_blocks=frozen_blocks)
     assert params is None and tail.head is cached.head and len(outputs) == len(x)
     train_on_transfer(tail, TransferSet(outputs, transfer.targets, transfer.labels, transfer.weights), config, epochs=2, lr=1e-2,
                       progress=False)
     untrained = _cnn().state_dict()
     changed = [k for k, v in cached.state_dict().items() if not torch.equal(v, untrained[k])]
-    assert changed and all(k.startswith(("features.2.", "head.")) for k in changed)
+    assert changed and all(k.startswith(trained) for k in changed) and all(any(k.startswith(t) for k in changed) for t in trained)
     for (name, a), b in zip(whole.state_dict().items(), cached.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_frozen_blocks_need_a_student_with_feature_blocks():
+    with pytest.raises(QKTError, match="phase1_frozen_blocks"):
+        light.trained_part(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4)), _images(4), frozen_blocks=1)
 
 
 def test_an_epoch_is_one_shuffled_pass_unless_sized():

@@ -111,6 +111,11 @@ class QueryConfig(Section):
                           "of a whole epoch's time on the CNN (1, on the three-seed benchmark: Phase 1 in half the time, 0.4-0.8 "
                           "points of overall accuracy below the default in three of its four scenarios)"
     )
+    phase1_frozen_blocks: NonNegative = Field(
+        0, description="leading blocks of the student's feature extractor that Phase 1 keeps frozen, their outputs computed "
+                       "once; the rest trains in every Phase 1 epoch (1 on the CNN: its full-resolution first block, about "
+                       "two thirds of an epoch's time). QKT Light freezes all but the last block whatever this says"
+    )
     phase2_epochs: NonNegative = Field(20, description="epochs of Phase 2, which re-fits only the head on class-balanced transfer inputs")
     lr: Rate = Field(1e-3, description="Adam learning rate of Phase 1")
     head_lr: Rate = Field(5e-3, description="Adam learning rate of Phase 2 (the head alone)")
@@ -207,7 +212,7 @@ class RunConfig(Section):
     federated: FederatedConfig = FederatedConfig()
     methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light", "fedavg", "fedprox", "fedgen",
                           "qkt_no_masks", "qkt_no_phase2", "qkt_merged", "qkt_no_mixup", "qkt_short_phase1",
-                          "qkt_phase2_mixups", "qkt_whole_first_epoch"]] = Field(
+                          "qkt_phase2_mixups", "qkt_whole_first_epoch", "qkt_frozen_first_block"]] = Field(
         ["local", "ensemble", "kd", "qkt", "qkt_light"], min_length=1, description="the methods to run and compare")
 
     @model_validator(mode="after")

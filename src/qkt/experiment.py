@@ -37,7 +37,8 @@ from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, 
 # student in Phase 1's first epoch only" what is lost by the ways of cutting Phase 1 to a fine-tuning's cost.
 ABLATIONS = {"qkt_no_masks": {"use_masks": False}, "qkt_no_phase2": {"phase2": False}, "qkt_merged": {"merged": True},
              "qkt_no_mixup": {"mixup": 0.0}, "qkt_short_phase1": {"phase1_epoch": "local"},
-             "qkt_phase2_mixups": {"phase1_mixups": False}, "qkt_whole_first_epoch": {"phase1_whole_epochs": 1}}
+             "qkt_phase2_mixups": {"phase1_mixups": False}, "qkt_whole_first_epoch": {"phase1_whole_epochs": 1},
+             "qkt_frozen_first_block": {"phase1_frozen_blocks": 1}}
 
 
 @dataclass

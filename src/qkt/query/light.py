@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import QKTError
 from ..models import FeaturesHead, find_head, last_block
 from ..training import fast_layout, predict_logits
 
@@ -27,22 +28,37 @@ def light_parameters(model: nn.Module, head_name: str | None = None) -> list[nn.
     return params
 
 
-def trained_part(model: nn.Module, x: torch.Tensor,
-                 head_name: str | None = None) -> tuple[nn.Module, torch.Tensor, list[nn.Parameter] | None]:
-    """What QKT Light trains (and QKT after its whole-student epochs), the inputs it trains on, and the parameters to train (None: all of them).
+def trained_part(model: nn.Module, x: torch.Tensor, head_name: str | None = None,
+                 frozen_blocks: int | None = None) -> tuple[nn.Module, torch.Tensor, list[nn.Parameter] | None]:
+    """What a Phase 1 stage trains, the inputs it trains on, and the parameters to train (None: all of them).
 
-    The frozen blocks of one of qkt's models compute the same outputs on every epoch
-    (evaluation mode, fixed transfer inputs, no augmentation), so they run once here and
-    the returned tail, which shares the last block and the head with ``model``, trains on
-    their outputs: each step of Phases 1 and 2 then costs only the tail's work. The
-    outputs are the same to the bit as the frozen blocks give batch by batch. A user's
-    own model may compute more than ``head(features(x))``, so it trains whole on ``x``
-    with only :func:`light_parameters` moving.
+    ``frozen_blocks``: how many leading parameterised blocks of ``model.features`` stay
+    frozen (``query.phase1_frozen_blocks``); None freezes all but the last, as QKT Light
+    (and QKT after its whole-student epochs) does. The frozen blocks of one of qkt's
+    models compute the same outputs on every epoch (evaluation mode, fixed transfer
+    inputs, no augmentation), so they run once here and the returned tail, which shares
+    the trained blocks and the head with ``model``, trains on their outputs: each step of
+    Phases 1 and 2 then costs only the tail's work. The outputs are the same to the bit as
+    the frozen blocks give batch by batch. A user's own model may compute more than
+    ``head(features(x))``, so it trains whole on ``x`` with only the unfrozen parameters
+    moving.
     """
+    if frozen_blocks == 0:
+        return model, x, None
+    features = getattr(model, "features", None)
+    blocks = [i for i, b in enumerate(features) if any(True for _ in b.parameters())] if isinstance(features, nn.Sequential) else []
+    if frozen_blocks is not None and not blocks:
+        raise QKTError("query.phase1_frozen_blocks needs a student whose feature blocks are an nn.Sequential named "
+                       "'features', as qkt's models have")
+    if frozen_blocks is None:
+        if not isinstance(model, FeaturesHead):
+            return model, x, light_parameters(model, head_name)
+        start = blocks[-1] if blocks else len(model.features)
+    else:
+        start = blocks[frozen_blocks] if frozen_blocks < len(blocks) else len(features)
     if not isinstance(model, FeaturesHead):
-        return model, x, light_parameters(model, head_name)
-    block = last_block(model)
-    start = len(model.features) if block is None else next(i for i, b in enumerate(model.features) if b is block)
+        frozen = {id(p) for p in features[:start].parameters()}
+        return model, x, [p for p in model.parameters() if id(p) not in frozen]
     # The frozen blocks are a plain Sequential, which predict_logits would not give the fast layout: x gets the model's here.
     outputs = predict_logits(model.features[:start], fast_layout(x, model))
     return FeaturesHead(model.features[start:], model.head), outputs, None

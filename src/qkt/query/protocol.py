@@ -246,9 +246,11 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | N
 
     start = time.perf_counter()
     whole = whole_student_epochs(config)
-    if whole:
-        phase1(new, transfer, whole)
     trained, inputs = new, transfer
+    if whole:
+        trained, x, params = light.trained_part(new, transfer.x, head, config.phase1_frozen_blocks)
+        inputs = replace(transfer, x=x)
+        phase1(trained, inputs, whole, params)
     if whole < config.phase1_epochs:  # trained shares its modules with new, so training it trains new
         trained, x, params = light.trained_part(new, transfer.x, head)
         inputs = replace(transfer, x=x)

@@ -23,8 +23,10 @@ cores): FedAvg's rounds and fine-tuning grow with the data, the probe does not.
    (``query.phase1_epoch = "local"``, a fine-tuning epoch's length), one pass over the local
    and synthetic inputs with the mixups left to Phase 2 (``query.phase1_mixups = False``),
    the whole student in the first epoch only and its last block and head in the others, on
-   the frozen blocks' outputs (``query.phase1_whole_epochs = 1``), and QKT Light's (the
-   default's epochs, training only the last block and the head on those outputs).
+   the frozen blocks' outputs (``query.phase1_whole_epochs = 1``), every block but the
+   first in every epoch, on the first block's outputs (``query.phase1_frozen_blocks = 1``),
+   and QKT Light's (the default's epochs, training only the last block and the head on
+   the outputs of the blocks before them).
 2. **A whole query against FedAvg.** ``qkt.query``, and again with QKT Light, with every
    teacher answering the probe in this process, one after the other, against FedAvg over
    the same parties with its configured budget (``training.epochs`` local epochs in rounds of ``federated.local_epochs``,
@@ -83,12 +85,14 @@ from qkt.training import fit, per_class_accuracy, set_threads  # noqa: E402
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # The Phases 1 + 2 timed against fine-tuning: the default, the two ways of cutting a Phase 1 epoch to a
 # fine-tuning epoch's cost, the whole student in the first epoch only and the last block and the head after it,
-# and QKT Light's, which trains the last block and the head throughout, on the default's inputs.
-_DEFAULT = {"phase1_epoch": "transfer", "phase1_mixups": True, "phase1_whole_epochs": None}
+# every block but the first in every epoch, and QKT Light's, which trains the last block and the head throughout,
+# on the default's inputs.
+_DEFAULT = {"phase1_epoch": "transfer", "phase1_mixups": True, "phase1_whole_epochs": None, "phase1_frozen_blocks": 0}
 PHASE1_VARIANTS = {"transfer": _DEFAULT,
                    "local": {**_DEFAULT, "phase1_epoch": "local"},
                    "phase2_mixups": {**_DEFAULT, "phase1_mixups": False},
                    "whole_first_epoch": {**_DEFAULT, "phase1_whole_epochs": 1},
+                   "first_block_frozen": {**_DEFAULT, "phase1_frozen_blocks": 1},
                    "light": {**_DEFAULT, "light": True}}
 # A smaller world for --quick: fewer images, probe and inversion steps, epochs of a query, parties.
 QUICK = {
@@ -522,6 +526,10 @@ def main() -> int:
                       phases["ratio_by_phase1"]["whole_first_epoch"], 1.3,
                       "query.phase1_whole_epochs = 1: the later epochs train the last block and the head on the frozen "
                       "blocks' outputs computed once"),
+               target("Phases 1+2 / fine-tuning, the first block frozen in Phase 1",
+                      phases["ratio_by_phase1"]["first_block_frozen"], 1.3,
+                      "query.phase1_frozen_blocks = 1: every epoch trains the student but its first block, on that "
+                      "block's outputs computed once"),
                target("QKT Light's Phases 1+2 / fine-tuning on the local data", phases["ratio_by_phase1"]["light"], 1.3,
                       "the default's transfer inputs and epochs; only the last block and the head are trained, on the "
                       "outputs of the frozen blocks computed once"),

@@ -438,9 +438,19 @@ def write_outputs(state: dict, output: Path) -> None:
     plot(summary, output / "bench.png")
 
 
+def processor() -> str:
+    """The CPU's model name: the same code on two x86_64 machines of two cores can time 1.4x apart."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} CPU cores, {memory:.0f} GB RAM, {platform.machine()}, torch {torch.__version__}, no GPU used"
+    return (f"{os.cpu_count()} CPU cores ({processor()}), {memory:.0f} GB RAM, {platform.machine()}, torch {torch.__version__}, "
+            "no GPU used")
 
 
 def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, data_root: str | None = None,

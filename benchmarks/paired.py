@@ -1,0 +1,59 @@
+"""Is one method's accuracy different from QKT's, query by query? Paired statistics over bench.json files.
+
+    python benchmarks/paired.py docs/results/bench/frozen-first-block-*/bench.json --method qkt_frozen_first_block
+
+Every query of ``qkt bench`` runs each method on the same parties, so the fair comparison is
+the difference per query: its mean, a bootstrap 95% interval of that mean and the Wilcoxon
+signed-rank test, per data set and scenario and over all queries. Queries that failed
+(every expert distrusted) count with the accuracy they report, the querier's own model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+
+def differences(paths: list[Path], method: str, against: str, metric: str) -> dict[str, np.ndarray]:
+    """``method`` minus ``against`` per query, in points, keyed by 'dataset scenario'."""
+    groups: dict[str, list[float]] = {}
+    for path in paths:
+        for record in json.loads(path.read_text())["records"]:
+            runs = record["methods"]
+            if method in runs and against in runs:
+                groups.setdefault(f"{record['dataset']} {record['scenario']}", []).append(100 * (runs[method][metric] - runs[against][metric]))
+    return {k: np.array(v) for k, v in groups.items()}
+
+
+def summary(diff: np.ndarray, rng: np.random.Generator, resamples: int = 10_000) -> str:
+    means = rng.choice(diff, (resamples, len(diff))).mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    p = wilcoxon(diff).pvalue if np.any(diff) else 1.0
+    return (f"{len(diff):4d} queries  {diff.mean():+.2f} points  95% interval {low:+.2f} to {high:+.2f}  Wilcoxon p = {p:.3f}  "
+            f"better / worse {(diff > 0).sum()} / {(diff < 0).sum()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("bench_json", nargs="+", type=Path, help="bench.json files of qkt bench runs")
+    parser.add_argument("--method", required=True, help="the method to compare, e.g. qkt_whole_first_epoch")
+    parser.add_argument("--against", default="qkt", help="the reference method (default: qkt)")
+    parser.add_argument("--metric", default="overall_accuracy", choices=["overall_accuracy", "query_accuracy", "local_accuracy"])
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    args = parser.parse_args()
+    groups = differences(args.bench_json, args.method, args.against, args.metric)
+    if not groups:
+        parser.error(f"no query ran both {args.method} and {args.against}")
+    rng = np.random.default_rng(args.seed)
+    print(f"{args.method} - {args.against}, {args.metric}:")
+    for name, diff in groups.items():
+        print(f"  {name:24s} {summary(diff, rng)}")
+    print(f"  {'all':24s} {summary(np.concatenate(list(groups.values())), rng)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -105,7 +105,7 @@ def phase1_epoch_size(config: QueryConfig, num_local: int) -> int | None:
 
 
 def whole_student_epochs(config: QueryConfig) -> int:
-    """Phase 1 epochs that train the whole student under ``config.phase1_whole_epochs``; QKT Light trains its part in every one."""
+    """Phase 1 epochs that train the whole student (but its ``config.phase1_frozen_blocks``) under ``config.phase1_whole_epochs``; QKT Light trains its part in every one."""
     if config.light:
         return 0
     whole = config.phase1_whole_epochs

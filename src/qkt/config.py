@@ -114,7 +114,7 @@ class QueryConfig(Section):
     phase1_frozen_blocks: NonNegative = Field(
         0, description="leading blocks of the student's feature extractor that Phase 1 keeps frozen, their outputs computed "
                        "once; the rest trains in every Phase 1 epoch (1 on the CNN, its full-resolution first block: Phase 1 in "
-                       "about 70% of the time, 0.13 points of overall accuracy below the default on the three-seed benchmark, "
+                       "70-80% of the time, 0.13 points of overall accuracy below the default on the three-seed benchmark, "
                        "within noise). QKT Light freezes all but the last block whatever this says"
     )
     phase2_epochs: NonNegative = Field(20, description="epochs of Phase 2, which re-fits only the head on class-balanced transfer inputs")

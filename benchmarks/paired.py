@@ -4,8 +4,9 @@
 
 Every query of ``qkt bench`` runs each method on the same parties, so the fair comparison is
 the difference per query: its mean, a bootstrap 95% interval of that mean and the Wilcoxon
-signed-rank test, per data set and scenario and over all queries. Queries that failed
-(every expert distrusted) count with the accuracy they report, the querier's own model's.
+signed-rank test (scipy >= 1.15, which scikit-learn brings), per data set and scenario and
+over all queries. Queries that failed (every expert distrusted) count with the accuracy
+they report, the querier's own model's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import wilcoxon
+from scipy.stats import bootstrap, wilcoxon
 
 
 def differences(paths: list[Path], method: str, against: str, metric: str) -> dict[str, np.ndarray]:
@@ -29,9 +30,8 @@ def differences(paths: list[Path], method: str, against: str, metric: str) -> di
     return {k: np.array(v) for k, v in groups.items()}
 
 
-def summary(diff: np.ndarray, rng: np.random.Generator, resamples: int = 10_000) -> str:
-    means = rng.choice(diff, (resamples, len(diff))).mean(1)
-    low, high = np.percentile(means, [2.5, 97.5])
+def summary(diff: np.ndarray, rng: np.random.Generator) -> str:
+    low, high = bootstrap((diff,), np.mean, n_resamples=10_000, method="percentile", rng=rng).confidence_interval
     p = wilcoxon(diff).pvalue if np.any(diff) else 1.0
     return (f"{len(diff):4d} queries  {diff.mean():+.2f} points  95% interval {low:+.2f} to {high:+.2f}  Wilcoxon p = {p:.3f}  "
             f"better / worse {(diff > 0).sum()} / {(diff < 0).sum()}")

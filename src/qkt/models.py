@@ -118,13 +118,18 @@ def find_head(model: nn.Module, head: str | None = None) -> nn.Linear:
     return module
 
 
-def last_block(model: nn.Module) -> nn.Module | None:
-    """The last parameterised block of ``model.features``, which QKT Light trains besides the head."""
+def block_indices(model: nn.Module) -> list[int]:
+    """Where in ``model.features`` (an ``nn.Sequential``) the blocks with parameters sit; empty if it has none."""
     features = getattr(model, "features", None)
     if not isinstance(features, nn.Sequential):
-        return None
-    blocks = [b for b in features if any(True for _ in b.parameters())]
-    return blocks[-1] if blocks else None
+        return []
+    return [i for i, block in enumerate(features) if any(True for _ in block.parameters())]
+
+
+def last_block(model: nn.Module) -> nn.Module | None:
+    """The last parameterised block of ``model.features``, which QKT Light trains besides the head."""
+    blocks = block_indices(model)
+    return model.features[blocks[-1]] if blocks else None
 
 
 def num_bytes(model: nn.Module) -> int:

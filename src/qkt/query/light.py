@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import QKTError
-from ..models import FeaturesHead, find_head, last_block
+from ..models import FeaturesHead, block_indices, find_head, last_block
 from ..training import fast_layout, predict_logits
 
 WIRE_DTYPE = torch.float16
@@ -45,20 +45,19 @@ def trained_part(model: nn.Module, x: torch.Tensor, head_name: str | None = None
     """
     if frozen_blocks == 0:
         return model, x, None
-    features = getattr(model, "features", None)
-    blocks = [i for i, b in enumerate(features) if any(True for _ in b.parameters())] if isinstance(features, nn.Sequential) else []
-    if frozen_blocks is not None and not blocks:
-        raise QKTError("query.phase1_frozen_blocks needs a student whose feature blocks are an nn.Sequential named "
-                       "'features', as qkt's models have")
+    blocks = block_indices(model)
     if frozen_blocks is None:
         if not isinstance(model, FeaturesHead):
             return model, x, light_parameters(model, head_name)
         start = blocks[-1] if blocks else len(model.features)
     else:
-        start = blocks[frozen_blocks] if frozen_blocks < len(blocks) else len(features)
-    if not isinstance(model, FeaturesHead):
-        frozen = {id(p) for p in features[:start].parameters()}
-        return model, x, [p for p in model.parameters() if id(p) not in frozen]
+        if not blocks:
+            raise QKTError("query.phase1_frozen_blocks needs a student whose feature blocks are an nn.Sequential named "
+                           "'features', as qkt's models have")
+        start = blocks[frozen_blocks] if frozen_blocks < len(blocks) else len(model.features)
+        if not isinstance(model, FeaturesHead):
+            frozen = {id(p) for p in model.features[:start].parameters()}
+            return model, x, [p for p in model.parameters() if id(p) not in frozen]
     # The frozen blocks are a plain Sequential, which predict_logits would not give the fast layout: x gets the model's here.
     outputs = predict_logits(model.features[:start], fast_layout(x, model))
     return FeaturesHead(model.features[start:], model.head), outputs, None

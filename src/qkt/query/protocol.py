@@ -247,14 +247,13 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | N
     start = time.perf_counter()
     whole = whole_student_epochs(config)
     trained, inputs = new, transfer
-    if whole:
-        trained, x, params = light.trained_part(new, transfer.x, head, config.phase1_frozen_blocks)
-        inputs = replace(transfer, x=x)
-        phase1(trained, inputs, whole, params)
-    if whole < config.phase1_epochs:  # trained shares its modules with new, so training it trains new
-        trained, x, params = light.trained_part(new, transfer.x, head)
-        inputs = replace(transfer, x=x)
-        phase1(trained, inputs, config.phase1_epochs - whole, params)
+    # Each stage trains a tail of the last one's (sharing its modules with new, so training it trains new) on the
+    # outputs of the blocks it freezes: the whole student but its frozen blocks, then its last block and head.
+    for frozen_blocks, epochs in ((config.phase1_frozen_blocks, whole), (None, config.phase1_epochs - whole)):
+        if epochs:
+            trained, x, params = light.trained_part(trained, inputs.x, head, frozen_blocks)
+            inputs = replace(inputs, x=x)
+            phase1(trained, inputs, epochs, params)
     seconds["phase1"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -87,12 +87,15 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # fine-tuning epoch's cost, the whole student in the first epoch only and the last block and the head after it,
 # every block but the first in every epoch, and QKT Light's, which trains the last block and the head throughout,
 # on the default's inputs.
-_DEFAULT = {"phase1_epoch": "transfer", "phase1_mixups": True, "phase1_whole_epochs": None, "phase1_frozen_blocks": 0}
+_DEFAULT = {"phase1_epoch": "transfer", "phase1_mixups": 1.0, "phase1_whole_epochs": None, "phase1_frozen_blocks": 0}
 PHASE1_VARIANTS = {"transfer": _DEFAULT,
                    "local": {**_DEFAULT, "phase1_epoch": "local"},
-                   "phase2_mixups": {**_DEFAULT, "phase1_mixups": False},
+                   "phase2_mixups": {**_DEFAULT, "phase1_mixups": 0.0},
                    "whole_first_epoch": {**_DEFAULT, "phase1_whole_epochs": 1},
                    "first_block_frozen": {**_DEFAULT, "phase1_frozen_blocks": 1},
+                   "first_block_frozen_quarter_mixups": {**_DEFAULT, "phase1_frozen_blocks": 1, "phase1_mixups": 0.25},
+                   "first_block_frozen_third_mixups": {**_DEFAULT, "phase1_frozen_blocks": 1, "phase1_mixups": 1 / 3},
+                   "quarter_mixups": {**_DEFAULT, "phase1_mixups": 0.25},
                    "light": {**_DEFAULT, "light": True}}
 # A smaller world for --quick: fewer images, probe and inversion steps, epochs of a query, parties.
 QUICK = {

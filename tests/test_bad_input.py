@@ -63,6 +63,11 @@ def test_mixups_left_to_a_phase2_that_does_not_run_are_refused(capsys, tmp_path,
     assert "no phase would learn from them" in err
 
 
+def test_a_share_of_the_mixups_with_local_sized_epochs_is_refused(capsys, tmp_path):
+    err = _fails_cleanly(capsys, tmp_path, 'methods = ["local", "qkt"]\n[query]\nphase1_mixups = 0.5\nphase1_epoch = "local"')
+    assert "choose one" in err
+
+
 @pytest.mark.parametrize(("argv", "says"), [
     (["run", "--config", "c.toml", "--resume"], "give the --output folder of the run to resume"),
     (["data", "list", "--data-path", "mine.npz"], "'qkt data list' does not read one"),

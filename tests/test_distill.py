@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from qkt import training
 from qkt.config import QueryConfig
 from qkt.models import build_model
 from qkt.query import Lesson, distill, learn, light
@@ -98,6 +99,25 @@ def test_without_phase1_mixups_phase1_trains_on_local_and_synthetic_inputs_and_p
     _, _, transfer, num_synthetic = learn(student, lesson, config, progress=False)
     assert num_synthetic and len(transfer) == 2 * (len(local_y) + num_synthetic)  # as many mixups as other inputs
     assert sum(trained_on) == 3 * (len(local_y) + num_synthetic) + len(transfer)
+
+
+def test_a_share_of_the_mixups_per_phase1_epoch_keeps_every_local_and_synthetic_input(monkeypatch):
+    student, lesson, trained_on = _counted_lesson(monkeypatch)
+    local_y = lesson.local_y
+    config = QueryConfig(phase1_epochs=4, phase1_mixups=0.25, phase2=False, batch_size=32,
+                         inversion={"samples_per_class": 8, "steps": 2})
+    seen: list[torch.Tensor] = []
+    orders = training.epoch_orders
+    monkeypatch.setattr(training, "epoch_orders", lambda *a, **k: (seen.append(o) or o for o in orders(*a, **k)))
+
+    _, _, transfer, num_synthetic = learn(student, lesson, config, progress=False)
+    unmixed = len(local_y) + num_synthetic
+    mixups = len(transfer) - unmixed
+    assert sum(trained_on) == 4 * (unmixed + round(mixups / 4))
+    epochs = [o for o in seen if len(o) == unmixed + round(mixups / 4)]  # not the draws from the mixups inside them
+    assert len(epochs) == 4 and all(set(range(unmixed)) <= set(o.tolist()) for o in epochs)
+    drawn = set(torch.cat(epochs).tolist()) - set(range(unmixed))
+    assert len(drawn) == min(mixups, 4 * round(mixups / 4))  # four quarters of one shuffled pass: each mixup once
 
 
 def test_after_its_whole_epochs_phase1_moves_only_the_last_block_and_the_head(monkeypatch):

@@ -102,6 +102,15 @@ def test_sized_epochs_draw_every_sample_as_often_as_any_other():
     assert [len(o) for o in epoch_orders(0, 2, torch.Generator(), epoch_size=4)] == [0, 0]
 
 
+def test_sized_epochs_can_hold_the_first_samples_in_every_epoch_and_take_the_rest_in_turn():
+    orders = list(epoch_orders(10, 6, torch.Generator().manual_seed(0), epoch_size=5, keep_first=3))
+    assert [len(o) for o in orders] == [5] * 6
+    assert all(set(range(3)) <= set(o.tolist()) for o in orders)
+    rest = torch.bincount(torch.cat(orders), minlength=10)[3:]
+    assert rest.min() >= 1 and rest.max() <= 2 and rest.sum() == 12  # 7 samples, 2 per epoch: each once or twice
+    assert orders[0][:3].tolist() != [0, 1, 2] or orders[1][:3].tolist() != [0, 1, 2]  # shuffled with the others
+
+
 def test_inversion_leaves_the_model_as_it_was():
     model = _cnn()
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -100,10 +100,11 @@ class QueryConfig(Section):
         "transfer", description="a Phase 1 epoch: one pass over the whole transfer set, or 'local': as many of its inputs as the "
                                 "querier holds, drawn in turn (a fine-tuning epoch's cost: about half Phase 1's time, 1-3 points of accuracy in the ablations)"
     )
-    phase1_mixups: bool = Field(
-        True, description="Phase 1 trains on the mixups too; off: only Phase 2 (the head, on features computed once) does, so a "
-                          "Phase 1 epoch costs about a fine-tuning epoch (on the three-seed benchmark: 0.3-3.0 points of overall "
-                          "accuracy below the default)"
+    phase1_mixups: Annotated[float, Field(ge=0, le=1)] = Field(
+        1.0, description="share of the mixups in each Phase 1 epoch, taken in turn so that all are used alike (1: every mixup "
+                         "in every epoch); 0 (or false): only Phase 2 (the head, on features computed once) learns from them, so a "
+                         "Phase 1 epoch costs about a fine-tuning epoch (on the three-seed benchmark: 0.3-3.0 points of overall "
+                         "accuracy below the default)"
     )
     phase1_whole_epochs: NonNegative | None = Field(
         None, description="Phase 1's first epochs that train the whole student (None: every one); the later ones train only "
@@ -132,6 +133,9 @@ class QueryConfig(Section):
         if self.mixup and not self.phase1_mixups and (self.merged or not self.phase2 or not self.phase2_epochs):
             raise ValueError("phase1_mixups = false leaves the mixups to Phase 2, which merged = true, phase2 = false or "
                              "phase2_epochs = 0 skips: no phase would learn from them")
+        if self.phase1_epoch == "local" and 0 < self.phase1_mixups < 1:
+            raise ValueError("phase1_epoch = 'local' draws an epoch's inputs from the whole transfer set, mixups included: "
+                             "it cannot also take a share of the mixups (phase1_mixups between 0 and 1); choose one")
         return self
 
 
@@ -213,7 +217,8 @@ class RunConfig(Section):
     federated: FederatedConfig = FederatedConfig()
     methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light", "fedavg", "fedprox", "fedgen",
                           "qkt_no_masks", "qkt_no_phase2", "qkt_merged", "qkt_no_mixup", "qkt_short_phase1",
-                          "qkt_phase2_mixups", "qkt_whole_first_epoch", "qkt_frozen_first_block"]] = Field(
+                          "qkt_phase2_mixups", "qkt_whole_first_epoch", "qkt_frozen_first_block",
+                          "qkt_frozen_third_mixups"]] = Field(
         ["local", "ensemble", "kd", "qkt", "qkt_light"], min_length=1, description="the methods to run and compare")
 
     @model_validator(mode="after")

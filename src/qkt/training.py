@@ -89,12 +89,20 @@ def augment_images(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
 
 
-def epoch_orders(n: int, epochs: int, generator: torch.Generator, epoch_size: int | None = None) -> Iterator[torch.Tensor]:
+def epoch_orders(n: int, epochs: int, generator: torch.Generator, epoch_size: int | None = None,
+                 keep_first: int = 0) -> Iterator[torch.Tensor]:
     """The sample indices of each epoch: one shuffled pass over ``n`` samples, or ``epoch_size`` draws.
 
     Sized epochs take consecutive slices of a stream of shuffled passes, so over the
-    epochs every sample is drawn as often as any other, give or take one.
+    epochs every sample is drawn as often as any other, give or take one. With
+    ``keep_first``, every sized epoch holds the first ``keep_first`` samples and draws
+    only its other ``epoch_size - keep_first`` from the rest that way.
     """
+    if keep_first and epoch_size is not None:
+        for drawn in epoch_orders(n - keep_first, epochs, generator, epoch_size - keep_first):
+            order = torch.cat([torch.arange(keep_first), drawn + keep_first])
+            yield order[torch.randperm(len(order), generator=generator)]
+        return
     size = n if epoch_size is None or not n else epoch_size  # nothing to draw from: empty epochs, not an endless loop
     stream = torch.empty(0, dtype=torch.long)
     for _ in range(epochs):
@@ -130,6 +138,7 @@ def fit(
     params: Iterable[nn.Parameter] | None = None,
     augment: bool = False,
     epoch_size: int | None = None,
+    keep_first: int = 0,
     desc: str | None = None,
     progress: bool = True,
 ) -> nn.Module:
@@ -137,8 +146,8 @@ def fit(
 
     ``tensors`` are aligned tensors (inputs first); ``loss_fn`` maps the model and a
     batch of them to a scalar. ``params`` restricts which parameters are trained.
-    An epoch is one pass over ``tensors``, or ``epoch_size`` samples drawn from them
-    (see :func:`epoch_orders`).
+    An epoch is one pass over ``tensors``, or ``epoch_size`` samples drawn from them,
+    the first ``keep_first`` in every epoch (see :func:`epoch_orders`).
     """
     generator = torch.Generator().manual_seed(seed)
     tensors = (fast_layout(tensors[0], model), *tensors[1:])
@@ -147,7 +156,7 @@ def fit(
     n = len(tensors[0])
     model.train()
     keep_frozen_statistics(model, params)
-    bar = tqdm(epoch_orders(n, epochs, generator, epoch_size), total=epochs, desc=desc, leave=False,
+    bar = tqdm(epoch_orders(n, epochs, generator, epoch_size, keep_first), total=epochs, desc=desc, leave=False,
                disable=not progress or desc is None, unit="epoch")
     with gradients_only_for(model, params):
         for order in bar:

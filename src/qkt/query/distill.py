@@ -99,9 +99,19 @@ class TransferSet:
         return TransferSet(self.x, self.targets, self.labels, weights * len(weights) / weights.sum())
 
 
-def phase1_epoch_size(config: QueryConfig, num_local: int) -> int | None:
-    """Inputs per Phase 1 epoch under ``config.phase1_epoch`` (None: one pass over the transfer set)."""
-    return num_local if config.phase1_epoch == "local" and num_local else None
+def phase1_epoch_size(config: QueryConfig, num_local: int, num_unmixed: int, num_inputs: int) -> tuple[int | None, int]:
+    """Inputs per Phase 1 epoch, and how many of the first ones are in every epoch (see :func:`qkt.training.epoch_orders`).
+
+    ``config.phase1_epoch = "local"`` draws as many as the querier holds; a share of
+    the mixups (``config.phase1_mixups`` between 0 and 1) keeps the ``num_unmixed``
+    local and synthetic inputs in every epoch and takes that share of the mixups in
+    turn; otherwise (None, 0) an epoch is one pass over the ``num_inputs``.
+    """
+    if config.phase1_epoch == "local" and num_local:
+        return num_local, 0
+    if 0 < config.phase1_mixups < 1:
+        return num_unmixed + round(config.phase1_mixups * (num_inputs - num_unmixed)), num_unmixed
+    return None, 0
 
 
 def whole_student_epochs(config: QueryConfig) -> int:
@@ -126,11 +136,12 @@ def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, labels: torch
 
 
 def train_on_transfer(model: nn.Module, transfer: TransferSet, config: QueryConfig, epochs: int, lr: float,
-                      params: Iterable[nn.Parameter] | None = None, epoch_size: int | None = None,
+                      params: Iterable[nn.Parameter] | None = None, epoch_size: int | None = None, keep_first: int = 0,
                       desc: str | None = None, progress: bool = True) -> nn.Module:
     """Fit ``model`` (or only ``params``) to the transfer set with :func:`distillation_loss`.
 
-    ``epoch_size``: inputs drawn per epoch (default: one pass over the transfer set).
+    ``epoch_size``: inputs drawn per epoch, the first ``keep_first`` in every one
+    (default: one pass over the transfer set).
     """
 
     def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -138,4 +149,5 @@ def train_on_transfer(model: nn.Module, transfer: TransferSet, config: QueryConf
         return distillation_loss(net(x), targets, labels, weights, config.temperature, config.kd_weight)
 
     return fit(model, transfer.tensors(), epochs, lr=lr, batch_size=config.batch_size, weight_decay=0.0,
-               seed=config.seed, loss_fn=loss_fn, params=params, epoch_size=epoch_size, desc=desc, progress=progress)
+               seed=config.seed, loss_fn=loss_fn, params=params, epoch_size=epoch_size, keep_first=keep_first, desc=desc,
+               progress=progress)

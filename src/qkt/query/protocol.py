@@ -240,9 +240,11 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | N
     seconds["synthesis"] = time.perf_counter() - start
 
     def phase1(model: nn.Module, inputs: TransferSet, epochs: int, params: list[nn.Parameter] | None = None) -> None:
-        chosen = inputs if config.phase1_mixups else inputs.first(len(lesson.local_y) + num_synthetic)
+        unmixed = len(lesson.local_y) + num_synthetic
+        chosen = inputs if config.phase1_mixups else inputs.first(unmixed)
+        epoch_size, keep_first = phase1_epoch_size(config, len(lesson.local_y), unmixed, len(chosen))
         train_on_transfer(model, chosen.balanced() if config.merged else chosen, config, epochs, config.lr, params=params,
-                          epoch_size=phase1_epoch_size(config, len(lesson.local_y)), desc="phase 1 (distill)", progress=progress)
+                          epoch_size=epoch_size, keep_first=keep_first, desc="phase 1 (distill)", progress=progress)
 
     start = time.perf_counter()
     whole = whole_student_epochs(config)

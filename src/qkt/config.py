@@ -106,6 +106,11 @@ class QueryConfig(Section):
                          "Phase 1 epoch costs about a fine-tuning epoch (on the three-seed benchmark: 0.3-3.0 points of overall "
                          "accuracy below the default)"
     )
+    phase1_mixup_pick: Literal["turn", "query"] = Field(
+        "turn", description="which mixups a share (phase1_mixups below 1) takes: 'turn', a different share each epoch so that all "
+                            "are used alike; 'query', the share whose combined target gives the query classes the most mass, in "
+                            "every epoch (the others carry only the querier's own outputs, which the local inputs teach already)"
+    )
     phase1_whole_epochs: NonNegative | None = Field(
         None, description="Phase 1's first epochs that train the whole student (None: every one); the later ones train only "
                           "its last block and head, as QKT Light does, on the frozen blocks' outputs computed once, a third "

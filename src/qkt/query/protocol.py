@@ -23,7 +23,7 @@ from ..config import QueryConfig, TrustConfig
 from ..errors import QueryError
 from ..training import predict_logits
 from . import light, privacy, probe, synth, trust
-from .distill import TransferSet, combine_targets, phase1_epoch_size, softmax_outputs, train_on_transfer, whole_student_epochs
+from .distill import TransferSet, combine_targets, phase1_inputs, softmax_outputs, train_on_transfer, whole_student_epochs
 from .refine import refine_head
 
 SCORE_BYTES = 4  # one float32 per query class
@@ -240,9 +240,8 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | N
     seconds["synthesis"] = time.perf_counter() - start
 
     def phase1(model: nn.Module, inputs: TransferSet, epochs: int, params: list[nn.Parameter] | None = None) -> None:
-        unmixed = len(lesson.local_y) + num_synthetic
-        chosen = inputs if config.phase1_mixups else inputs.first(unmixed)
-        epoch_size, keep_first = phase1_epoch_size(config, len(lesson.local_y), unmixed, len(chosen))
+        chosen, epoch_size, keep_first = phase1_inputs(inputs, config, len(lesson.local_y), len(lesson.local_y) + num_synthetic,
+                                                       lesson.query)
         train_on_transfer(model, chosen.balanced() if config.merged else chosen, config, epochs, config.lr, params=params,
                           epoch_size=epoch_size, keep_first=keep_first, desc="phase 1 (distill)", progress=progress)
 

@@ -101,6 +101,24 @@ PHASE1_VARIANTS = {"transfer": _DEFAULT,
                    "first_block_frozen_third_queried": {**_DEFAULT, "phase1_frozen_blocks": 1, "phase1_mixups": 1 / 3,
                                                         "phase1_mixup_pick": "query"},
                    "light": {**_DEFAULT, "light": True}}
+# The target rows of the Phase 1 schedules that are not the default: what each is, and what its epochs train.
+SCHEDULE_TARGETS = {
+    "whole_first_epoch": ("the whole student in Phase 1's first epoch only",
+                          "query.phase1_whole_epochs = 1: the later epochs train the last block and the head on the frozen "
+                          "blocks' outputs computed once"),
+    "first_block_frozen": ("the first block frozen in Phase 1",
+                           "query.phase1_frozen_blocks = 1: every epoch trains the student but its first block, on that "
+                           "block's outputs computed once"),
+    "first_block_frozen_third_mixups": ("the first block frozen and a third of the mixups per Phase 1 epoch",
+                                        "query.phase1_frozen_blocks = 1 and query.phase1_mixups = 1/3: every epoch trains the "
+                                        "student but its first block on the local and synthetic inputs and the next third of "
+                                        "the mixups"),
+    "first_block_frozen_third_queried": ("the first block frozen and the most queried third of the mixups in Phase 1",
+                                         "query.phase1_frozen_blocks = 1, query.phase1_mixups = 1/3 and query.phase1_mixup_pick "
+                                         "= 'query': every epoch trains the student but its first block on the local and "
+                                         "synthetic inputs and the third of the mixups whose targets give the query classes "
+                                         "the most mass"),
+}
 # A smaller world for --quick: fewer images, probe and inversion steps, epochs of a query, parties.
 QUICK = {
     "data": {"max_train": 2000, "max_test": 500},
@@ -529,23 +547,8 @@ def main() -> int:
                       f"{phases['ratio_by_phase1']['transfer']}, as many of them as the {phases['inputs']['local']} local "
                       f"ones ('local'): {phases['ratio_by_phase1']['local']}, the local and synthetic ones, mixups in Phase 2 "
                       f"only ('phase2_mixups'): {phases['ratio_by_phase1']['phase2_mixups']}"),
-               target("Phases 1+2 / fine-tuning, the whole student in Phase 1's first epoch only",
-                      phases["ratio_by_phase1"]["whole_first_epoch"], 1.3,
-                      "query.phase1_whole_epochs = 1: the later epochs train the last block and the head on the frozen "
-                      "blocks' outputs computed once"),
-               target("Phases 1+2 / fine-tuning, the first block frozen in Phase 1",
-                      phases["ratio_by_phase1"]["first_block_frozen"], 1.3,
-                      "query.phase1_frozen_blocks = 1: every epoch trains the student but its first block, on that "
-                      "block's outputs computed once"),
-               target("Phases 1+2 / fine-tuning, the first block frozen and a third of the mixups per Phase 1 epoch",
-                      phases["ratio_by_phase1"]["first_block_frozen_third_mixups"], 1.3,
-                      "query.phase1_frozen_blocks = 1 and query.phase1_mixups = 1/3: every epoch trains the student but its "
-                      "first block on the local and synthetic inputs and the next third of the mixups"),
-               target("Phases 1+2 / fine-tuning, the first block frozen and the most queried third of the mixups in Phase 1",
-                      phases["ratio_by_phase1"]["first_block_frozen_third_queried"], 1.3,
-                      "query.phase1_frozen_blocks = 1, query.phase1_mixups = 1/3 and query.phase1_mixup_pick = 'query': every "
-                      "epoch trains the student but its first block on the local and synthetic inputs and the third of the "
-                      "mixups whose targets give the query classes the most mass"),
+               *(target(f"Phases 1+2 / fine-tuning, {title}", phases["ratio_by_phase1"][name], 1.3, note)
+                 for name, (title, note) in SCHEDULE_TARGETS.items()),
                target("QKT Light's Phases 1+2 / fine-tuning on the local data", phases["ratio_by_phase1"]["light"], 1.3,
                       "the default's transfer inputs and epochs; only the last block and the head are trained, on the "
                       "outputs of the frozen blocks computed once"),

@@ -31,10 +31,12 @@ def differences(paths: list[Path], method: str, against: str, metric: str) -> di
 
 
 def summary(diff: np.ndarray, rng: np.random.Generator) -> str:
+    counts = f"better / worse {(diff > 0).sum()} / {(diff < 0).sum()}"
+    if len(diff) < 2:  # a run still going may hold one query of a scenario: neither statistic exists yet
+        return f"{len(diff):4d} query    {diff.mean():+.2f} points  {counts}"
     low, high = bootstrap((diff,), np.mean, n_resamples=10_000, method="percentile", rng=rng).confidence_interval
     p = wilcoxon(diff).pvalue if np.any(diff) else 1.0
-    return (f"{len(diff):4d} queries  {diff.mean():+.2f} points  95% interval {low:+.2f} to {high:+.2f}  Wilcoxon p = {p:.3f}  "
-            f"better / worse {(diff > 0).sum()} / {(diff < 0).sum()}")
+    return f"{len(diff):4d} queries  {diff.mean():+.2f} points  95% interval {low:+.2f} to {high:+.2f}  Wilcoxon p = {p:.3f}  {counts}"
 
 
 def main() -> None:

@@ -25,8 +25,7 @@ cores): FedAvg's rounds and fine-tuning grow with the data, the probe does not.
    the whole student in the first epoch only and its last block and head in the others, on
    the frozen blocks' outputs (``query.phase1_whole_epochs = 1``), every block but the
    first in every epoch, on the first block's outputs (``query.phase1_frozen_blocks = 1``),
-   that with a third of the mixups in each epoch, taken in turn (``query.phase1_mixups = 1/3``) or
-   the third whose targets give the query classes the most mass (``query.phase1_mixup_pick = "query"``),
+   that with a third of the mixups in each epoch, taken in turn (``query.phase1_mixups = 1/3``),
    and QKT Light's (the default's epochs, training only the last block and the head on
    the outputs of the blocks before them).
 2. **A whole query against FedAvg.** ``qkt.query``, and again with QKT Light, with every
@@ -87,19 +86,15 @@ from qkt.training import fit, per_class_accuracy, set_threads  # noqa: E402
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # The Phases 1 + 2 timed against fine-tuning: the default, the two ways of cutting a Phase 1 epoch to a
 # fine-tuning epoch's cost, the whole student in the first epoch only and the last block and the head after it,
-# every block but the first in every epoch, that with a third of the mixups per epoch (in turn, or the third whose
-# targets give the query the most mass), and QKT Light's, which trains the last block and the head throughout, on
-# the default's inputs.
-_DEFAULT = {"phase1_epoch": "transfer", "phase1_mixups": 1.0, "phase1_mixup_pick": "turn", "phase1_whole_epochs": None,
-            "phase1_frozen_blocks": 0}
+# every block but the first in every epoch, that with a third of the mixups per epoch, and QKT Light's, which
+# trains the last block and the head throughout, on the default's inputs.
+_DEFAULT = {"phase1_epoch": "transfer", "phase1_mixups": 1.0, "phase1_whole_epochs": None, "phase1_frozen_blocks": 0}
 PHASE1_VARIANTS = {"transfer": _DEFAULT,
                    "local": {**_DEFAULT, "phase1_epoch": "local"},
                    "phase2_mixups": {**_DEFAULT, "phase1_mixups": 0.0},
                    "whole_first_epoch": {**_DEFAULT, "phase1_whole_epochs": 1},
                    "first_block_frozen": {**_DEFAULT, "phase1_frozen_blocks": 1},
                    "first_block_frozen_third_mixups": {**_DEFAULT, "phase1_frozen_blocks": 1, "phase1_mixups": 1 / 3},
-                   "first_block_frozen_third_queried": {**_DEFAULT, "phase1_frozen_blocks": 1, "phase1_mixups": 1 / 3,
-                                                        "phase1_mixup_pick": "query"},
                    "light": {**_DEFAULT, "light": True}}
 # The target rows of the Phase 1 schedules that are not the default: what each is, and what its epochs train.
 SCHEDULE_TARGETS = {
@@ -113,11 +108,6 @@ SCHEDULE_TARGETS = {
                                         "query.phase1_frozen_blocks = 1 and query.phase1_mixups = 1/3: every epoch trains the "
                                         "student but its first block on the local and synthetic inputs and the next third of "
                                         "the mixups"),
-    "first_block_frozen_third_queried": ("the first block frozen and the most queried third of the mixups in Phase 1",
-                                         "query.phase1_frozen_blocks = 1, query.phase1_mixups = 1/3 and query.phase1_mixup_pick "
-                                         "= 'query': every epoch trains the student but its first block on the local and "
-                                         "synthetic inputs and the third of the mixups whose targets give the query classes "
-                                         "the most mass"),
 }
 # A smaller world for --quick: fewer images, probe and inversion steps, epochs of a query, parties.
 QUICK = {

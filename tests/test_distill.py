@@ -120,31 +120,6 @@ def test_a_share_of_the_mixups_per_phase1_epoch_keeps_every_local_and_synthetic_
     assert len(drawn) == min(mixups, 4 * round(mixups / 4))  # four quarters of one shuffled pass: each mixup once
 
 
-def test_the_queried_share_keeps_the_unmixed_inputs_and_the_mixups_giving_the_query_most_mass():
-    query_mass = torch.tensor([0.0, 0.0, 0.1, 0.7, 0.2, 0.9, 0.0, 0.4])
-    targets = torch.stack([query_mass, 1 - query_mass], dim=1)
-    transfer = TransferSet(torch.arange(8.0)[:, None], targets, torch.tensor([0, 1] + [-1] * 6), torch.ones(8))
-    picked = transfer.most_queried(keep_first=2, share=0.5, query=(0,))
-    assert picked.x.flatten().tolist() == [0, 1, 3, 5, 7]  # the unmixed two, then the three mixups of most mass, in order
-    assert torch.equal(picked.targets, targets[[0, 1, 3, 5, 7]]) and picked.labels.tolist() == [0, 1, -1, -1, -1]
-
-
-def test_phase1_on_the_queried_share_trains_on_those_inputs_in_every_epoch(monkeypatch):
-    student, lesson, trained_on = _counted_lesson(monkeypatch)
-    config = QueryConfig(phase1_epochs=3, phase1_mixups=1 / 3, phase1_mixup_pick="query", phase2=False, batch_size=32,
-                         inversion={"samples_per_class": 8, "steps": 2})
-    seen: list[torch.Tensor] = []
-    fit = training.fit
-    monkeypatch.setattr(distill, "fit", lambda model, tensors, *a, **k: seen.append(tensors[0]) or fit(model, tensors, *a, **k))
-
-    _, _, transfer, num_synthetic = learn(student, lesson, config, progress=False)
-    unmixed = len(lesson.local_y) + num_synthetic
-    expected = transfer.most_queried(unmixed, 1 / 3, QUERY)
-    assert len(expected) == unmixed + round((len(transfer) - unmixed) / 3)
-    assert len(seen) == 1 and torch.equal(seen[0], expected.x)
-    assert sum(trained_on) == 3 * len(expected)
-
-
 def test_after_its_whole_epochs_phase1_moves_only_the_last_block_and_the_head(monkeypatch):
     student, lesson, _ = _counted_lesson(monkeypatch)
     config = QueryConfig(phase1_epochs=3, phase1_whole_epochs=1, phase2=False, batch_size=32, inversion={"samples_per_class": 8, "steps": 2})

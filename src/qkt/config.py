@@ -106,11 +106,6 @@ class QueryConfig(Section):
                          "Phase 1 epoch costs about a fine-tuning epoch (on the three-seed benchmark: 0.3-3.0 points of overall "
                          "accuracy below the default)"
     )
-    phase1_mixup_pick: Literal["turn", "query"] = Field(
-        "turn", description="which mixups a share (phase1_mixups below 1) takes: 'turn', a different share each epoch so that all "
-                            "are used alike; 'query', the share whose combined target gives the query classes the most mass, in "
-                            "every epoch (the others carry only the querier's own outputs, which the local inputs teach already)"
-    )
     phase1_whole_epochs: NonNegative | None = Field(
         None, description="Phase 1's first epochs that train the whole student (None: every one); the later ones train only "
                           "its last block and head, as QKT Light does, on the frozen blocks' outputs computed once, a third "
@@ -223,7 +218,7 @@ class RunConfig(Section):
     methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light", "fedavg", "fedprox", "fedgen",
                           "qkt_no_masks", "qkt_no_phase2", "qkt_merged", "qkt_no_mixup", "qkt_short_phase1",
                           "qkt_phase2_mixups", "qkt_whole_first_epoch", "qkt_frozen_first_block",
-                          "qkt_frozen_third_mixups", "qkt_frozen_third_queried"]] = Field(
+                          "qkt_frozen_third_mixups"]] = Field(
         ["local", "ensemble", "kd", "qkt", "qkt_light"], min_length=1, description="the methods to run and compare")
 
     @model_validator(mode="after")

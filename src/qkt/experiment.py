@@ -40,8 +40,7 @@ ABLATIONS = {"qkt_no_masks": {"use_masks": False}, "qkt_no_phase2": {"phase2": F
              "qkt_no_mixup": {"mixup": 0.0}, "qkt_short_phase1": {"phase1_epoch": "local"},
              "qkt_phase2_mixups": {"phase1_mixups": 0.0}, "qkt_whole_first_epoch": {"phase1_whole_epochs": 1},
              "qkt_frozen_first_block": {"phase1_frozen_blocks": 1},
-             "qkt_frozen_third_mixups": {"phase1_frozen_blocks": 1, "phase1_mixups": 1 / 3},
-             "qkt_frozen_third_queried": {"phase1_frozen_blocks": 1, "phase1_mixups": 1 / 3, "phase1_mixup_pick": "query"}}
+             "qkt_frozen_third_mixups": {"phase1_frozen_blocks": 1, "phase1_mixups": 1 / 3}}
 
 
 @dataclass

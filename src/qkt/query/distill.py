@@ -91,13 +91,6 @@ class TransferSet:
         """The first ``n`` inputs: the querier's own and the synthetic ones come before the mixups."""
         return TransferSet(*(t[:n] for t in self.tensors()))
 
-    def most_queried(self, keep_first: int, share: float, query: Sequence[int]) -> TransferSet:
-        """The first ``keep_first`` inputs and the ``share`` of the others whose targets give ``query`` the most mass, in their order."""
-        mass = self.targets[keep_first:, list(query)].sum(1)
-        picked = mass.argsort(descending=True, stable=True)[: round(share * len(mass))].sort().values + keep_first
-        index = torch.cat([torch.arange(keep_first), picked])
-        return TransferSet(*(t[index] for t in self.tensors()))
-
     def balanced(self) -> TransferSet:
         """The same set with weights making every class (label, else argmax target) weigh the same."""
         cls = torch.where(self.labels >= 0, self.labels, self.targets.argmax(1))
@@ -106,22 +99,18 @@ class TransferSet:
         return TransferSet(self.x, self.targets, self.labels, weights * len(weights) / weights.sum())
 
 
-def phase1_inputs(transfer: TransferSet, config: QueryConfig, num_local: int, num_unmixed: int,
-                  query: Sequence[int]) -> tuple[TransferSet, int | None, int]:
+def phase1_inputs(transfer: TransferSet, config: QueryConfig, num_local: int, num_unmixed: int) -> tuple[TransferSet, int | None, int]:
     """Phase 1's inputs, how many it draws per epoch and how many of the first ones are in every epoch (see :func:`qkt.training.epoch_orders`).
 
     The transfer set holds the ``num_unmixed`` local and synthetic inputs, then the
     mixups. ``config.phase1_epoch = "local"`` draws as many inputs as the querier
     holds; a share of the mixups (``config.phase1_mixups`` between 0 and 1) keeps the
-    unmixed inputs in every epoch and takes that share of the mixups, in turn or, with
-    ``config.phase1_mixup_pick = "query"``, the most queried ones (:meth:`TransferSet.most_queried`);
-    no share (0) leaves the mixups out; otherwise an epoch is one pass over the transfer set.
+    unmixed inputs in every epoch and takes that share of the mixups in turn; no share
+    (0) leaves the mixups out; otherwise an epoch is one pass over the transfer set.
     """
     share = config.phase1_mixups
     if not share:
         transfer = transfer.first(num_unmixed)
-    elif share < 1 and config.phase1_mixup_pick == "query":
-        return transfer.most_queried(num_unmixed, share, query), None, 0
     if config.phase1_epoch == "local" and num_local:
         return transfer, num_local, 0
     if 0 < share < 1:

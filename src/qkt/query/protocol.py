@@ -240,8 +240,7 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, head: str | N
     seconds["synthesis"] = time.perf_counter() - start
 
     def phase1(model: nn.Module, inputs: TransferSet, epochs: int, params: list[nn.Parameter] | None = None) -> None:
-        chosen, epoch_size, keep_first = phase1_inputs(inputs, config, len(lesson.local_y), len(lesson.local_y) + num_synthetic,
-                                                       lesson.query)
+        chosen, epoch_size, keep_first = phase1_inputs(inputs, config, len(lesson.local_y), len(lesson.local_y) + num_synthetic)
         train_on_transfer(model, chosen.balanced() if config.merged else chosen, config, epochs, config.lr, params=params,
                           epoch_size=epoch_size, keep_first=keep_first, desc="phase 1 (distill)", progress=progress)
 

@@ -104,8 +104,8 @@ class QueryConfig(Section):
         1.0, description="share of the mixups in each Phase 1 epoch, taken in turn so that all are used alike (1: every mixup "
                          "in every epoch); 0 (or false): only Phase 2 (the head, on features computed once) learns from them, so a "
                          "Phase 1 epoch costs about a fine-tuning epoch (on the three-seed benchmark: 0.3-3.0 points of overall "
-                         "accuracy below the default); a third, with phase1_frozen_blocks = 1: Phases 1 + 2 in about fine-tuning's "
-                         "time, 0.6 points below the default on 75 of the benchmark's queries"
+                         "accuracy below the default); a third, with phase1_frozen_blocks = 1: Phases 1 + 2 in 1.0-1.3x fine-tuning's "
+                         "time by machine, 0.6 points below the default on 75 of the benchmark's queries"
     )
     phase1_whole_epochs: NonNegative | None = Field(
         None, description="Phase 1's first epochs that train the whole student (None: every one); the later ones train only "

@@ -53,7 +53,8 @@ NAMES = {**METHOD_NAMES, "qkt_no_masks": "QKT, no masks",
          "qkt_short_phase1": "QKT, short Phase 1 epochs", "qkt_phase2_mixups": "QKT, mixups in Phase 2 only",
          "qkt_whole_first_epoch": "QKT, whole student in Phase 1's first epoch only",
          "qkt_frozen_first_block": "QKT, first block frozen in Phase 1",
-         "qkt_frozen_third_mixups": "QKT, first block frozen, a third of the mixups per Phase 1 epoch"}
+         "qkt_frozen_third_mixups": "QKT, first block frozen, a third of the mixups per Phase 1 epoch",
+         "qkt_frozen_third_mixups_7": "QKT, first block frozen, a third of the mixups per Phase 1 epoch, 7 epochs"}
 METRICS = ["query_accuracy", "local_accuracy", "overall_accuracy", "forgetting", "bytes", "seconds"]
 
 

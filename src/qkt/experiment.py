@@ -40,7 +40,8 @@ ABLATIONS = {"qkt_no_masks": {"use_masks": False}, "qkt_no_phase2": {"phase2": F
              "qkt_no_mixup": {"mixup": 0.0}, "qkt_short_phase1": {"phase1_epoch": "local"},
              "qkt_phase2_mixups": {"phase1_mixups": 0.0}, "qkt_whole_first_epoch": {"phase1_whole_epochs": 1},
              "qkt_frozen_first_block": {"phase1_frozen_blocks": 1},
-             "qkt_frozen_third_mixups": {"phase1_frozen_blocks": 1, "phase1_mixups": 1 / 3}}
+             "qkt_frozen_third_mixups": {"phase1_frozen_blocks": 1, "phase1_mixups": 1 / 3},
+             "qkt_frozen_third_mixups_7": {"phase1_frozen_blocks": 1, "phase1_mixups": 1 / 3, "phase1_epochs": 7}}
 
 
 @dataclass

@@ -219,8 +219,7 @@ class RunConfig(Section):
     federated: FederatedConfig = FederatedConfig()
     methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light", "fedavg", "fedprox", "fedgen",
                           "qkt_no_masks", "qkt_no_phase2", "qkt_merged", "qkt_no_mixup", "qkt_short_phase1",
-                          "qkt_phase2_mixups", "qkt_whole_first_epoch", "qkt_frozen_first_block",
-                          "qkt_frozen_third_mixups", "qkt_frozen_third_mixups_7"]] = Field(
+                          "qkt_phase2_mixups", "qkt_whole_first_epoch"]] = Field(
         ["local", "ensemble", "kd", "qkt", "qkt_light"], min_length=1, description="the methods to run and compare")
 
     @model_validator(mode="after")

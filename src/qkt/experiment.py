@@ -33,15 +33,11 @@ from .query.probe import check_query
 from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
 
 # The ablations of SPEC §4 are QKT with a QueryConfig switch or two changed; "no mixup" adds what mixup's
-# inputs, which double Phase 1's time, are worth; "short Phase 1", "mixups in Phase 2 only", "whole student
-# in Phase 1's first epoch only", "first block frozen" and that with a third of the mixups in each Phase 1 epoch
-# what is lost by the ways of cutting Phase 1's cost.
+# inputs, which double Phase 1's time, are worth; "short Phase 1", "mixups in Phase 2 only" and "whole student
+# in Phase 1's first epoch only" what is lost by the ways of cutting Phase 1's cost.
 ABLATIONS = {"qkt_no_masks": {"use_masks": False}, "qkt_no_phase2": {"phase2": False}, "qkt_merged": {"merged": True},
              "qkt_no_mixup": {"mixup": 0.0}, "qkt_short_phase1": {"phase1_epoch": "local"},
-             "qkt_phase2_mixups": {"phase1_mixups": 0.0}, "qkt_whole_first_epoch": {"phase1_whole_epochs": 1},
-             "qkt_frozen_first_block": {"phase1_frozen_blocks": 1},
-             "qkt_frozen_third_mixups": {"phase1_frozen_blocks": 1, "phase1_mixups": 1 / 3},
-             "qkt_frozen_third_mixups_7": {"phase1_frozen_blocks": 1, "phase1_mixups": 1 / 3, "phase1_epochs": 7}}
+             "qkt_phase2_mixups": {"phase1_mixups": 0.0}, "qkt_whole_first_epoch": {"phase1_whole_epochs": 1}}
 
 
 @dataclass

@@ -515,8 +515,8 @@ def main() -> int:
                        "bytes sent + received by the querier"),
             ]
     targets = [target("Phases 1+2 / fine-tuning on the local data", phases["ratio"], 1.3,
-                      f"fine-tuning for Phase 1's {config.query.phase1_epochs} epochs; Phase 1 trains every block but the "
-                      f"first {config.query.phase1_frozen_blocks} on the local and synthetic inputs and "
+                      f"fine-tuning for Phase 1's {config.query.phase1_epochs} epochs; Phase 1 keeps the student's first "
+                      f"{config.query.phase1_frozen_blocks} block(s) frozen and trains on the local and synthetic inputs and "
                       f"{config.query.phase1_mixups:.2f} of the mixups per epoch, {phases['inputs']['transfer']} transfer inputs "
                       f"in all, {phases['inputs']['local']} of them local"),
                target("Phases 1+2 / fine-tuning, every block and every mixup in each of 5 Phase 1 epochs (the benchmark's "

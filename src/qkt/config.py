@@ -104,21 +104,22 @@ class QueryConfig(Section):
         1.0, description="share of the mixups in each Phase 1 epoch, taken in turn so that all are used alike (1: every mixup "
                          "in every epoch); 0 (or false): only Phase 2 (the head, on features computed once) learns from them, so a "
                          "Phase 1 epoch costs about a fine-tuning epoch (on the three-seed benchmark: 0.3-3.0 points of overall "
-                         "accuracy below the default); a third, with phase1_frozen_blocks = 1: Phases 1 + 2 in 1.0-1.3x fine-tuning's "
-                         "time by machine, 0.6 points below the default on 75 of the benchmark's queries; the same in 7 epochs "
-                         "instead of the benchmark's 5: 1.1-1.2x fine-tuning for 7 epochs, the default's accuracy on all 119"
+                         "accuracy below every mixup); a third, with phase1_frozen_blocks = 1 and phase1_epochs = 7, is the image "
+                         "benchmark's Phase 1: Phases 1 + 2 in 1.1-1.2x fine-tuning for 7 epochs, the accuracy of every block "
+                         "on every mixup in 5 epochs over all 119 of its queries"
     )
     phase1_whole_epochs: NonNegative | None = Field(
         None, description="Phase 1's first epochs that train the whole student (None: every one); the later ones train only "
                           "its last block and head, as QKT Light does, on the frozen blocks' outputs computed once, a third "
                           "of a whole epoch's time on the CNN (1, on the three-seed benchmark: Phase 1 in half the time, 0.4-0.8 "
-                          "points of overall accuracy below the default in three of its four scenarios)"
+                          "points of overall accuracy below every epoch whole in three of its four scenarios)"
     )
     phase1_frozen_blocks: NonNegative = Field(
         0, description="leading blocks of the student's feature extractor that Phase 1 keeps frozen, their outputs computed "
-                       "once; the rest trains in every Phase 1 epoch (1 on the CNN, its full-resolution first block: Phase 1 in "
-                       "70-80% of the time, 0.13 points of overall accuracy below the default on the three-seed benchmark, "
-                       "within noise). QKT Light freezes all but the last block whatever this says"
+                       "once; the rest trains in every Phase 1 epoch (1 on the CNN, its full-resolution first block, as the image "
+                       "benchmark does: Phase 1 in 70-80% of the time, 0.13 points of overall accuracy below none on the "
+                       "three-seed benchmark, within noise). Needs a student whose blocks are an nn.Sequential named "
+                       "'features', as qkt's models have. QKT Light freezes all but the last block whatever this says"
     )
     phase2_epochs: NonNegative = Field(20, description="epochs of Phase 2, which re-fits only the head on class-balanced transfer inputs")
     lr: Rate = Field(1e-3, description="Adam learning rate of Phase 1")

@@ -7,9 +7,14 @@ A change to QKT's settings changes only the methods that use them (QKT, QKT Ligh
 federated baselines, which cost as much again, need not run again to be compared. The first
 run gives every query and its methods; each later one adds the methods named after its
 colon, query by query. Every query of the first run must be in the others, with the same
-query classes. The output folder gets ``bench.json`` (with ``merged_from``: each run's
-file, methods, start, machine and wall time), ``bench.md``, ``bench.csv``, ``headline.md`` and
-``bench.png``, as ``qkt bench`` writes them.
+query classes, profile and data size. The output folder gets ``bench.json``, ``bench.md``,
+``bench.csv``, ``headline.md`` and ``bench.png``, as ``qkt bench`` writes them.
+
+Runs on other machines train the parties with other float rounding, so the methods of two
+runs are on the same queries but not always on the same models: ``merged_from`` records,
+for each run, its file, the methods taken, start, machine and wall time, and on how many
+queries each method both runs hold (Local, say) scored differently. Paired statistics
+(``benchmarks/paired.py``) across methods of two runs compare queries, not models.
 """
 
 from __future__ import annotations
@@ -26,23 +31,39 @@ def query_key(record: dict) -> tuple:
     return record["dataset"], record["scenario"], record["seed"], record["querier"], tuple(record["query"])
 
 
-def merge(base: dict, additions: list[tuple[dict, list[str]]]) -> list[dict]:
-    """``base``'s records, each with the named methods of the same query in every run of ``additions``."""
+def scores(result: dict) -> tuple:
+    """What a method's record says of the model it left, not of the run's seconds."""
+    return tuple(result.get(k) for k in ("query_accuracy", "local_accuracy", "overall_accuracy", "forgetting"))
+
+
+def merge(base: dict, additions: list[tuple[str, dict, list[str]]]) -> tuple[list[dict], list[dict[str, int]]]:
+    """``base``'s records, each with the named methods of the same query from each named run of ``additions``.
+
+    Also, per addition: on how many queries each method that both runs hold scored differently there.
+    """
     records = [dict(r, methods=dict(r["methods"])) for r in base["records"]]
-    for run, methods in additions:
+    differing = []
+    for name, run, methods in additions:
+        for key in ("profile", "whole_dataset"):
+            if run.get(key, False) != base.get(key, False):
+                raise SystemExit(f"{name} ran {key} = {run.get(key, False)}, the first run {base.get(key, False)}")
         by_query = {query_key(r): r for r in run["records"]}
+        counts: dict[str, int] = {}
         for record in records:
             other = by_query.get(query_key(record))
             if other is None:
-                raise SystemExit(f"query {query_key(record)} is in the first run but not in {run['started']}'s")
+                raise SystemExit(f"query {query_key(record)} is in the first run but not in {name}")
             missing = [m for m in methods if m not in other["methods"]]
             if missing:
-                raise SystemExit(f"{run['started']}'s run has no {', '.join(missing)} for query {query_key(record)}")
+                raise SystemExit(f"{name} has no {', '.join(missing)} for query {query_key(record)}")
+            for m in set(record["methods"]) & set(other["methods"]) - set(methods):
+                counts[m] = counts.get(m, 0) + (scores(record["methods"][m]) != scores(other["methods"][m]))
             record["methods"].update({m: other["methods"][m] for m in methods})
+        differing.append(counts)
     order = {m: i for i, m in enumerate(bench.BASELINES + bench.QKT_METHODS + bench.ABLATIONS)}
     for record in records:  # the tables list methods as a run of every method does
         record["methods"] = dict(sorted(record["methods"].items(), key=lambda item: order.get(item[0], len(order))))
-    return records
+    return records, differing
 
 
 def main() -> int:
@@ -52,21 +73,30 @@ def main() -> int:
     parser.add_argument("--output", type=Path, required=True, help="folder of the merged outputs")
     args = parser.parse_args()
     base = json.loads(args.base.read_text())
-    sources = [(args.base, sorted({m for r in base["records"] for m in r["methods"]}), base)]
     additions = []
     for spec in args.additions:
         path, _, names = spec.rpartition(":")
-        if not path or not names:
+        methods = [m.strip() for m in names.split(",") if m.strip()]
+        if not path or not methods:
             parser.error(f"'{spec}': expected PATH:METHOD[,METHOD...]")
-        run, methods = json.loads(Path(path).read_text()), names.split(",")
-        sources.append((Path(path), methods, run))
-        additions.append((run, methods))
+        additions.append((path, json.loads(Path(path).read_text()), methods))
+    records, differing = merge(base, additions)
+    taken = {m for _, _, methods in additions for m in methods}
+    if not any("qkt" in r["methods"] for r in records):
+        parser.error("no run gives 'qkt', which every table compares with")
+    sources = [(str(args.base), sorted({m for r in base["records"] for m in r["methods"]} - taken), base, {})]
+    sources += [(path, methods, run, counts) for (path, run, methods), counts in zip(additions, differing, strict=True)]
     state = {key: base[key] for key in ("profile", "datasets", "started", "wall_seconds", "cpu_seconds")}
-    state.update(whole_dataset=base.get("whole_dataset", False), records=merge(base, additions),
+    state.update(whole_dataset=base.get("whole_dataset", False), records=records,
                  machine=f"merged from {len(sources)} runs (merged_from)",
-                 merged_from=[{"file": str(path), "methods": methods, "started": run["started"], "machine": run["machine"],
-                               "wall_seconds": run["wall_seconds"]} for path, methods, run in sources],
+                 merged_from=[{"file": path, "methods": methods, "started": run["started"], "machine": run["machine"],
+                               "wall_seconds": run["wall_seconds"], "queries_scored_differently_than_the_first_run": counts}
+                              for path, methods, run, counts in sources],
                  command=" ".join(["python3", *sys.argv]))
+    for path, _, _, counts in sources[1:]:
+        if any(counts.values()):
+            print(f"{path}: methods both runs hold scored differently on "
+                  + ", ".join(f"{m} {n} of {len(records)}" for m, n in sorted(counts.items())) + " queries (other models?)")
     args.output.mkdir(parents=True, exist_ok=True)
     bench.write_outputs(state, args.output)
     print(f"wrote {args.output}/bench.json and its tables: {len(state['records'])} queries")

@@ -84,7 +84,8 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # each of 7 epochs), the schedule it replaced (every block and every mixup in each of 5 epochs), and QKT Light's,
 # which trains the last block and the head throughout, on the benchmark's inputs and epochs.
 PHASE1_VARIANTS = {"default": {},
-                   "every_block_every_mixup_5_epochs": {"phase1_frozen_blocks": 0, "phase1_mixups": 1.0, "phase1_epochs": 5},
+                   "every_block_every_mixup_5_epochs": {"phase1_epoch": "transfer", "phase1_whole_epochs": None,
+                                                        "phase1_frozen_blocks": 0, "phase1_mixups": 1.0, "phase1_epochs": 5},
                    "light": {"light": True}}
 # A smaller world for --quick: fewer images, probe and inversion steps, epochs of a query, parties.
 QUICK = {

@@ -6,6 +6,9 @@ import csv
 import json
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,12 +17,14 @@ import torch
 
 from qkt import bench
 from qkt.cli import main
+from qkt.config import QueryConfig
 from qkt.data import load_dataset
 from qkt.errors import QKTError
 from qkt.query import protocol
 
 EVERY_METHOD = bench.BASELINES + bench.QKT_METHODS + bench.ABLATIONS
 WITHOUT_ABLATIONS = bench.BASELINES + bench.QKT_METHODS
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +89,24 @@ def test_chosen_methods_run_alone_and_score_as_among_every_method(quick_digits, 
     table = (tmp_path / "bench.md").read_text()
     assert f"| {bench.NAMES['qkt_whole_first_epoch']} |" in table and "collaborative methods (" not in table
     assert "No collaborative method ran" in (tmp_path / "headline.md").read_text()
-    with pytest.raises(QKTError, match="must include qkt"):
-        bench.run_bench("quick", ["digits"], tmp_path, methods=["local"])
+
+
+def test_baselines_run_without_qkt_and_merge_with_a_run_of_it(quick_digits, tmp_path):
+    """A change to QKT's settings re-runs QKT alone; the baselines' run joins it query by query."""
+    shutil.copytree(quick_digits / "checkpoints", tmp_path / "baselines" / "checkpoints")
+    assert main(["bench", "--profile", "quick", "--dataset", "digits", "--methods", "local", "fedavg",
+                 "--output", str(tmp_path / "baselines"), "--quiet"]) == 0
+    rows = json.loads((tmp_path / "baselines" / "bench.json").read_text())["summary"]["digits"]["single"]["rows"]
+    assert list(rows) == ["local", "fedavg"] and "QKT did not run" in (tmp_path / "baselines" / "bench.md").read_text()
+    merge = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "merge_runs.py"), str(quick_digits / "bench.json"),
+                            f"{tmp_path / 'baselines' / 'bench.json'}:fedavg", "--output", str(tmp_path / "merged")],
+                           capture_output=True, text=True, check=True)
+    assert "scored differently" not in merge.stdout  # the same parties: Local agrees on every query
+    merged = json.loads((tmp_path / "merged" / "bench.json").read_text())
+    every = {(r["scenario"], r["querier"]): r for r in json.loads((quick_digits / "bench.json").read_text())["records"]}
+    for record in merged["records"]:
+        assert record["methods"]["fedavg"]["overall_accuracy"] == every[record["scenario"], record["querier"]]["methods"]["fedavg"]["overall_accuracy"]
+    assert merged["merged_from"][1]["methods"] == ["fedavg"]
 
 
 def test_whole_dataset_drops_the_image_subsets_and_never_resumes_a_subset_run(quick_digits, tmp_path):
@@ -123,6 +144,16 @@ def test_a_scenario_named_twice_runs_once(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "run_scenario", lambda dataset, scenario, seed, *a, **k: ran.append((dataset.name, scenario.name, seed)))
     bench.run_bench("quick", ["digits", "digits"], tmp_path, scenarios=["single", "single"], progress=False)
     assert ran == [("digits", "single", 0)]
+
+
+@pytest.mark.parametrize("dataset", ["digits", "cifar10"])
+def test_every_ablation_is_valid_settings_on_each_profile(dataset):
+    """An ablation changes one thing of the profile's QKT; it must not make a combination the config would refuse."""
+    query = QueryConfig.model_validate(bench.PROFILES["full"].config(dataset).get("query", {}))
+    for method, updates in bench.experiment.ABLATIONS.items():
+        config = bench.experiment.method_query_config(query, method)
+        assert {k: getattr(config, k) for k in updates} == updates and not config.light
+    assert bench.experiment.method_query_config(query, "qkt_light").light
 
 
 def test_multi_class_query_size_scales_with_the_label_space():

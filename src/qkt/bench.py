@@ -113,13 +113,13 @@ class Profile:
 # Settings per data set, sized for 2 shared CPU cores. QueryConfig's defaults were tuned on
 # digits; on images every probe and inversion step is a CNN backward pass over a batch, so
 # the teachers refine fewer probes for fewer steps and the querier inverts fewer samples for
-# fewer steps. Phase 1 keeps the CNN's first block (its full-resolution convolution, most of
-# an epoch's work) frozen and takes a third of the mixups in each epoch, in turn; the time
-# that saves buys 7 epochs instead of 5, and the phases take 1.1-1.2x fine-tuning for 7
-# epochs against 2.3-2.5x for every block and every mixup in 5, at the same accuracy over
-# the 119 headline queries (docs/performance-log.md). Image data sets are cut to stratified,
-# seeded subsets of 6,000 training and 2,000 test images so that a seed takes about seven
-# minutes; the federated baselines get the same 5-epoch budget as the parties.
+# fewer steps. Phase 1 keeps the CNN's first block (its full-resolution convolution) frozen
+# and takes a third of the mixups in each epoch, in turn; the time that saves buys 7 epochs
+# instead of 5, and the phases take 1.1-1.2x fine-tuning for 7 epochs against 2.3-2.5x for
+# every block and every mixup in 5, at the same accuracy over the 119 headline queries
+# (docs/performance-log.md). Image data sets are cut to stratified, seeded subsets of 6,000
+# training and 2,000 test images so that a seed takes about seven minutes; the federated
+# baselines get the same 5-epoch budget as the parties.
 _IMAGES = {
     "data": {"max_train": 6000, "max_test": 2000},
     "training": {"arch": "cnn", "epochs": 5},
@@ -320,14 +320,12 @@ def summarize(records: list[dict]) -> dict:
                 rows[m] = {k: _mean_std(v) for k, v in values.items()}
                 rows[m]["queries"] = len(results)
                 rows[m]["failed"] = sum("failed" in v["details"] for v in results)
+            entry = summary.setdefault(ds, {})[name] = {"queries": len(recs), "seeds": sorted({r["seed"] for r in recs}), "rows": rows}
+            if "qkt" not in rows:  # a run of baselines alone, to merge with a run of QKT (benchmarks/merge_runs.py)
+                continue
             qkt = rows["qkt"]["overall_accuracy"][0]
-            entry = summary.setdefault(ds, {})[name] = {
-                "queries": len(recs),
-                "seeds": sorted({r["seed"] for r in recs}),
-                "rows": rows,
-                "gain_over": {m: 100 * (qkt - rows[m]["overall_accuracy"][0]) for m in methods if m != "qkt"},
-                "qkt_forgetting_points": 100 * rows["qkt"]["forgetting"][0],
-            }
+            entry.update(gain_over={m: 100 * (qkt - rows[m]["overall_accuracy"][0]) for m in methods if m != "qkt"},
+                         qkt_forgetting_points=100 * rows["qkt"]["forgetting"][0])
             collaborative = [m for m in COLLABORATIVE if m in rows]
             if collaborative:  # a run of chosen methods (--methods) may have none
                 best = max(collaborative, key=lambda m: rows[m]["overall_accuracy"][0])
@@ -358,7 +356,7 @@ def format_tables(summary: dict) -> str:
                       "| method | query acc | local acc | overall acc | forgetting | bytes | seconds | Δ overall |",
                       "|---|---:|---:|---:|---:|---:|---:|---:|"]
             for m, row in s["rows"].items():
-                gain = "—" if m == "qkt" else f"{s['gain_over'][m]:+.1f}"
+                gain = f"{s['gain_over'][m]:+.1f}" if m in s.get("gain_over", {}) else "—"
                 count = "" if row["queries"] == s["queries"] else f" ({row['queries']} queries)"
                 lines.append(f"| {NAMES.get(m, m)}{count} | " + " | ".join(_cell(k, *row[k]) for k in METRICS) + f" | {gain} |")
             failed = [f"{NAMES.get(m, m)} in {row['failed']}" for m, row in s["rows"].items() if row["failed"]]
@@ -367,7 +365,8 @@ def format_tables(summary: dict) -> str:
             against = (f"QKT vs the mean of the collaborative methods ({', '.join(NAMES[m] for m in COLLABORATIVE if m in s['rows'])}): "
                        f"{s['gain_over_collaborative_mean']:+.1f} points; vs the best of them ({NAMES[s['best_collaborative']]}): "
                        f"{s['gain_over_best_collaborative']:+.1f} points; " if "best_collaborative" in s else "")
-            lines += ["", f"{against}QKT forgets {s['qkt_forgetting_points']:.1f} points.", ""]
+            forgets = f"QKT forgets {s['qkt_forgetting_points']:.1f} points." if "qkt_forgetting_points" in s else "QKT did not run."
+            lines += ["", f"{against}{forgets}", ""]
     return "\n".join(lines)
 
 
@@ -399,7 +398,7 @@ def format_csv(summary: dict) -> str:
         for name, s in scenarios.items():
             for m, row in s["rows"].items():
                 writer.writerow([ds, name, s["queries"], m] + [f"{v:.6g}" for k in METRICS for v in row[k]]
-                                + ["" if m == "qkt" else f"{s['gain_over'][m]:.3f}"])
+                                + [f"{s['gain_over'][m]:.3f}" if m in s.get("gain_over", {}) else ""])
     return buffer.getvalue()
 
 
@@ -474,7 +473,9 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     resume:
         Keep the queries already in ``output/bench.json`` and run only the missing ones.
     methods:
-        Only these methods (default: the profile's), ``qkt`` among them: every Δ is against it.
+        Only these methods (default: the profile's). Every Δ is against ``qkt``; a run without it,
+        of baselines whose settings a change to QKT's leaves alone, has tables without Δ and is
+        for ``benchmarks/merge_runs.py`` to join to a run of QKT on the same queries.
     whole_dataset:
         Every training and test image of each data set instead of the profile's subsets
         (SPEC §5's scale: on CIFAR-10 each query takes about three times as long).
@@ -487,8 +488,6 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     if unknown:
         raise QKTError(f"unknown scenario(s) {unknown}; choose from: {', '.join(SCENARIOS)}")
     methods = list(dict.fromkeys(methods or ()))
-    if methods and "qkt" not in methods:
-        raise QKTError("--methods must include qkt: every table compares the other methods with it")
     datasets = list(dict.fromkeys(datasets or available_datasets(data_root)))
     if "npz" in datasets:
         raise QKTError("qkt bench runs the registry data sets; for your own .npz file use `qkt run` with data.name: npz and data.path")

@@ -162,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", type=Path, default=Path("qkt-output/bench"), help="folder for the results and checkpoints (default: %(default)s)")
     bench.add_argument("--data-root", default=None, help="folder with the data files (default $QKT_DATA_ROOT or ./data)")
     bench.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                       help="run only these methods, qkt among them (default: the profile's; names as in the config's methods, "
-                            "e.g. qkt qkt_whole_first_epoch)")
+                       help="run only these methods (default: the profile's; names as in the config's methods, e.g. qkt "
+                            "qkt_whole_first_epoch); without qkt the tables have no Δ (for benchmarks/merge_runs.py)")
     bench.add_argument("--whole-dataset", action="store_true",
                        help="every training and test image of each data set, not the 6,000 / 2,000-image subsets (SPEC §5's scale)")
     bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest")

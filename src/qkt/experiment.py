@@ -23,7 +23,7 @@ from . import partition
 from .baselines import FEDERATED, train_global
 from .baselines.fedavg import FederatedResult
 from .baselines.kd import distill_all
-from .config import RunConfig
+from .config import QueryConfig, RunConfig
 from .data import DataSet, load_dataset
 from .errors import QKTError, QueryError
 from .metrics import MethodResult, score
@@ -33,11 +33,18 @@ from .query.probe import check_query
 from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
 
 # The ablations of SPEC §4 are QKT with a QueryConfig switch or two changed; "no mixup" adds what mixup's
-# inputs, which double Phase 1's time, are worth; "short Phase 1", "mixups in Phase 2 only" and "whole student
-# in Phase 1's first epoch only" what is lost by the ways of cutting Phase 1's cost.
+# inputs, as many as the local ones, are worth; "short Phase 1", "mixups in Phase 2 only" and "whole student
+# in Phase 1's first epoch only" what is lost by the ways of cutting Phase 1's cost. Short epochs draw from
+# the whole transfer set and the whole student has no frozen block, whatever share and blocks the profile sets.
 ABLATIONS = {"qkt_no_masks": {"use_masks": False}, "qkt_no_phase2": {"phase2": False}, "qkt_merged": {"merged": True},
-             "qkt_no_mixup": {"mixup": 0.0}, "qkt_short_phase1": {"phase1_epoch": "local"},
-             "qkt_phase2_mixups": {"phase1_mixups": 0.0}, "qkt_whole_first_epoch": {"phase1_whole_epochs": 1}}
+             "qkt_no_mixup": {"mixup": 0.0}, "qkt_short_phase1": {"phase1_epoch": "local", "phase1_mixups": 1.0},
+             "qkt_phase2_mixups": {"phase1_mixups": 0.0},
+             "qkt_whole_first_epoch": {"phase1_whole_epochs": 1, "phase1_frozen_blocks": 0}}
+
+
+def method_query_config(query_config: QueryConfig, method: str) -> QueryConfig:
+    """The settings of QKT, QKT Light or an ablation, validated: an ablation must not make a combination the user could not."""
+    return QueryConfig.model_validate({**query_config.model_dump(), "light": method == "qkt_light", **ABLATIONS.get(method, {})})
 
 
 @dataclass
@@ -194,7 +201,7 @@ def run_methods(world: World, config: RunConfig, progress: bool = True) -> tuple
             model, seconds = _timed(distill_all, student, list(world.teachers.values()), local_x, local_y, config.query, progress)
             costs = {"bytes_received": all_weights}
         else:
-            query_config = config.query.model_copy(update={"light": method == "qkt_light", **ABLATIONS.get(method, {})})
+            query_config = method_query_config(config.query, method)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the report carries them

@@ -1,8 +1,10 @@
 """KD: plain multi-teacher distillation into the querier, from all teachers, with no masks, in one phase.
 
-It uses the querier's local data widened by mixup, the same loss and the same
-training loop as QKT's Phase 1, so the comparison isolates the masks, the
-synthesis from the experts and Phase 2.
+It uses the querier's local data widened by mixup, the same loss, training loop and
+epochs as QKT's Phase 1, so the comparison isolates the masks, the synthesis from the
+experts and Phase 2. It trains the whole student on every mixup in each epoch: a share
+of the mixups per epoch and frozen blocks are QKT's ways of paying for its synthetic
+inputs, which KD does not have.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One benchmark's tables from the methods of several ``qkt bench`` runs on the same queries.
 
     python benchmarks/merge_runs.py qkt-output/headline-7/cifar10/bench.json \\
-        docs/results/bench/full-cifar10/bench.json:fedavg,fedprox,fedgen --output docs/results/bench/headline-cifar10
+        qkt-output/headline-7/cifar10-federated/bench.json:fedavg,fedprox,fedgen --output docs/results/bench/full-cifar10-2026-12-04
 
 A change to QKT's settings changes only the methods that use them (QKT, QKT Light, KD); the
 federated baselines, which cost as much again, need not run again to be compared. The first

@@ -12,7 +12,7 @@ query classes, profile and data size. The output folder gets ``bench.json``, ``b
 
 Runs on other machines train the parties with other float rounding, so the methods of two
 runs are on the same queries but not always on the same models: ``merged_from`` records,
-for each run, its file, the methods taken, start, machine and wall time, and on how many
+for each run, its file, the methods taken, start, machine, wall time and settings, and on how many
 queries each method both runs hold (Local, say) scored differently. Paired statistics
 (``benchmarks/paired.py``) across methods of two runs compare queries, not models.
 """
@@ -90,7 +90,8 @@ def main() -> int:
     state.update(whole_dataset=base.get("whole_dataset", False), records=records,
                  machine=f"merged from {len(sources)} runs (merged_from)",
                  merged_from=[{"file": path, "methods": methods, "started": run["started"], "machine": run["machine"],
-                               "wall_seconds": run["wall_seconds"], "queries_scored_differently_than_the_first_run": counts}
+                               "wall_seconds": run["wall_seconds"], "settings": run.get("settings"),
+                               "queries_scored_differently_than_the_first_run": counts}
                               for path, methods, run, counts in sources],
                  command=" ".join(["python3", *sys.argv]))
     for path, _, _, counts in sources[1:]:

@@ -75,6 +75,21 @@ def test_resume_keeps_finished_queries(quick_digits, monkeypatch):
     assert state["records"] == before
 
 
+def test_resume_refuses_a_run_of_other_settings_and_names_them(quick_digits, tmp_path, monkeypatch):
+    """Resuming after the profile's settings changed would mix two methods under one name."""
+    state = json.loads((quick_digits / "bench.json").read_text())
+    assert state["settings"]["digits"] == bench.PROFILES["quick"].config("digits")
+    monkeypatch.setattr(bench.experiment, "run_methods", lambda *a, **k: pytest.fail("a query ran"))
+    state["settings"]["digits"]["training"]["epochs"] = 5
+    (tmp_path / "bench.json").write_text(json.dumps(state))
+    with pytest.raises(QKTError, match="other settings than the profile's now \\(training.epochs 5 -> 30\\)"):
+        bench.run_bench("quick", ["digits"], tmp_path, resume=True, progress=False)
+    del state["settings"]
+    (tmp_path / "bench.json").write_text(json.dumps(state))
+    with pytest.raises(QKTError, match="does not record the settings"):
+        bench.run_bench("quick", ["digits"], tmp_path, resume=True, progress=False)
+
+
 def test_chosen_methods_run_alone_and_score_as_among_every_method(quick_digits, tmp_path):
     shutil.copytree(quick_digits / "checkpoints", tmp_path / "checkpoints")  # the same parties, not trained again
     chosen = ["qkt", "qkt_whole_first_epoch"]

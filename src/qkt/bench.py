@@ -440,6 +440,36 @@ def write_outputs(state: dict, output: Path) -> None:
     plot(summary, output / "bench.png")
 
 
+def check_resumed_settings(before: dict, settings: dict[str, dict], path: Path) -> None:
+    """Refuse to resume a run whose finished queries ran under other settings than the profile's now.
+
+    A profile's settings change between versions of qkt (the image Phase 1 did on 2026-12-04);
+    resuming across such a change would put queries of two methods under one name in one table.
+    """
+    held = before.get("settings")
+    for name in {r["dataset"] for r in before["records"]} & set(settings):
+        if held is None:
+            raise QKTError(f"{path} does not record the settings its queries ran under (a run of qkt before 2026-12-05), "
+                           "so they cannot be checked against the profile's: choose another --output")
+        then, now = dotted(held.get(name, {})), dotted(settings[name])
+        changed = [f"{key} {then.get(key, 'unset')} -> {now.get(key, 'unset')}" for key in sorted(then.keys() | now.keys())
+                   if then.get(key) != now.get(key)]
+        if changed:
+            raise QKTError(f"{path} ran {name} under other settings than the profile's now ({'; '.join(changed)}): "
+                           "its queries and the rest would not be one method; choose another --output")
+
+
+def dotted(settings: dict, prefix: str = "") -> dict[str, object]:
+    """Nested settings as ``{"query.phase1_epochs": 7, ...}``."""
+    flat: dict[str, object] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def processor() -> str:
     """The CPU's model name: the same code on two x86_64 machines of two cores can time 1.4x apart."""
     try:
@@ -494,6 +524,8 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     for name in datasets:  # a missing file must stop the bench before hours of other data sets, not after
         if name != "digits":
             find_file(name, data_root)
+    # As written to bench.json, so that a resumed run compares like with like.
+    settings = json.loads(json.dumps({name: profile.config(name) for name in datasets}))
     previous = output / "bench.json"
     records: list[dict] = []
     spent = (0.0, 0.0)
@@ -503,8 +535,10 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
             held, flag = ("the subsets", "without") if whole_dataset else ("whole data sets", "with")
             raise QKTError(f"{previous} holds a run on {held}: resume it {flag} --whole-dataset, or choose another --output")
         records, spent = before["records"], (before["wall_seconds"], before["cpu_seconds"])
+        check_resumed_settings(before, settings, previous)
+        settings = {**before.get("settings", {}), **settings}  # of its data sets this run leaves out, too
     done = {(r["dataset"], r["scenario"], r["seed"], r["querier"]) for r in records}
-    state = {"profile": profile_name, "datasets": datasets, "machine": machine(),
+    state = {"profile": profile_name, "datasets": datasets, "settings": settings, "machine": machine(),
              "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "whole_dataset": whole_dataset, "wall_seconds": 0.0, "cpu_seconds": 0.0,
              "records": records}
     wall, cpu = time.perf_counter() - spent[0], time.process_time() - spent[1]

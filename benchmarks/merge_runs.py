@@ -12,8 +12,8 @@ query classes, profile and data size. The output folder gets ``bench.json``, ``b
 
 Runs on other machines train the parties with other float rounding, so the methods of two
 runs are on the same queries but not always on the same models: ``merged_from`` records,
-for each run, its file, the methods taken, start, machine, wall time and settings, and on how many
-queries each method both runs hold (Local, say) scored differently. Paired statistics
+for each run, its file, the methods taken, start, machine, wall time and settings, and on
+how many queries each method both runs hold (Local, say) scored differently. Paired statistics
 (``benchmarks/paired.py``) across methods of two runs compare queries, not models.
 """
 

@@ -447,10 +447,11 @@ def check_resumed_settings(before: dict, settings: dict[str, dict], path: Path) 
     resuming across such a change would put queries of two methods under one name in one table.
     """
     held = before.get("settings")
-    for name in {r["dataset"] for r in before["records"]} & set(settings):
-        if held is None:
-            raise QKTError(f"{path} does not record the settings its queries ran under (a run of qkt before 2026-12-05), "
-                           "so they cannot be checked against the profile's: choose another --output")
+    names = sorted({r["dataset"] for r in before["records"]} & set(settings))
+    if names and held is None:
+        raise QKTError(f"{path} does not record the settings its queries ran under (a run of qkt before 2026-12-05), "
+                       "so they cannot be checked against the profile's: choose another --output")
+    for name in names:
         then, now = dotted(held.get(name, {})), dotted(settings[name])
         changed = [f"{key} {then.get(key, 'unset')} -> {now.get(key, 'unset')}" for key in sorted(then.keys() | now.keys())
                    if then.get(key) != now.get(key)]

@@ -1,7 +1,7 @@
 """How fast a query is, against fine-tuning and FedAvg, and how its cost grows with the parties.
 
-    python benchmarks/perf.py            # 15-20 minutes on 2 idle cores; docs/results/perf.json, perf_vs_parties.png, perf_vs_fedavg.png
-    python benchmarks/perf.py --whole-dataset   # 55-90 minutes; docs/results/perf-50k.json and its plots
+    python benchmarks/perf.py            # 20-30 minutes on 2 idle cores; docs/results/perf.json, perf_vs_parties.png, perf_vs_fedavg.png
+    python benchmarks/perf.py --whole-dataset   # 90-120 minutes; docs/results/perf-50k.json and its plots
     python benchmarks/perf.py --quick    # a smaller smoke run of the same, written under qkt-output/perf
     python benchmarks/perf.py --phases-only --output docs/results/perf-phases.json   # section 1 alone, a few minutes
 

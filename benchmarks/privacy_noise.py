@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qkt.cli import DEMO
+from qkt.config import DEMO
 from qkt.config import TrustConfig, parse_config
 from qkt.errors import QueryError
 from qkt.experiment import build_world

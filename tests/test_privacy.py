@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from qkt.cli import DEMO
+from qkt.config import DEMO
 from qkt.config import QueryConfig, parse_config
 from qkt.experiment import build_world
 from qkt.query import Announcement, answer_probe, protocol, query

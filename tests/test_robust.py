@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from qkt.cli import DEMO
+from qkt.config import DEMO
 from qkt.config import TrustConfig, parse_config
 from qkt.errors import QueryError
 from qkt.experiment import build_world

@@ -7,37 +7,11 @@ import logging
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
-from .config import RunConfig, commented_yaml, load_config, parse_config
+from .config import DEMO, RunConfig, commented_yaml, load_config, parse_config
+from .console import positive_int, print_run
 from .errors import QKTError
-
-T = TypeVar("T", int, float)
-
-DEMO = {
-    "data": {"name": "digits"},
-    "partition": {"num_parties": 10, "kind": "dirichlet", "alpha": 0.1, "seed": 0},
-    "scenario": {"query_size": 1},
-    "training": {"arch": "mlp", "epochs": 30},
-}
-
-
-def _print_run(summary: dict, output: Path | None, started: float) -> None:
-    from .partition import format_holdings
-    from .report import describe_scenario, format_table
-
-    s = summary["scenario"]
-    print("\nwho holds what (training samples per class):")
-    print(format_holdings(__import__("numpy").array(s["holdings"]), s["querier"], tuple(s["query"])))
-    print("\n" + describe_scenario(summary) + "\n")
-    print(format_table(summary["methods"]))
-    for note in summary["reports"].get("qkt", {}).get("warnings", []):
-        print(f"warning: {note}")
-    if output is not None:
-        print(f"\nwrote {output / 'results.json'}, {output / 'results.md'} and {output / 'per_class_accuracy.png'}")
-    print(f"done in {time.perf_counter() - started:.0f} s")
 
 
 def _run(config: RunConfig, output: Path | None, quiet: bool, resume: bool = True) -> int:
@@ -48,7 +22,7 @@ def _run(config: RunConfig, output: Path | None, quiet: bool, resume: bool = Tru
     started = time.perf_counter()
     # Bars redraw in place on a terminal; in a log file they would only add noise.
     summary = run(config, output, progress=not quiet and sys.stderr.isatty(), resume=resume)
-    _print_run(summary, output, started)
+    print_run(summary, output, started)
     failed = {k: v["details"]["failed"] for k, v in summary["methods"].items() if "failed" in v.get("details", {})}
     for method, reason in failed.items():
         print(f"error: {method} failed (its row shows the querier unchanged): {reason}", file=sys.stderr)
@@ -106,24 +80,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}/bench.json, bench.md, bench.csv, headline.md and bench.png "
           f"(wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s)")
     return 0
-
-
-def bounded(kind: Callable[[str], T], minimum: T, *, inclusive: bool = True) -> Callable[[str], T]:
-    """An argparse ``type``: ``kind(text)``, refused below ``minimum`` (or at it, unless ``inclusive``)."""
-
-    def parse(text: str) -> T:
-        value = kind(text)
-        if value < minimum or (value == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'more than'} {minimum}, not {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: 'x'"
-    return parse
-
-
-positive_int = bounded(int, 1)
-positive_float = bounded(float, 0.0, inclusive=False)
-non_negative_int = bounded(int, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,11 +16,20 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .methods import DEFAULT, METHODS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+DEMO = {
+    "data": {"name": "digits"},
+    "partition": {"num_parties": 10, "kind": "dirichlet", "alpha": 0.1, "seed": 0},
+    "scenario": {"query_size": 1},
+    "training": {"arch": "mlp", "epochs": 30},
+}
+"""The settings of ``qkt demo``: ten parties on the bundled digits, one single-class query."""
 
 Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
@@ -79,13 +88,14 @@ class InversionConfig(Section):
 
 
 class QueryConfig(Section):
-    """How one query runs; the defaults are the measured best on the demo (digits, MLP).
+    """How one query runs; the defaults suit small models such as the demo's MLP.
 
     On CNNs every probe and inversion step is a backward pass over a batch: the image
-    benchmarks (``qkt.bench``) and ``examples/`` use a lighter probe and inversion.
+    benchmarks (``qkt bench``) and ``examples/`` use a lighter probe and inversion, and
+    keep the first feature block frozen in Phase 1.
     """
 
-    lam: Annotated[float, Field(ge=1.0)] = Field(1.5, description="λ: expert iff probe score ≥ λ/|C|")
+    lam: Annotated[float, Field(ge=1.0)] = Field(1.5, description="λ: a teacher is expert in a class iff its probe score is ≥ λ/|C| (λ/|C| times uniform)")
     probe: ProbeConfig = ProbeConfig()
     trust: TrustConfig = TrustConfig()
     inversion: InversionConfig = InversionConfig()
@@ -95,50 +105,29 @@ class QueryConfig(Section):
     mixup_alpha: Rate = Field(0.4, description="mixup weights are drawn from Beta(mixup_alpha, mixup_alpha)")
     temperature: Rate = Field(2.0, description="softmax temperature of the distillation targets and the student's KL term")
     kd_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of the distillation term against the local cross-entropy")
-    phase1_epochs: NonNegative = Field(10, description="epochs of Phase 1, the masked distillation (see phase1_epoch)")
-    phase1_epoch: Literal["transfer", "local"] = Field(
-        "transfer", description="a Phase 1 epoch: one pass over the whole transfer set, or 'local': as many of its inputs as the "
-                                "querier holds, drawn in turn (a fine-tuning epoch's cost: about half Phase 1's time, 1-3 points of accuracy in the ablations)"
-    )
+    phase1_epochs: NonNegative = Field(10, description="epochs of Phase 1, the masked distillation; an epoch is one pass over the "
+                                                       "local and synthetic inputs and phase1_mixups of the mixups")
     phase1_mixups: Annotated[float, Field(ge=0, le=1)] = Field(
         1.0, description="share of the mixups in each Phase 1 epoch, taken in turn so that all are used alike (1: every mixup "
-                         "in every epoch); 0 (or false): only Phase 2 (the head, on features computed once) learns from them, so a "
-                         "Phase 1 epoch costs about a fine-tuning epoch (on the three-seed benchmark: 0.3-3.0 points of overall "
-                         "accuracy below every mixup); a third, with phase1_frozen_blocks = 1 and phase1_epochs = 7, is the image "
-                         "benchmark's Phase 1: Phases 1 + 2 in 1.1-1.2x fine-tuning for 7 epochs, the accuracy of every block "
-                         "on every mixup in 5 epochs over all 119 of its queries"
-    )
-    phase1_whole_epochs: NonNegative | None = Field(
-        None, description="Phase 1's first epochs that train the whole student (None: every one); the later ones train only "
-                          "its last block and head, as QKT Light does, on the frozen blocks' outputs computed once, a third "
-                          "of a whole epoch's time on the CNN (1, on the three-seed benchmark: Phase 1 in half the time, 0.4-0.8 "
-                          "points of overall accuracy below every epoch whole in three of its four scenarios)"
+                         "in every epoch; 0: only Phase 2, which trains the head on features computed once, learns from them). "
+                         "Phase 1's time grows with the inputs it sees"
     )
     phase1_frozen_blocks: NonNegative = Field(
         0, description="leading blocks of the student's feature extractor that Phase 1 keeps frozen, their outputs computed "
-                       "once; the rest trains in every Phase 1 epoch (1 on the CNN, its full-resolution first block, as the image "
-                       "benchmark does: Phase 1 in 70-80% of the time, 0.13 points of overall accuracy below none on the "
-                       "three-seed benchmark, within noise). Needs a student whose blocks are an nn.Sequential named "
-                       "'features', as qkt's models have. QKT Light freezes all but the last block whatever this says"
+                       "once (1 on qkt's CNN: its full-resolution first block, the costliest). Needs a student whose blocks are "
+                       "an nn.Sequential named 'features', as qkt's models have. QKT Light freezes all but the last block"
     )
     phase2_epochs: NonNegative = Field(20, description="epochs of Phase 2, which re-fits only the head on class-balanced transfer inputs")
     lr: Rate = Field(1e-3, description="Adam learning rate of Phase 1")
     head_lr: Rate = Field(5e-3, description="Adam learning rate of Phase 2 (the head alone)")
     batch_size: BatchSize = Field(64, description="mini-batch of Phases 1 and 2")
     light: bool = Field(False, description="QKT Light: experts send float16 weights; Phase 1 trains the last block and the head")
-    use_masks: bool = Field(True, description="ablation switch: False treats every teacher as expert in every query class")
-    phase2: bool = Field(True, description="ablation switch: False skips head refinement")
-    merged: bool = Field(False, description="ablation switch: one class-balanced phase instead of Phase 1 then Phase 2")
     seed: NonNegative = Field(0, description="seeds the probe, the inversion, the mixups and both phases: a query repeats exactly")
 
     @model_validator(mode="after")
     def _mixups_are_learnt(self) -> QueryConfig:
-        if self.mixup and not self.phase1_mixups and (self.merged or not self.phase2 or not self.phase2_epochs):
-            raise ValueError("phase1_mixups = false leaves the mixups to Phase 2, which merged = true, phase2 = false or "
-                             "phase2_epochs = 0 skips: no phase would learn from them")
-        if self.phase1_epoch == "local" and 0 < self.phase1_mixups < 1:
-            raise ValueError("phase1_epoch = 'local' draws an epoch's inputs from the whole transfer set, mixups included: "
-                             "it cannot also take a share of the mixups (phase1_mixups between 0 and 1); choose one")
+        if self.mixup and not self.phase1_mixups and not self.phase2_epochs:
+            raise ValueError("phase1_mixups = 0 leaves the mixups to Phase 2, which phase2_epochs = 0 skips: no phase would learn from them")
         return self
 
 
@@ -164,6 +153,7 @@ class FederatedConfig(Section):
 
 
 Arch = Literal["mlp", "cnn", "resnet"]
+MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
 
 class DataConfig(Section):
@@ -218,10 +208,8 @@ class RunConfig(Section):
     training: TrainingConfig = TrainingConfig()
     query: QueryConfig = QueryConfig()
     federated: FederatedConfig = FederatedConfig()
-    methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light", "fedavg", "fedprox", "fedgen",
-                          "qkt_no_masks", "qkt_no_phase2", "qkt_merged", "qkt_no_mixup", "qkt_short_phase1",
-                          "qkt_phase2_mixups", "qkt_whole_first_epoch"]] = Field(
-        ["local", "ensemble", "kd", "qkt", "qkt_light"], min_length=1, description="the methods to run and compare")
+    methods: list[MethodName] = Field(list(DEFAULT), min_length=1, description="the methods to run and compare: "
+                                      + ", ".join(METHODS))
 
     @model_validator(mode="after")
     def _query_fits(self) -> RunConfig:

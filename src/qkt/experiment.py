@@ -16,35 +16,35 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import partition
-from .baselines import FEDERATED, train_global
+from .baselines import train_global
 from .baselines.fedavg import FederatedResult
 from .baselines.kd import distill_all
-from .config import QueryConfig, RunConfig
+from .config import QueryConfig, RunConfig, format_validation_error
 from .data import DataSet, load_dataset
-from .errors import QKTError, QueryError
+from .errors import ConfigError, QKTError, QueryError
+from .methods import METHODS
 from .metrics import MethodResult, score
 from .models import build_model, num_bytes
-from .query import query
+from .query import InProcessChannel, Teacher, TeacherChannel, Variant, run_query
 from .query.probe import check_query
 from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
 
-# The ablations of SPEC §4 are QKT with a QueryConfig switch or two changed; "no mixup" adds what mixup's
-# inputs, as many as the local ones, are worth; "short Phase 1", "mixups in Phase 2 only" and "whole student
-# in Phase 1's first epoch only" what is lost by the ways of cutting Phase 1's cost. Short epochs draw from
-# the whole transfer set and the whole student has no frozen block, whatever share and blocks the profile sets.
-ABLATIONS = {"qkt_no_masks": {"use_masks": False}, "qkt_no_phase2": {"phase2": False}, "qkt_merged": {"merged": True},
-             "qkt_no_mixup": {"mixup": 0.0}, "qkt_short_phase1": {"phase1_epoch": "local", "phase1_mixups": 1.0},
-             "qkt_phase2_mixups": {"phase1_mixups": 0.0},
-             "qkt_whole_first_epoch": {"phase1_whole_epochs": 1, "phase1_frozen_blocks": 0}}
 
-
-def method_query_config(query_config: QueryConfig, method: str) -> QueryConfig:
-    """The settings of QKT, QKT Light or an ablation, validated: an ablation must not make a combination the user could not."""
-    return QueryConfig.model_validate({**query_config.model_dump(), "light": method == "qkt_light", **ABLATIONS.get(method, {})})
+def method_settings(query_config: QueryConfig, method: str) -> tuple[QueryConfig, Variant]:
+    """The query settings and engine switches of QKT, QKT Light or an ablation (:mod:`qkt.methods`), validated together."""
+    spec = METHODS[method]
+    try:
+        settings = QueryConfig.model_validate({**query_config.model_dump(), **spec.settings})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, f"query settings of method {method}")) from None
+    variant = Variant(**spec.variant)
+    variant.check(settings)
+    return settings, variant
 
 
 @dataclass
@@ -155,8 +155,13 @@ def _timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
     return out, time.perf_counter() - start
 
 
-def run_methods(world: World, config: RunConfig, progress: bool = True) -> tuple[dict[str, MethodResult], dict[str, dict]]:
-    """Evaluate every configured method on the world's query; returns results and QKT's query reports."""
+def run_methods(world: World, config: RunConfig, progress: bool = True,
+                channel: Callable[[TeacherChannel], TeacherChannel] | None = None) -> tuple[dict[str, MethodResult], dict[str, dict]]:
+    """Evaluate every configured method on the world's query; returns results and the query reports of QKT's methods.
+
+    ``channel`` wraps the in-process channel to the teachers (:mod:`qkt.query.channel`),
+    e.g. to cache their probe scores or to plant a lying teacher.
+    """
     s = world.scenario
     student = world.models[s.querier]
     local_x, local_y = world.querier_data
@@ -177,18 +182,19 @@ def run_methods(world: World, config: RunConfig, progress: bool = True) -> tuple
     before = evaluate_fixed([student])
     local_before = score("local", before, 0.0, test_counts, s.query, s.local_classes).local_accuracy
     all_weights = sum(num_bytes(m) for m in world.teachers.values())
+    teachers: TeacherChannel = InProcessChannel({k: Teacher(m) for k, m in world.teachers.items()})
+    if channel is not None:
+        teachers = channel(teachers)
     results: dict[str, MethodResult] = {}
     reports: dict[str, dict] = {}
     for method in config.methods:
-        costs: dict = {}
-        if method == "local":
+        runner = METHODS[method].runner
+        if runner == "local":
             results[method] = score(method, before, local_before, test_counts, s.query, s.local_classes)
-            continue
-        if method == "ensemble":  # the mean softmax of every party, from cached outputs
+        elif runner == "ensemble":  # the mean softmax of every party, from cached outputs
             results[method] = score(method, evaluate_fixed(world.models), local_before,
                                     test_counts, s.query, s.local_classes, bytes_received=all_weights)
-            continue
-        if method in FEDERATED:
+        elif runner == "federated":
             if method not in world.global_models:
                 world.global_models[method] = train_global(method, config, world.dataset.input_shape, world.dataset.num_classes,
                                                            world.x_train, world.y_train, s.parts, progress)
@@ -196,24 +202,25 @@ def run_methods(world: World, config: RunConfig, progress: bool = True) -> tuple
             results[method] = score(method, evaluate_fixed([g.model]), local_before, test_counts, s.query, s.local_classes,
                                     seconds=g.seconds, bytes_sent=g.bytes_sent, bytes_received=g.bytes_received,
                                     details={"rounds": g.rounds})
-            continue
-        if method == "kd":
+        elif runner == "kd":
             model, seconds = _timed(distill_all, student, list(world.teachers.values()), local_x, local_y, config.query, progress)
-            costs = {"bytes_received": all_weights}
+            results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,
+                                    seconds=seconds, bytes_received=all_weights)
         else:
-            query_config = method_query_config(config.query, method)
+            settings, variant = method_settings(config.query, method)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the report carries them
-                    (model, report), seconds = _timed(query, student, world.teachers, s.query, (local_x, local_y), query_config, progress=progress)
+                    model, report = run_query(student, teachers, s.query, (local_x, local_y), settings,
+                                              num_classes=world.dataset.num_classes, variant=variant, progress=progress)
             except QueryError as exc:  # a failed query leaves the querier with its own model: score that, say why
                 results[method] = score(method, before, local_before, test_counts, s.query, s.local_classes, details={"failed": str(exc)})
                 continue
             reports[method] = report.to_dict()
-            costs = {"bytes_sent": report.bytes_sent, "bytes_received": report.bytes_received,
-                     "details": {"experts": reports[method]["experts"], "seconds_per_phase": report.seconds}}
-        results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,
-                                seconds=seconds, **costs)
+            results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,
+                                    seconds=report.seconds["total"], teacher_seconds=report.seconds["teachers"],
+                                    bytes_sent=report.bytes_sent, bytes_received=report.bytes_received,
+                                    details={"experts": reports[method]["experts"], "seconds_per_phase": report.seconds})
     return results, reports
 
 

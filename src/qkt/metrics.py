@@ -28,7 +28,8 @@ class MethodResult:
     forgetting: float
     bytes_sent: int = 0
     bytes_received: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time, with every party on its own machine where the method has several parties at work at once
+    teacher_seconds: float = 0.0  # the teachers' compute time for this method's replies, added up (QKT's probe and weights)
     per_class_accuracy: list[float] = field(default_factory=list)
     details: dict = field(default_factory=dict)
 

@@ -15,20 +15,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .methods import display  # noqa: E402
+
 # Read once: asking for the umask means setting it, which is not safe once threads run.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-METHOD_NAMES = {
-    "local": "Local",
-    "ensemble": "Ensemble",
-    "kd": "KD (all teachers)",
-    "qkt": "QKT",
-    "qkt_light": "QKT Light",
-    "fedavg": "FedAvg",
-    "fedprox": "FedProx",
-    "fedgen": "FedGen",
-}
 
 
 def human_bytes(n: float) -> str:
@@ -40,16 +31,21 @@ def human_bytes(n: float) -> str:
 
 
 def format_table(methods: dict[str, dict]) -> str:
-    """A markdown table of the SPEC §3 figures, one row per method."""
+    """A markdown table of the SPEC §3 figures, one row per method.
+
+    ``seconds`` is the method's wall time with every party on its own machine (QKT's
+    includes the slowest teacher's replies); ``teachers' s`` the teachers' own compute
+    time for a query's replies, added up.
+    """
     rows = [
-        "| method | query acc | local acc | overall acc | forgetting | bytes sent | bytes received | seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | query acc | local acc | overall acc | forgetting | bytes sent | bytes received | seconds | teachers' s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in methods.items():
         rows.append(
-            f"| {METHOD_NAMES.get(name, name)} | {r['query_accuracy']:.3f} | {r['local_accuracy']:.3f} | "
+            f"| {display(name)} | {r['query_accuracy']:.3f} | {r['local_accuracy']:.3f} | "
             f"{r['overall_accuracy']:.3f} | {r['forgetting']:+.3f} | {human_bytes(r['bytes_sent'])} | "
-            f"{human_bytes(r['bytes_received'])} | {r['seconds']:.1f} |"
+            f"{human_bytes(r['bytes_received'])} | {r['seconds']:.1f} | {r['teacher_seconds']:.1f} |"
         )
     return "\n".join(rows)
 
@@ -100,7 +96,7 @@ def plot_per_class(summary: dict, path: Path) -> None:
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) + 2), 3.8))
     for i, (name, r) in enumerate(methods.items()):
-        label = "before (Local)" if name == "local" else f"after ({METHOD_NAMES.get(name, name)})"
+        label = "before (Local)" if name == "local" else f"after ({display(name)})"
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, r["per_class_accuracy"], width, label=label)
     for c in query:
         ax.axvspan(c - 0.45, c + 0.45, color="gold", alpha=0.25, lw=0)

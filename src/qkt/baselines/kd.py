@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ..config import QueryConfig
-from ..query.distill import TransferSet, softmax_outputs, train_on_transfer
 from ..query.synth import with_mixups
+from ..query.transfer import TransferSet, softmax_outputs, train_on_transfer
 
 
 def distill_all(student: nn.Module, teachers: Sequence[nn.Module], local_x: torch.Tensor, local_y: torch.Tensor,

@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import load_config, parse_config
+from ..config import DEMO, load_config, parse_config
+from ..console import non_negative_int, positive_float, print_run
 from ..errors import QKTError
 
 
@@ -22,8 +23,6 @@ def _require_flower() -> None:
 
 
 def _config(args: argparse.Namespace):
-    from ..cli import DEMO
-
     config = load_config(args.config) if args.config else parse_config(DEMO, "demo")
     raw, flags = config.model_dump(), []
     if args.parties is not None:
@@ -36,7 +35,6 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from ..cli import _print_run
     from .federation import simulate
 
     _require_flower()
@@ -45,7 +43,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"qkt flower simulate: {config.partition.num_parties} parties on Flower's simulation runtime (Ray); "
           f"logs in {args.output / 'flower-logs'}", flush=True)
     summary = simulate(config, args.output, args.timeout, reply_timeout=args.reply_timeout)
-    _print_run(summary, args.output, started)
+    print_run(summary, args.output, started)
     if summary["flower"]["skipped_methods"]:
         print(f"not run on Flower (they need every teacher's model in one place): {', '.join(summary['flower']['skipped_methods'])}")
     return 0
@@ -74,8 +72,6 @@ def cmd_run_config(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``qkt flower`` and its commands on the main parser's subcommands."""
-    from ..cli import non_negative_int, positive_float
-
     flower = sub.add_parser("flower", help="run queries on Flower: simulation, or SuperLink/SuperNodes across machines",
                             description="qkt as a Flower app. See docs/flower.md for running across machines.")
     commands = flower.add_subparsers(dest="flower_command", required=True, metavar="ACTION")

@@ -2,14 +2,15 @@
 
 A SuperNode plays the party of its node config (``partition-id``). It trains its
 own model on its own share (once; checkpointed), answers the announcement with
-its probe scores over ``Q`` (:func:`~qkt.query.protocol.answer_probe`), and sends
-its weights (:func:`~qkt.query.protocol.export_weights`) only when the querier
-asks for them. The same app trains the global model for Flower's FedAvg and
+its probe scores over ``Q`` (:func:`~qkt.query.teacher.answer_probe`), and sends
+its weights (:func:`~qkt.query.teacher.export_weights`) only when the querier
+asks for them; each reply says how long the party computed it. The same app trains the global model for Flower's FedAvg and
 FedProx strategies.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..baselines.fedavg import round_epochs
 from ..baselines.fedprox import proximal_loss
-from ..query.protocol import answer_probe, export_weights
+from ..query.teacher import answer_probe, export_weights
 from ..training import cross_entropy_loss, fit, set_threads
 from . import faults, wire
 from .party import Party, Settings, blank_model, load_party, partition_id, read_settings, trained_model
@@ -40,17 +41,22 @@ def probe(message: Message, context: Context) -> Message:
     party, settings = _party(context)
     if party.is_querier:
         return Message(wire.scores_content(party.name, None), reply_to=message)
-    scores = answer_probe(trained_model(settings.config, party), wire.read_announcement(message.content))
-    return Message(wire.scores_content(party.name, scores), reply_to=message)
+    model = trained_model(settings.config, party)
+    start = time.perf_counter()
+    scores = answer_probe(model, wire.read_announcement(message.content))
+    return Message(wire.scores_content(party.name, scores, time.perf_counter() - start), reply_to=message)
 
 
 @app.query("weights")
 def weights(message: Message, context: Context) -> Message:
     """Send this party's model to the querier, which asked because the probe made it an expert."""
     party, settings = _party(context)
-    arrays = export_weights(trained_model(settings.config, party), half=bool(message.content["request"]["half"]))
+    model = trained_model(settings.config, party)
+    start = time.perf_counter()
+    arrays = export_weights(model, half=bool(message.content["request"]["half"]))
+    seconds = time.perf_counter() - start
     arrays = faults.strike(str(context.node_config.get("qkt-fault", "")), arrays)
-    return Message(wire.weights_content(arrays), reply_to=message)
+    return Message(wire.weights_content(arrays, seconds), reply_to=message)
 
 
 def train_round(settings: Settings, party: Party, global_state: Mapping[str, torch.Tensor], server_round: int,

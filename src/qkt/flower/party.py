@@ -26,11 +26,10 @@ from ..data import DataSet
 from ..data.base import cache_dir
 from ..errors import ConfigError
 from ..experiment import load_scenario, party_arch
+from ..methods import METHODS
 from ..models import build_model
 from ..partition import Scenario
 from ..training import checkpoint_key, fit, load_checkpoint, save_checkpoint
-
-FLOWER_METHODS = ("local", "qkt", "qkt_light", "fedavg", "fedprox")
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class Settings:
     ----------
     config:
         The qkt experiment (``qkt-config``: the YAML of a ``qkt run`` config). Of its
-        ``methods``, the app runs those in :data:`FLOWER_METHODS`; FedAvg and FedProx
+        ``methods``, the app runs those in :mod:`qkt.methods` marks ``flower``; FedAvg and FedProx
         take ``federated.local_epochs`` and ``federated.prox_mu`` from it.
     output_dir:
         Where the querier writes ``results.json``, ``results.md`` and the chart.
@@ -62,12 +61,12 @@ class Settings:
 
     @property
     def methods(self) -> list[str]:
-        return [m for m in self.config.methods if m in FLOWER_METHODS]
+        return [m for m in self.config.methods if METHODS[m].flower]
 
     @property
     def skipped(self) -> list[str]:
         """Configured methods that need every teacher's model in one place, which a federation does not offer."""
-        return [m for m in self.config.methods if m not in FLOWER_METHODS]
+        return [m for m in self.config.methods if not METHODS[m].flower]
 
     @property
     def rounds(self) -> int:

@@ -1,8 +1,9 @@
 """The query's messages as Flower records, and the bytes each one puts on the wire.
 
-The payloads are the transport-agnostic objects of :mod:`qkt.query.protocol`
-(the :class:`~qkt.query.protocol.Announcement`, the probe scores, the exported
-weights); this module only packs them into ``RecordDict`` s and back.
+The payloads are the transport-agnostic objects of :mod:`qkt.query.messages`
+(the :class:`~qkt.query.messages.Announcement`, the probe scores, the exported
+weights) and the seconds the teacher spent on them; this module only packs them
+into ``RecordDict`` s and back.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from ..errors import QueryError
-from ..query.protocol import Announcement
+from ..query.messages import Announcement
 
 PROBE = "query.probe"
 WEIGHTS = "query.weights"
@@ -30,40 +31,43 @@ def read_announcement(content: RecordDict) -> Announcement:
     return Announcement.from_bytes(content["announce"]["announcement"])
 
 
-def scores_content(party: str, scores: np.ndarray | None) -> RecordDict:
-    """A teacher's reply to the announcement: ``s[k, Q]``, or no scores when the party is the querier itself."""
-    record = ConfigRecord({"party": party})
+def scores_content(party: str, scores: np.ndarray | None, seconds: float = 0.0) -> RecordDict:
+    """A teacher's reply to the announcement: ``s[k, Q]`` and the seconds it took, or no scores from the querier itself."""
+    record = ConfigRecord({"party": party, "seconds": float(seconds)})
     if scores is not None:
         record["scores"] = [float(s) for s in scores]
     return RecordDict({"scores": record})
 
 
-def read_scores(content: RecordDict, query_size: int) -> tuple[str, np.ndarray | None]:
-    """The replying party and its scores (``None`` from the querier itself).
+def read_scores(content: RecordDict) -> tuple[str, np.ndarray | None, float]:
+    """The replying party, its scores (``None`` from the querier itself) and the seconds it spent.
 
-    Raises :class:`~qkt.errors.QueryError` for a reply that is not one finite score per
-    query class, so that one broken or out-of-date peer costs its own answer, not the query.
+    Raises :class:`~qkt.errors.QueryError` for a reply that cannot be read, so that one
+    broken or out-of-date peer costs its own answer, not the query; whether the scores
+    fit the query is the querier's check (:func:`~qkt.query.querier.run_query`).
     """
     try:
         record = content["scores"]
-        party = str(record["party"])
-        if "scores" not in record:
-            return party, None
-        scores = np.asarray(record["scores"], dtype=np.float32)
+        party, seconds = str(record["party"]), float(record.get("seconds", 0.0))
+        scores = np.asarray(record["scores"], dtype=np.float32) if "scores" in record else None
     except (KeyError, TypeError, ValueError) as exc:
         raise QueryError(f"its reply to the announcement is malformed ({exc!r})") from None
-    if scores.shape != (query_size,) or not np.isfinite(scores).all():
-        raise QueryError(f"its reply is not one finite score per query class ({query_size} expected): {scores.tolist()[:8]}")
-    return party, scores
+    return party, scores, seconds
 
 
-def weights_content(arrays: Mapping[str, np.ndarray]) -> RecordDict:
-    """An expert's model, keyed by state-dict name so the querier can check every tensor."""
-    return RecordDict({"weights": ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})})
+def weights_content(arrays: Mapping[str, np.ndarray], seconds: float = 0.0) -> RecordDict:
+    """An expert's model, keyed by state-dict name so the querier can check every tensor, and the seconds it took to export."""
+    return RecordDict({"weights": ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()}),
+                       "cost": ConfigRecord({"seconds": float(seconds)})})
 
 
-def read_weights(content: RecordDict) -> dict[str, np.ndarray]:
-    return {k: a.numpy() for k, a in content["weights"].items()}
+def read_weights(content: RecordDict) -> tuple[dict[str, np.ndarray], float]:
+    try:
+        arrays = {k: a.numpy() for k, a in content["weights"].items()}
+        seconds = float(content["cost"]["seconds"]) if "cost" in content else 0.0
+    except (KeyError, TypeError, ValueError) as exc:
+        raise QueryError(f"its weights reply is malformed ({exc!r})") from None
+    return arrays, seconds
 
 
 def wire_bytes(message: Message) -> int:

@@ -1,20 +1,13 @@
-"""The query: probe and masks, Phase 1, Phase 2, QKT Light, and the protocol that ties them."""
+"""The query: the messages, the teacher side, the channel between them, the querier side, and Phases 1 and 2."""
 
-from .protocol import (
-    Announcement,
-    Lesson,
-    QueryReport,
-    Teacher,
-    answer_probe,
-    choose_experts,
-    export_weights,
-    import_weights,
-    learn,
-    learn_and_report,
-    query,
-    select_experts,
-    vet_experts,
-)
+from .api import query
+from .channel import CachedScores, Faults, ForgedScores, InProcessChannel, NoisyScores, Recorder, TeacherChannel
+from .messages import Announcement, Failure, QueryReport, Reply
+from .querier import import_weights, learn, run_query, select_experts, vet_experts
+from .teacher import Teacher, answer_probe, export_weights
+from .transfer import Lesson
+from .variant import Variant
 
-__all__ = ["Announcement", "Lesson", "QueryReport", "Teacher", "answer_probe", "choose_experts", "export_weights", "import_weights", "learn",
-           "learn_and_report", "query", "select_experts", "vet_experts"]
+__all__ = ["Announcement", "CachedScores", "Failure", "Faults", "ForgedScores", "InProcessChannel", "Lesson", "NoisyScores",
+           "QueryReport", "Recorder", "Reply", "Teacher", "TeacherChannel", "Variant", "answer_probe", "export_weights",
+           "import_weights", "learn", "query", "run_query", "select_experts", "vet_experts"]

@@ -14,7 +14,7 @@ from torch import nn
 from ..config import QueryConfig
 from ..models import find_head
 from ..training import EVAL_BATCH_SIZE, fast_layout
-from .distill import TransferSet, train_on_transfer
+from .transfer import TransferSet, train_on_transfer
 
 
 @torch.no_grad()

@@ -1,15 +1,17 @@
-"""Phase 1: query-focused masked distillation (SPEC §2, step 4).
+"""The transfer set: the inputs Phases 1 and 2 learn from, their combined targets, and the loss that fits them (SPEC §2, step 4).
 
 The target of an input is built class by class: for a query class, the experts
 whose mask bit is set speak; for every other class, the querier's own frozen
 model does. Non-experts and the experts' non-query outputs contribute nothing,
 which is what keeps the querier's own knowledge and keeps interference out.
+The inputs are the querier's own data, inversions of the experts and mixups of
+both; none comes from another party.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,6 +20,8 @@ from torch import nn
 
 from ..config import QueryConfig
 from ..training import fit, predict_logits
+from . import synth
+from .probe import experts_by_class
 
 
 def softmax_outputs(model: nn.Module, x: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -99,33 +103,6 @@ class TransferSet:
         return TransferSet(self.x, self.targets, self.labels, weights * len(weights) / weights.sum())
 
 
-def phase1_inputs(transfer: TransferSet, config: QueryConfig, num_local: int, num_unmixed: int) -> tuple[TransferSet, int | None, int]:
-    """Phase 1's inputs, how many it draws per epoch and how many of the first ones are in every epoch (see :func:`qkt.training.epoch_orders`).
-
-    The transfer set holds the ``num_unmixed`` local and synthetic inputs, then the
-    mixups. ``config.phase1_epoch = "local"`` draws as many inputs as the querier
-    holds; a share of the mixups (``config.phase1_mixups`` between 0 and 1) keeps the
-    unmixed inputs in every epoch and takes that share of the mixups in turn; no share
-    (0) leaves the mixups out; otherwise an epoch is one pass over the transfer set.
-    """
-    share = config.phase1_mixups
-    if not share:
-        transfer = transfer.first(num_unmixed)
-    if config.phase1_epoch == "local" and num_local:
-        return transfer, num_local, 0
-    if 0 < share < 1:
-        return transfer, num_unmixed + round(share * (len(transfer) - num_unmixed)), num_unmixed
-    return transfer, None, 0
-
-
-def whole_student_epochs(config: QueryConfig) -> int:
-    """Phase 1 epochs that train the whole student (but its ``config.phase1_frozen_blocks``) under ``config.phase1_whole_epochs``; QKT Light trains its part in every one."""
-    if config.light:
-        return 0
-    whole = config.phase1_whole_epochs
-    return config.phase1_epochs if whole is None else min(whole, config.phase1_epochs)
-
-
 def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                       temperature: float, kd_weight: float) -> torch.Tensor:
     """Cross-entropy on the querier's labels plus the temperature-scaled KL towards the combined target."""
@@ -155,3 +132,44 @@ def train_on_transfer(model: nn.Module, transfer: TransferSet, config: QueryConf
     return fit(model, transfer.tensors(), epochs, lr=lr, batch_size=config.batch_size, weight_decay=0.0,
                seed=config.seed, loss_fn=loss_fn, params=params, epoch_size=epoch_size, keep_first=keep_first, desc=desc,
                progress=progress)
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """What Phases 1 and 2 learn from, once the experts are in: their models and mask bits over ``query``, and the querier's data.
+
+    ``by_class`` is the same masks seen per query class (the experts of each), built once here.
+    """
+
+    experts: Mapping[str, nn.Module]
+    masks: Mapping[str, np.ndarray]
+    query: tuple[int, ...]
+    local_x: torch.Tensor
+    local_y: torch.Tensor
+    by_class: dict[int, list[str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # A caller may hand in a list; the reports and the mask bits rely on one fixed, hashable order.
+        object.__setattr__(self, "query", tuple(int(c) for c in self.query))
+        object.__setattr__(self, "by_class", experts_by_class(self.masks, self.query))
+
+
+def build_transfer_set(original: nn.Module, lesson: Lesson, config: QueryConfig, progress: bool = True) -> tuple[TransferSet, int]:
+    """Local data, inversions of the experts and mixups, each with its combined target; and how many inputs are inversions."""
+    local_x, local_y = lesson.local_x, lesson.local_y
+    input_shape = tuple(local_x.shape[1:])
+    synthetic = []
+    if config.inversion.enabled and config.inversion.samples_per_class:
+        for i, (name, model) in enumerate(lesson.experts.items()):
+            classes = [c for c, names in lesson.by_class.items() if name in names]
+            per_class = max(1, config.inversion.samples_per_class // max(len(lesson.by_class[c]) for c in classes))
+            x, _ = synth.invert(model, classes, input_shape, config.inversion, seed=config.seed * 1000 + i,
+                                num_per_class=per_class, desc=f"inverting expert {name}" if progress else None)
+            synthetic.append(x)
+    x_synth = torch.cat(synthetic) if synthetic else local_x[:0]
+    x = torch.cat([local_x, x_synth])
+    x = synth.with_mixups(x, config.mixup, config.mixup_alpha, config.seed)
+    own = softmax_outputs(original, x, config.temperature)
+    outputs = {name: softmax_outputs(model, x, config.temperature) for name, model in lesson.experts.items()}
+    targets = combine_targets(own, outputs, lesson.masks, lesson.query)
+    return TransferSet.querier_first(x, targets, local_y), len(x_synth)

@@ -1,0 +1,144 @@
+"""A benchmark's outputs: markdown tables, the headline, CSV, the chart, and the machine it ran on."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: benchmarks run on servers without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ..methods import COLLABORATIVE, display  # noqa: E402
+from ..report import atomic_write, human_bytes, save_figure  # noqa: E402
+from .catalogue import SCENARIOS  # noqa: E402
+from .statistics import METRICS, summarize  # noqa: E402
+
+
+def _cell(metric: str, mean: float, std: float) -> str:
+    if metric == "bytes":
+        return human_bytes(mean)
+    if metric in ("seconds", "teacher_seconds"):
+        return f"{mean:.1f}"
+    sign = "+" if metric == "forgetting" else ""
+    return f"{mean:{sign}.3f} ± {std:.3f}"
+
+
+def format_tables(summary: dict) -> str:
+    """Markdown: one table per data set and scenario, and QKT's headline gains."""
+    lines = []
+    for ds, scenarios in summary.items():
+        for name, s in scenarios.items():
+            lines += [f"### {ds} — {name}", "", f"{SCENARIOS[name].description}. {s['queries']} queries "
+                      f"(queriers × seeds {s['seeds']}); mean ± std; seconds: wall time in one process, with QKT's teachers answering in "
+                      "parallel (the slowest one's replies counted) and the federated methods training every party in turn; "
+                      "teachers' s: the teachers' compute time for a query's replies, added up; Δ = QKT's overall accuracy minus the method's, in points.", "",
+                      "| method | query acc | local acc | overall acc | forgetting | bytes | seconds | teachers' s | Δ overall |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for m, row in s["rows"].items():
+                gain = f"{s['gain_over'][m]:+.1f}" if m in s.get("gain_over", {}) else "—"
+                count = "" if row["queries"] == s["queries"] else f" ({row['queries']} queries)"
+                lines.append(f"| {display(m)}{count} | " + " | ".join(_cell(k, *row[k]) for k in METRICS) + f" | {gain} |")
+            failed = [f"{display(m)} in {row['failed']}" for m, row in s["rows"].items() if row["failed"]]
+            if failed:
+                lines += ["", "Queries that failed (no expert found; scored as the querier's unchanged model): " + ", ".join(failed) + "."]
+            against = (f"QKT vs the mean of the collaborative methods ({', '.join(display(m) for m in COLLABORATIVE if m in s['rows'])}): "
+                       f"{s['gain_over_collaborative_mean']:+.1f} points; vs the best of them ({display(s['best_collaborative'])}): "
+                       f"{s['gain_over_best_collaborative']:+.1f} points; " if "best_collaborative" in s else "")
+            forgets = f"QKT forgets {s['qkt_forgetting_points']:.1f} points." if "qkt_forgetting_points" in s else "QKT did not run."
+            lines += ["", f"{against}{forgets}", ""]
+    return "\n".join(lines)
+
+
+def format_headline(summary: dict) -> str:
+    """The paper-style headline: QKT's overall accuracy against the collaborative methods, per data set and query kind."""
+    lines = ["| data set | queries | QKT overall acc | mean of collaborative | best collaborative | QKT − mean | QKT − best | QKT forgetting |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for ds, scenarios in summary.items():
+        for name in ("single", "multi"):
+            if name not in scenarios or "best_collaborative" not in scenarios[name]:
+                continue
+            s = scenarios[name]
+            rows = s["rows"]
+            mean_collab = rows["qkt"]["overall_accuracy"][0] - s["gain_over_collaborative_mean"] / 100
+            best = s["best_collaborative"]
+            lines.append(f"| {ds} | {'single-class' if name == 'single' else 'multi-class'} | {rows['qkt']['overall_accuracy'][0]:.3f} | "
+                         f"{mean_collab:.3f} | {rows[best]['overall_accuracy'][0]:.3f} ({display(best)}) | "
+                         f"{s['gain_over_collaborative_mean']:+.1f} | {s['gain_over_best_collaborative']:+.1f} | "
+                         f"{s['qkt_forgetting_points']:.1f} pts |")
+    return "\n".join(lines) if len(lines) > 2 else "No collaborative method ran (qkt bench --methods)."
+
+
+def format_csv(summary: dict) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["dataset", "scenario", "queries", "method"] + [f"{m}_{k}" for m in METRICS for k in ("mean", "std")]
+                    + ["qkt_gain_overall_points"])
+    for ds, scenarios in summary.items():
+        for name, s in scenarios.items():
+            for m, row in s["rows"].items():
+                writer.writerow([ds, name, s["queries"], m] + [f"{v:.6g}" for k in METRICS for v in row[k]]
+                                + [f"{s['gain_over'][m]:.3f}" if m in s.get("gain_over", {}) else ""])
+    return buffer.getvalue()
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Overall accuracy (mean ± std) of every method, one panel per data set, one bar group per scenario."""
+    datasets = list(summary)
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.6 * len(datasets)), squeeze=False)
+    for ax, ds in zip(axes[:, 0], datasets, strict=True):
+        scenarios = list(summary[ds])
+        methods = list(dict.fromkeys(m for s in scenarios for m in summary[ds][s]["rows"]))
+        width = 0.85 / len(methods)
+        for i, m in enumerate(methods):
+            means = [summary[ds][s]["rows"].get(m, {}).get("overall_accuracy", (np.nan, 0))[0] for s in scenarios]
+            stds = [summary[ds][s]["rows"].get(m, {}).get("overall_accuracy", (0, 0))[1] for s in scenarios]
+            ax.bar(np.arange(len(scenarios)) + (i - (len(methods) - 1) / 2) * width, means, width, yerr=stds,
+                   label=display(m), capsize=2)
+        ax.set_xticks(np.arange(len(scenarios)), scenarios, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("overall accuracy")
+        ax.set_title(ds, fontsize=10)
+    axes[0, 0].legend(ncol=6, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 1.35), frameon=False)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def write_outputs(state: dict, output: Path) -> None:
+    """``bench.json`` (every query), ``bench.md`` and ``bench.csv`` (the tables), ``headline.md`` and ``bench.png``."""
+    summary = summarize(state["records"])
+    state["summary"] = summary
+    atomic_write(output / "bench.json", json.dumps(state, indent=1).encode())
+    if not summary:
+        return
+    scale = " --whole-dataset" if state["whole_dataset"] else ""
+    header = (f"qkt bench --profile {state['profile']}{scale} ({', '.join(state['datasets'])}); {state['started']}; "
+              f"{state['machine']}; wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s\n\n")
+    atomic_write(output / "bench.md", (header + "## Headline\n\n" + format_headline(summary) + "\n\n" + format_tables(summary)).encode())
+    atomic_write(output / "headline.md", (format_headline(summary) + "\n").encode())
+    atomic_write(output / "bench.csv", format_csv(summary).encode())
+    plot(summary, output / "bench.png")
+
+
+def processor() -> str:
+    """The CPU's model name: the same code on two x86_64 machines of two cores can time 1.4x apart."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} CPU cores ({processor()}), {memory:.0f} GB RAM, {platform.machine()}, torch {torch.__version__}, "
+            "no GPU used")
+
+

@@ -1,0 +1,220 @@
+"""``qkt bench``: every method of SPEC §4 under the scenarios of SPEC §5, as paper-style tables.
+
+For each data set, scenario and seed the parties are trained once (checkpointed)
+and so are the global models of the federated baselines; then every eligible
+party queries once and every method is scored on its query. Rows are means ± std
+over queriers × seeds. Results are written atomically after each query, so
+``--resume`` continues an interrupted run where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import weakref
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import experiment, partition
+from ..baselines import FEDERATED, train_global
+from ..baselines.fedavg import FederatedResult
+from ..config import RunConfig
+from ..data import DATASETS, DataSet, find_file, load_dataset
+from ..errors import DataError, QKTError
+from ..models import build_model
+from ..query import CachedScores, ForgedScores, TeacherChannel
+from ..report import atomic_write
+from ..training import checkpoint_key, load_checkpoint, save_checkpoint
+from .catalogue import PROFILES, SCENARIOS, BenchScenario, Profile, false_expert, querier_queries, run_config
+from .output import machine, write_outputs
+
+
+def available_datasets(data_root: str | os.PathLike | None = None) -> list[str]:
+    """``digits`` and every registry data set whose file is under the data root."""
+    found = ["digits"]
+    for name in sorted(DATASETS):
+        try:
+            find_file(name, data_root)
+        except DataError:
+            continue
+        found.append(name)
+    return found
+
+
+def global_model(method: str, config: RunConfig, dataset: DataSet, tensors: tuple[torch.Tensor, torch.Tensor],
+                 parts: list[np.ndarray], checkpoints: Path, progress: bool) -> FederatedResult:
+    """Train (or reload) the global model of a federated baseline for one partition and seed."""
+    key = checkpoint_key(method, dataset.name, dataset.digest, config.training.model_dump(), config.federated.model_dump(), *parts)
+    path, meta = checkpoints / f"global-{method}-{key}.pt", checkpoints / f"global-{method}-{key}.json"
+    if meta.exists():
+        info = json.loads(meta.read_text())
+        model = build_model(config.training.arch, dataset.input_shape, dataset.num_classes)
+        if load_checkpoint(model, path):
+            return FederatedResult(model, **info)
+    result = train_global(method, config, dataset.input_shape, dataset.num_classes, *tensors, parts, progress)
+    save_checkpoint(result.model, path)
+    atomic_write(meta, json.dumps({k: getattr(result, k) for k in ("rounds", "seconds", "bytes_sent", "bytes_received")}).encode())
+    return result
+
+
+def _record(dataset: str, scenario: str, seed: int, world: experiment.World, results: dict, liar: int | None) -> dict:
+    s = world.scenario
+    return {
+        "dataset": dataset, "scenario": scenario, "seed": seed, "querier": s.querier, "query": list(s.query),
+        "local_classes": list(s.local_classes), "removed_query_samples": s.removed, "false_expert": liar,
+        "methods": {k: {m: getattr(v, m) for m in ("query_accuracy", "local_accuracy", "overall_accuracy", "forgetting",
+                                                   "bytes_sent", "bytes_received", "seconds", "teacher_seconds", "details")}
+                    for k, v in results.items()},
+    }
+
+
+def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: Profile, data_root: str | None,
+                 checkpoints: Path, done: set, on_record, progress: bool, methods: Sequence[str] | None = None) -> None:
+    """Every querier of one scenario and seed; ``on_record`` receives each query's record as soon as it is scored."""
+    config = run_config(profile, dataset, scenario, seed, data_root, methods)
+    parts = experiment.make_partition(config, dataset.y_train)
+    x_train, y_train, x_test, y_test = dataset.normalized()
+    pairs = [(q, query) for q, query in querier_queries(config, dataset, parts, scenario, profile.max_queriers)
+             if (dataset.name, scenario.name, seed, q) not in done]
+    if not pairs:
+        return
+    whole = partition.Scenario(-1, (), (), tuple(parts), 0)
+    base_models = experiment.train_parties(config, (x_train, y_train), whole, dataset, checkpoints, progress)
+    global_models = {m: global_model(m, config, dataset, (x_train, y_train), parts, checkpoints, progress)
+                     for m in FEDERATED if m in config.methods}
+    test_probs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared: fixed models are evaluated once per seed
+    # A teacher's probe scores do not depend on the query: each computes them once for every query of the seed,
+    # and each query is charged the seconds they took.
+    probe_cache: dict = {}
+    bar = tqdm(pairs, desc=f"{dataset.name} {scenario.name} seed {seed}", unit="query", disable=not progress)
+    for q, query in bar:
+        s = config.scenario
+        scen = partition.make_scenario(dataset.y_train, parts, q, s.query_size, seed, dataset.num_classes,
+                                       s.max_query_samples, s.min_expert_samples, query)
+        models = list(base_models)
+        if scen.removed:  # the querier lost its few samples of Q: retrain it alone, from its own checkpoint if any
+            models[q] = experiment.train_parties(config, (x_train, y_train), scen, dataset, checkpoints, False)[q]
+        world = experiment.World(dataset, x_train, y_train, x_test, y_test, scen, models, global_models, test_probs)
+        liar = false_expert(scen, dataset.y_train, dataset.num_classes) if scenario.forged_teacher else None
+
+        def channel(inner: TeacherChannel, liar: int | None = liar) -> TeacherChannel:
+            cached = CachedScores(inner, probe_cache)
+            return cached if liar is None else ForgedScores(cached, str(liar))
+
+        results, _ = experiment.run_methods(world, config, progress=False, channel=channel)
+        on_record(_record(dataset.name, scenario.name, seed, world, results, liar))
+
+
+def check_resumed_settings(before: dict, settings: dict[str, dict], path: Path) -> None:
+    """Refuse to resume a run whose finished queries ran under other settings than the profile's now.
+
+    A profile's settings change between versions of qkt; resuming across such a change would put queries of two methods under one name in one table.
+    """
+    held = before.get("settings")
+    names = sorted({r["dataset"] for r in before["records"]} & set(settings))
+    if names and held is None:
+        raise QKTError(f"{path} does not record the settings its queries ran under (an older version of qkt bench), "
+                       "so they cannot be checked against the profile's: choose another --output")
+    for name in names:
+        then, now = dotted(held.get(name, {})), dotted(settings[name])
+        changed = [f"{key} {then.get(key, 'unset')} -> {now.get(key, 'unset')}" for key in sorted(then.keys() | now.keys())
+                   if then.get(key) != now.get(key)]
+        if changed:
+            raise QKTError(f"{path} ran {name} under other settings than the profile's now ({'; '.join(changed)}): "
+                           "its queries and the rest would not be one method; choose another --output")
+
+
+def dotted(settings: dict, prefix: str = "") -> dict[str, object]:
+    """Nested settings as ``{"query.phase1_epochs": 7, ...}``."""
+    flat: dict[str, object] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, data_root: str | None = None,
+              scenarios: Sequence[str] | None = None, resume: bool = False, progress: bool = True,
+              methods: Sequence[str] | None = None, whole_dataset: bool = False) -> dict:
+    """Run a benchmark profile and write its outputs to ``output``; returns the final state (as in ``bench.json``).
+
+    Parameters
+    ----------
+    profile_name:
+        ``quick`` (one seed, two queriers, single- and multi-class), ``full`` (three seeds,
+        every eligible querier; on digits also the reviewers' scenarios) or ``ablations``
+        (every ablation on every single-class querier of the first seed).
+    datasets:
+        Registry names; default: ``digits`` and every data set whose file is under ``data_root``.
+    scenarios:
+        A subset of the profile's scenarios (names in :data:`SCENARIOS`).
+    resume:
+        Keep the queries already in ``output/bench.json`` and run only the missing ones.
+    methods:
+        Only these methods (default: the profile's). Every Δ is against ``qkt``; a run without it,
+        of baselines whose settings a change to QKT's leaves alone, has tables without Δ and is
+        for ``benchmarks/merge_runs.py`` to join to a run of QKT on the same queries.
+    whole_dataset:
+        Every training and test image of each data set instead of the profile's subsets
+        (SPEC §5's scale: on CIFAR-10 each query takes about three times as long).
+    """
+    if profile_name not in PROFILES:
+        raise QKTError(f"unknown profile '{profile_name}'; choose one of: {', '.join(PROFILES)}")
+    profile = PROFILES[profile_name].at_full_size() if whole_dataset else PROFILES[profile_name]
+    scenarios = list(dict.fromkeys(scenarios or ()))  # a name given twice would run, and count, its queries twice
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise QKTError(f"unknown scenario(s) {unknown}; choose from: {', '.join(SCENARIOS)}")
+    methods = list(dict.fromkeys(methods or ()))
+    datasets = list(dict.fromkeys(datasets or available_datasets(data_root)))
+    if "npz" in datasets:
+        raise QKTError("qkt bench runs the registry data sets; for your own .npz file use `qkt run` with data.name: npz and data.path")
+    for name in datasets:  # a missing file must stop the bench before hours of other data sets, not after
+        if name != "digits":
+            find_file(name, data_root)
+    # As written to bench.json, so that a resumed run compares like with like.
+    settings = json.loads(json.dumps({name: profile.config(name) for name in datasets}))
+    previous = output / "bench.json"
+    records: list[dict] = []
+    spent = (0.0, 0.0)
+    if resume and previous.exists():
+        before = json.loads(previous.read_text())
+        if before.get("whole_dataset", False) != whole_dataset:
+            held, flag = ("the subsets", "without") if whole_dataset else ("whole data sets", "with")
+            raise QKTError(f"{previous} holds a run on {held}: resume it {flag} --whole-dataset, or choose another --output")
+        records, spent = before["records"], (before["wall_seconds"], before["cpu_seconds"])
+        check_resumed_settings(before, settings, previous)
+        settings = {**before.get("settings", {}), **settings}  # of its data sets this run leaves out, too
+    done = {(r["dataset"], r["scenario"], r["seed"], r["querier"]) for r in records}
+    state = {"profile": profile_name, "datasets": datasets, "settings": settings, "machine": machine(),
+             "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "whole_dataset": whole_dataset, "wall_seconds": 0.0, "cpu_seconds": 0.0,
+             "records": records}
+    wall, cpu = time.perf_counter() - spent[0], time.process_time() - spent[1]
+
+    def on_record(record: dict) -> None:
+        records.append(record)
+        state["wall_seconds"] = time.perf_counter() - wall
+        state["cpu_seconds"] = time.process_time() - cpu
+        write_outputs(state, output)
+
+    for name in datasets:
+        data = profile.config(name).get("data", {})
+        # One seeded subset for every seed: seeds vary the partition and the training, not the data.
+        dataset = load_dataset(name, data_root).subsample(data.get("max_train"), data.get("max_test"), 0)
+        for seed in range(profile.seeds):
+            for scenario in scenarios or profile.scenarios_for(name):
+                run_scenario(dataset, SCENARIOS[scenario], seed, profile, data_root, output / "checkpoints", done, on_record,
+                             progress, methods)
+    state["wall_seconds"] = time.perf_counter() - wall
+    state["cpu_seconds"] = time.process_time() - cpu
+    write_outputs(state, output)
+    return state
+

@@ -1,0 +1,52 @@
+"""The statistics of a benchmark: each method's mean and spread over the queries, and QKT's gains."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..methods import COLLABORATIVE
+
+METRICS = ["query_accuracy", "local_accuracy", "overall_accuracy", "forgetting", "bytes", "seconds", "teacher_seconds"]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(np.nanmean(a)), float(np.nanstd(a))
+
+
+def summarize(records: list[dict]) -> dict:
+    """Per data set and scenario: mean and std of every metric per method, and QKT's gains in points."""
+    out: dict = {}
+    for rec in records:
+        out.setdefault(rec["dataset"], {}).setdefault(rec["scenario"], []).append(rec)
+    summary: dict = {}
+    for ds, by_scenario in out.items():
+        for name, recs in by_scenario.items():
+            methods = list(dict.fromkeys(m for r in recs for m in r["methods"]))
+            rows = {}
+            for m in methods:
+                results = [r["methods"][m] for r in recs if m in r["methods"]]  # a resumed run may add methods
+                values = {k: [v[k] for v in results] for k in METRICS if k != "bytes"}
+                values["bytes"] = [v["bytes_sent"] + v["bytes_received"] for v in results]
+                rows[m] = {k: mean_std(v) for k, v in values.items()}
+                rows[m]["queries"] = len(results)
+                rows[m]["failed"] = sum("failed" in v["details"] for v in results)
+            entry = summary.setdefault(ds, {})[name] = {"queries": len(recs), "seeds": sorted({r["seed"] for r in recs}), "rows": rows}
+            if "qkt" not in rows:  # a run of baselines alone, to merge with a run of QKT (benchmarks/merge_runs.py)
+                continue
+            qkt = rows["qkt"]["overall_accuracy"][0]
+            entry.update(gain_over={m: 100 * (qkt - rows[m]["overall_accuracy"][0]) for m in methods if m != "qkt"},
+                         qkt_forgetting_points=100 * rows["qkt"]["forgetting"][0])
+            collaborative = [m for m in COLLABORATIVE if m in rows]
+            if collaborative:  # a run of chosen methods (--methods) may have none
+                best = max(collaborative, key=lambda m: rows[m]["overall_accuracy"][0])
+                entry.update({
+                    "gain_over_collaborative_mean": 100 * (qkt - float(np.mean([rows[m]["overall_accuracy"][0] for m in collaborative]))),
+                    "best_collaborative": best,
+                    "gain_over_best_collaborative": 100 * (qkt - rows[best]["overall_accuracy"][0]),
+                })
+    return summary
+
+

@@ -1,0 +1,47 @@
+"""What the commands print, and the argument types they share (``qkt`` and ``qkt flower``)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from .partition import format_holdings
+from .report import describe_scenario, format_table
+
+T = TypeVar("T", int, float)
+
+
+def print_run(summary: dict, output: Path | None, started: float) -> None:
+    s = summary["scenario"]
+    print("\nwho holds what (training samples per class):")
+    print(format_holdings(np.array(s["holdings"]), s["querier"], tuple(s["query"])))
+    print("\n" + describe_scenario(summary) + "\n")
+    print(format_table(summary["methods"]))
+    for note in summary["reports"].get("qkt", {}).get("warnings", []):
+        print(f"warning: {note}")
+    if output is not None:
+        print(f"\nwrote {output / 'results.json'}, {output / 'results.md'} and {output / 'per_class_accuracy.png'}")
+    print(f"done in {time.perf_counter() - started:.0f} s")
+
+
+def bounded(kind: Callable[[str], T], minimum: T, *, inclusive: bool = True) -> Callable[[str], T]:
+    """An argparse ``type``: ``kind(text)``, refused below ``minimum`` (or at it, unless ``inclusive``)."""
+
+    def parse(text: str) -> T:
+        value = kind(text)
+        if value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'more than'} {minimum}, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
+positive_int = bounded(int, 1)
+positive_float = bounded(float, 0.0, inclusive=False)
+non_negative_int = bounded(int, 0)

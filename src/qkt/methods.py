@@ -1,0 +1,81 @@
+"""Every method qkt runs and compares (SPEC §4), in one registry.
+
+Configs, ``qkt run``, ``qkt bench``, the reports and the Flower app all read
+this table: a method's name, how it is shown, what runs it, whether it is one
+of the existing ways of collaborating that QKT is compared with, and, for QKT's
+variants, what they change. An ablation is QKT with a few settings or engine
+switches (:class:`qkt.query.Variant`) changed, never a user-facing option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of every results table.
+
+    Attributes
+    ----------
+    name, display:
+        The name configs and ``--methods`` use, and the name tables show.
+    runner:
+        ``local`` (the querier's own model), ``ensemble``, ``kd``, ``federated``
+        (FedAvg, FedProx, FedGen: one global model) or ``query`` (QKT and its variants).
+    collaborative:
+        One of the existing ways of collaborating that QKT's headline is compared with.
+    settings:
+        ``QueryConfig`` values this method sets over the run's (QKT Light, ablations).
+    variant:
+        Engine switches (:class:`qkt.query.Variant` fields) of an ablation.
+    ablation:
+        Run by ``qkt bench`` in the scenarios that have ablations.
+    flower:
+        The Flower app runs it across processes (the others need every teacher's model in one place).
+    """
+
+    name: str
+    display: str
+    runner: Literal["local", "ensemble", "kd", "federated", "query"]
+    collaborative: bool = False
+    settings: Mapping[str, object] = field(default_factory=dict)
+    variant: Mapping[str, object] = field(default_factory=dict)
+    ablation: bool = False
+    flower: bool = False
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("local", "Local", "local", flower=True),
+    Method("fedavg", "FedAvg", "federated", collaborative=True, flower=True),
+    Method("fedprox", "FedProx", "federated", collaborative=True, flower=True),
+    Method("fedgen", "FedGen", "federated", collaborative=True),
+    Method("ensemble", "Ensemble", "ensemble", collaborative=True),
+    Method("kd", "KD (all teachers)", "kd", collaborative=True),
+    Method("qkt", "QKT", "query", flower=True),
+    Method("qkt_light", "QKT Light", "query", settings={"light": True}, flower=True),
+    Method("qkt_no_masks", "QKT, no masks", "query", variant={"masks": False}, ablation=True),
+    Method("qkt_no_phase2", "QKT, no Phase 2", "query", variant={"phase2": False}, ablation=True),
+    Method("qkt_merged", "QKT, phases merged", "query", variant={"merged": True}, ablation=True),
+    Method("qkt_no_mixup", "QKT, no mixup", "query", settings={"mixup": 0.0}, ablation=True),
+    # Short epochs draw from the whole transfer set, so they take every mixup whatever share the run sets.
+    Method("qkt_short_phase1", "QKT, short Phase 1 epochs", "query", settings={"phase1_mixups": 1.0},
+           variant={"short_epochs": True}, ablation=True),
+    Method("qkt_phase2_mixups", "QKT, mixups in Phase 2 only", "query", settings={"phase1_mixups": 0.0}, ablation=True),
+    # The whole student has no frozen block, whatever the run sets.
+    Method("qkt_whole_first_epoch", "QKT, whole student in Phase 1's first epoch only", "query",
+           settings={"phase1_frozen_blocks": 0}, variant={"whole_epochs": 1}, ablation=True),
+]}
+
+BASELINES = [m for m, method in METHODS.items() if method.runner != "query"]
+QKT = [m for m, method in METHODS.items() if method.runner == "query" and not method.ablation]
+ABLATIONS = [m for m, method in METHODS.items() if method.ablation]
+COLLABORATIVE = [m for m, method in METHODS.items() if method.collaborative]
+DEFAULT = ["local", "ensemble", "kd", "qkt", "qkt_light"]
+
+
+def display(name: str) -> str:
+    """The name a table shows for method ``name``."""
+    return METHODS[name].display if name in METHODS else name

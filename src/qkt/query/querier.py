@@ -1,0 +1,261 @@
+"""The querier's side of a query, written once for every transport (SPEC §2).
+
+:func:`run_query` announces the query over a :class:`~qkt.query.channel.TeacherChannel`,
+chooses the experts from the teachers' scores, fetches their weights, checks them,
+learns (Phase 1, Phase 2) and reports. :func:`qkt.query` runs it over the user's own
+models in this process, the Flower ServerApp over SuperNodes, and ``qkt bench`` over
+wrapped in-process channels.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import QueryConfig, TrustConfig
+from ..errors import QueryError
+from . import probe, trust
+from .channel import TeacherChannel
+from .messages import Announcement, Failure, QueryReport, Reply
+from .phase1 import run_phase1
+from .phase2 import refine_head
+from .teacher import answer_probe
+from .transfer import Lesson, TransferSet, build_transfer_set
+from .variant import Variant
+
+
+def select_experts(scores: Mapping[str, Sequence[float]], query: Sequence[int], num_classes: int,
+                   lam: float) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The masks, restricted to teachers with at least one bit inside ``Q``, and a note per class left without an expert.
+
+    Raises :class:`QueryError` when no query class has an expert.
+    """
+    masks = probe.expert_masks(scores, query, num_classes, lam)
+    missing = [c for c, experts in probe.experts_by_class(masks, query).items() if not experts]
+    if len(missing) == len(query):
+        raise QueryError(probe.no_expert_message(scores, query, num_classes, lam, missing))
+    notes = [probe.no_expert_message(scores, query, num_classes, lam, missing)] if missing else []
+    return {k: m for k, m in masks.items() if m.any()}, notes
+
+
+def import_weights(template: nn.Module, arrays: Mapping[str, np.ndarray]) -> nn.Module:
+    """A copy of ``template`` holding the received weights, after checking that they fit it and are finite."""
+    model = copy.deepcopy(template)
+    state = model.state_dict()
+    if set(arrays) != set(state):
+        raise QueryError(f"received weights do not fit the model: keys differ ({sorted(set(arrays) ^ set(state))[:3]} …)")
+    loaded = {}
+    for key, ref in state.items():
+        value = torch.as_tensor(np.asarray(arrays[key]))
+        if value.shape != ref.shape:
+            raise QueryError(f"received weight '{key}' has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise QueryError(f"received weight '{key}' holds NaN or infinite values")
+        loaded[key] = value.to(ref.dtype)
+    model.load_state_dict(loaded)
+    return model.eval()
+
+
+def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[float]], masks: Mapping[str, np.ndarray],
+                announcement: Announcement, local_x: torch.Tensor, local_y: torch.Tensor, lam: float,
+                config: TrustConfig, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """Check each received expert (:mod:`qkt.query.trust`) before learning from it.
+
+    Returns the masks the checks leave (experts left with no bit are removed) and,
+    for each expert that lost a bit, the reasons.
+    """
+    # The querier re-runs the announced probe on the weights, over all of C and without noise;
+    # the 'self' probe needs the teacher's data, so the data-free recipe stands in for it.
+    recipe = replace(announcement, query=tuple(range(announcement.num_classes)), noise="none")
+    if recipe.probe_kind == "self":
+        recipe = replace(recipe, probe_kind="statistics")
+    x, y = trust.check_sample(local_x, local_y, config.max_samples, seed)
+    kept, distrusted = {}, {}
+    for name, model in experts.items():
+        verdict = trust.check_expert(model, scores[name], answer_probe(model, recipe), masks[name], announcement.query, x, y,
+                                     lam, config, verify_claims=announcement.probe_kind != "self")
+        if verdict.reasons:
+            distrusted[name] = verdict.reasons
+        if not verdict.dropped:
+            kept[name] = verdict.mask
+    return kept, distrusted
+
+
+def check_local_data(local_x: torch.Tensor, local_y: torch.Tensor, query_classes: Sequence[int],
+                     num_classes: int) -> tuple[tuple[int, ...], torch.Tensor, list[str]]:
+    """The query's classes sorted and checked, the labels as int64, and a note per query class the querier already holds."""
+    if len(local_x) != len(local_y) or not len(local_x):
+        raise QueryError(f"local data must be non-empty inputs and labels of equal length (got {len(local_x)} and {len(local_y)})")
+    if local_y.dtype.is_floating_point or local_y.dtype.is_complex or local_y.dtype == torch.bool or local_y.ndim != 1:
+        raise QueryError(f"local labels must be a 1-D integer tensor of class indices, not {local_y.dtype} of shape {tuple(local_y.shape)}")
+    local_y = local_y.long()  # the losses take int64 class indices
+    if local_y.min() < 0 or local_y.max() >= num_classes:
+        raise QueryError(f"local labels must lie in 0..{num_classes - 1}; got {int(local_y.min())}..{int(local_y.max())}")
+    query = probe.check_query(query_classes, num_classes)
+    held = torch.bincount(local_y, minlength=num_classes)
+    notes = [f"the querier already holds {int(held[c])} samples of query class {c}; a query is meant for classes it lacks"
+             for c in query if held[c] >= max(10, 0.05 * len(local_y))]
+    return query, local_y, notes
+
+
+def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Variant | None = None, head: str | None = None,
+          progress: bool = True) -> tuple[nn.Module, dict[str, float], TransferSet, int]:
+    """Build the transfer set, then Phase 1 and Phase 2 on a copy of ``student``; with each step's seconds."""
+    variant = variant or Variant()
+    seconds: dict[str, float] = {}
+    original = copy.deepcopy(student).eval()
+    new = copy.deepcopy(student)
+    start = time.perf_counter()
+    transfer, num_synthetic = build_transfer_set(original, lesson, config, progress)
+    seconds["synthesis"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    trained, inputs = run_phase1(new, transfer, config, variant, len(lesson.local_y), num_synthetic, head, progress)
+    seconds["phase1"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if variant.phase2 and not variant.merged and config.phase2_epochs:
+        refine_head(trained, inputs, config, head, progress)
+    seconds["phase2"] = time.perf_counter() - start
+    return new.eval(), seconds, transfer, num_synthetic
+
+
+def _wall(measured: float, replies: Mapping[str, Reply | Failure], parallel: bool) -> float:
+    """An exchange's wall time as if every teacher computed on its own machine: the querier's share plus the slowest reply."""
+    if parallel:
+        return measured
+    times = [r.seconds for r in replies.values() if isinstance(r, Reply)]
+    return max(0.0, measured - sum(times)) + max(times, default=0.0)
+
+
+def _messages(replies: Mapping[str, Reply | Failure], request: str, reply: str) -> list[dict]:
+    out = []
+    for name, r in replies.items():
+        out.append({"to": name, "kind": request, "bytes": r.sent})
+        if r.received:
+            out.append({"from": name, "kind": reply, "bytes": r.received})
+    return out
+
+
+def _scores(reply: Reply | Failure, query_size: int) -> np.ndarray | str:
+    """A teacher's scores, or why they cannot be used: a reply must be one finite score per query class."""
+    if isinstance(reply, Failure):
+        return reply.reason
+    scores = np.asarray(reply.value, dtype=np.float32).reshape(-1)
+    if scores.shape != (query_size,) or not np.isfinite(scores).all():
+        return f"its reply is not one finite score per query class ({query_size} expected): {scores.tolist()[:8]}"
+    return scores
+
+
+def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequence[int],
+              local_data: tuple[torch.Tensor, torch.Tensor], config: QueryConfig, *, num_classes: int,
+              variant: Variant | None = None, head: str | None = None, progress: bool = True) -> tuple[nn.Module, QueryReport]:
+    """One query, end to end: announce, choose experts, fetch their weights, vet them, learn, report.
+
+    Parameters
+    ----------
+    student:
+        The querier's trained model, mapping inputs to logits over ``num_classes``; it is not modified.
+    channel:
+        The querier's link to its teachers (:mod:`qkt.query.channel`).
+    query_classes, local_data:
+        ``Q``, and the querier's own inputs and labels.
+    variant:
+        The engine's switches for an ablation (:mod:`qkt.query.variant`); None is QKT itself.
+
+    A teacher that gives no reply is *lost*; one whose weights do not fit or whose claims
+    the querier's checks do not support is *distrusted*; both are named in the report and
+    the query goes on with the others. Raises :class:`~qkt.errors.QueryError` when no
+    teacher answers, no query class has an expert, or no expert is left to learn from.
+    """
+    variant = variant or Variant()
+    variant.check(config)
+    local_x, local_y = local_data
+    query, local_y, notes = check_local_data(local_x, local_y, query_classes, num_classes)
+    seconds: dict[str, float] = {}
+    announcement = Announcement.from_config(query, num_classes, tuple(local_x.shape[1:]), config)
+
+    start = time.perf_counter()
+    probe_replies = channel.announce(announcement, channel.teachers)
+    measured = time.perf_counter() - start
+    scores, lost = {}, {}
+    for name, reply in probe_replies.items():
+        value = _scores(reply, len(query))
+        if isinstance(value, str):
+            lost[name] = value
+        else:
+            scores[name] = value
+    if not scores:
+        raise QueryError(f"no teacher answered the announcement ({len(probe_replies)} asked; lost: "
+                         + ("; ".join(f"teacher '{k}' {v}" for k, v in lost.items()) or "none") + ")")
+    if variant.masks:
+        masks, unmatched = select_experts(scores, query, num_classes, config.lam)
+    else:
+        masks, unmatched = {k: np.ones(len(query), dtype=bool) for k in scores}, []
+    notes += unmatched
+    unmatched_classes = {c for c, names in probe.experts_by_class(masks, query).items() if not names}
+    seconds["probe"] = _wall(time.perf_counter() - start, probe_replies, channel.parallel)
+
+    start = time.perf_counter()
+    weight_replies = channel.fetch_weights(list(masks), config.light)
+    measured = time.perf_counter() - start
+    experts, distrusted = {}, {}
+    for name, reply in weight_replies.items():
+        if isinstance(reply, Failure):
+            lost[name] = reply.reason
+            continue
+        try:
+            experts[name] = import_weights(channel.architecture(name), reply.value)
+        except QueryError as exc:  # one broken teacher must not sink the query
+            distrusted[name] = [str(exc)]
+    masks = {k: m for k, m in masks.items() if k in experts}
+    if config.trust.enabled and masks:
+        masks, vetted = vet_experts(experts, scores, masks, announcement, local_x, local_y, config.lam, config.trust, config.seed)
+        distrusted.update(vetted)
+    # Checking what arrived is part of the transfer: its time is counted there.
+    seconds["transfer"] = time.perf_counter() - start - measured + _wall(measured, weight_replies, channel.parallel)
+    notes += [f"teacher '{name}' was lost: {why}" for name, why in lost.items()]
+    notes += [f"teacher '{name}' distrusted: {'; '.join(reasons)}" for name, reasons in distrusted.items()]
+    if not masks:
+        raise QueryError("no usable expert: " + "; ".join(f"teacher '{k}': {v if isinstance(v, str) else ', '.join(v)}"
+                                                           for k, v in {**lost, **distrusted}.items() if k in weight_replies))
+    lesson = Lesson({k: experts[k] for k in masks}, masks, query, local_x, local_y)
+    orphans = sorted(c for c, names in lesson.by_class.items() if not names and c not in unmatched_classes)
+    if orphans:
+        notes.append(f"query class(es) {orphans} have no usable expert left; the querier's own outputs stand for them")
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+
+    model, learn_seconds, transfer, num_synthetic = learn(student, lesson, config, variant, head, progress)
+    seconds.update(learn_seconds)
+    seconds["total"] = sum(seconds.values())
+    teacher_seconds: dict[str, float] = {}
+    for replies in (probe_replies, weight_replies):
+        for name, reply in replies.items():
+            if isinstance(reply, Reply):
+                teacher_seconds[name] = teacher_seconds.get(name, 0.0) + reply.seconds
+    seconds["teachers"] = sum(teacher_seconds.values())
+    messages = _messages(probe_replies, "announce", "scores") + _messages(weight_replies, "request_weights", "weights")
+    report = QueryReport(
+        query=query,
+        scores={k: [float(v) for v in s] for k, s in scores.items()},
+        experts=lesson.by_class,
+        bytes_sent=sum(m["bytes"] for m in messages if "to" in m),
+        bytes_received=sum(m["bytes"] for m in messages if "from" in m),
+        messages=messages,
+        seconds=seconds,
+        teacher_seconds=teacher_seconds,
+        num_transfer_inputs=len(transfer),
+        num_synthetic=num_synthetic,
+        warnings=notes,
+        distrusted=distrusted,
+        lost=lost,
+    )
+    return model, report

@@ -57,15 +57,18 @@ def test_each_bad_input_gets_one_clear_message(capsys, tmp_path, config, extra, 
     assert says in err
 
 
-@pytest.mark.parametrize("skips_phase2", ["phase2 = false", "merged = true", "phase2_epochs = 0"])
-def test_mixups_left_to_a_phase2_that_does_not_run_are_refused(capsys, tmp_path, skips_phase2):
-    err = _fails_cleanly(capsys, tmp_path, f'methods = ["local", "qkt"]\n[query]\nphase1_mixups = false\n{skips_phase2}')
+@pytest.mark.parametrize("method", ["qkt", "qkt_no_phase2", "qkt_merged"])
+def test_mixups_left_to_a_phase2_that_does_not_run_are_refused(capsys, tmp_path, method):
+    phase2 = "\nphase2_epochs = 0" if method == "qkt" else ""
+    err = _fails_cleanly(capsys, tmp_path, f'methods = ["local", "{method}"]\n[query]\nphase1_mixups = false{phase2}')
     assert "no phase would learn from them" in err
 
 
-def test_a_share_of_the_mixups_with_local_sized_epochs_is_refused(capsys, tmp_path):
-    err = _fails_cleanly(capsys, tmp_path, 'methods = ["local", "qkt"]\n[query]\nphase1_mixups = 0.5\nphase1_epoch = "local"')
-    assert "choose one" in err
+@pytest.mark.parametrize("switch", ["use_masks = false", "phase2 = false", "merged = true", 'phase1_epoch = "local"',
+                                    "phase1_whole_epochs = 1"])
+def test_ablation_switches_are_methods_not_settings(capsys, tmp_path, switch):
+    err = _fails_cleanly(capsys, tmp_path, f'methods = ["local", "qkt"]\n[query]\n{switch}')
+    assert "unknown key" in err
 
 
 @pytest.mark.parametrize(("argv", "says"), [
@@ -242,7 +245,7 @@ def test_a_query_that_fails_exits_non_zero_and_says_why(capsys, tmp_path, monkey
     def no_usable_expert(*args, **kwargs):
         raise QueryError("no usable expert: teacher '1': its weights hold NaN")
 
-    monkeypatch.setattr("qkt.experiment.query", no_usable_expert)
+    monkeypatch.setattr("qkt.experiment.run_query", no_usable_expert)
     config = tmp_path / "config.toml"
     config.write_text('methods = ["local", "qkt"]\n[partition]\nnum_parties = 4\n[training]\nepochs = 2\n')
     assert main(["run", "--config", str(config), "--output", str(tmp_path / "out"), "--quiet"]) == 2

@@ -13,17 +13,17 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
-from qkt import bench
+from qkt import bench, experiment, partition
+from qkt.bench import catalogue, runner
 from qkt.cli import main
 from qkt.config import QueryConfig
 from qkt.data import load_dataset
 from qkt.errors import QKTError
-from qkt.query import protocol
+from qkt.methods import ABLATIONS, BASELINES, METHODS, QKT, display
 
-EVERY_METHOD = bench.BASELINES + bench.QKT_METHODS + bench.ABLATIONS
-WITHOUT_ABLATIONS = bench.BASELINES + bench.QKT_METHODS
+EVERY_METHOD = BASELINES + QKT + ABLATIONS
+WITHOUT_ABLATIONS = BASELINES + QKT
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,7 +52,7 @@ def test_quick_profile_scores_every_method_in_every_scenario(quick_digits):
 def test_quick_profile_writes_complete_tables_csv_and_chart(quick_digits):
     table = (quick_digits / "bench.md").read_text()
     for method in EVERY_METHOD:
-        assert f"| {bench.NAMES[method]} |" in table
+        assert f"| {display(method)} |" in table
     assert "## Headline" in table and "nan" not in table
     rows = list(csv.DictReader((quick_digits / "bench.csv").open()))
     assert len(rows) == len(EVERY_METHOD) + len(WITHOUT_ABLATIONS)
@@ -70,7 +70,7 @@ def test_qkt_beats_local_and_learns_the_query_on_digits(quick_digits):
 
 def test_resume_keeps_finished_queries(quick_digits, monkeypatch):
     before = json.loads((quick_digits / "bench.json").read_text())["records"]
-    monkeypatch.setattr(bench.experiment, "run_methods", lambda *a, **k: pytest.fail("a finished query ran again"))
+    monkeypatch.setattr(experiment, "run_methods", lambda *a, **k: pytest.fail("a finished query ran again"))
     state = bench.run_bench("quick", ["digits"], quick_digits, resume=True, progress=False)
     assert state["records"] == before
 
@@ -79,7 +79,7 @@ def test_resume_refuses_a_run_of_other_settings_and_names_them(quick_digits, tmp
     """Resuming after the profile's settings changed would mix two methods under one name."""
     state = json.loads((quick_digits / "bench.json").read_text())
     assert state["settings"]["digits"] == bench.PROFILES["quick"].config("digits")
-    monkeypatch.setattr(bench.experiment, "run_methods", lambda *a, **k: pytest.fail("a query ran"))
+    monkeypatch.setattr(experiment, "run_methods", lambda *a, **k: pytest.fail("a query ran"))
     state["settings"]["digits"]["training"]["epochs"] = 5
     (tmp_path / "bench.json").write_text(json.dumps(state))
     with pytest.raises(QKTError, match="other settings than the profile's now \\(training.epochs 5 -> 30\\)"):
@@ -102,7 +102,7 @@ def test_chosen_methods_run_alone_and_score_as_among_every_method(quick_digits, 
         for method in chosen:
             assert alone["methods"][method]["overall_accuracy"] == among["methods"][method]["overall_accuracy"], method
     table = (tmp_path / "bench.md").read_text()
-    assert f"| {bench.NAMES['qkt_whole_first_epoch']} |" in table and "collaborative methods (" not in table
+    assert f"| {display('qkt_whole_first_epoch')} |" in table and "collaborative methods (" not in table
     assert "No collaborative method ran" in (tmp_path / "headline.md").read_text()
 
 
@@ -128,7 +128,7 @@ def test_whole_dataset_drops_the_image_subsets_and_never_resumes_a_subset_run(qu
     full = bench.PROFILES["full"]
     assert "max_train" not in full.at_full_size().config("cifar10")["data"]
     assert full.config("cifar10")["data"]["max_train"] == 6000  # the profile itself is untouched
-    config = bench.run_config(full.at_full_size(), SimpleNamespace(name="cifar10", num_classes=10), bench.SCENARIOS["single"], 0, None)
+    config = catalogue.run_config(full.at_full_size(), SimpleNamespace(name="cifar10", num_classes=10), bench.SCENARIOS["single"], 0, None)
     assert config.data.max_train is None and config.data.max_test is None
     shutil.copy(quick_digits / "bench.json", tmp_path / "bench.json")
     with pytest.raises(QKTError, match="resume it without --whole-dataset"):
@@ -147,7 +147,7 @@ def test_unknown_profile_and_scenario_are_user_errors(tmp_path):
 
 
 def test_a_data_set_that_is_missing_stops_the_bench_before_any_query(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "run_scenario", lambda *a, **k: pytest.fail("a query ran before the data sets were checked"))
+    monkeypatch.setattr(runner, "run_scenario", lambda *a, **k: pytest.fail("a query ran before the data sets were checked"))
     with pytest.raises(QKTError, match="cifar10: no data file"):
         bench.run_bench("quick", ["digits", "cifar10"], tmp_path / "out", data_root=tmp_path, progress=False)
     with pytest.raises(QKTError, match="use `qkt run` with data.name: npz"):
@@ -156,7 +156,7 @@ def test_a_data_set_that_is_missing_stops_the_bench_before_any_query(tmp_path, m
 
 def test_a_scenario_named_twice_runs_once(tmp_path, monkeypatch):
     ran = []
-    monkeypatch.setattr(bench, "run_scenario", lambda dataset, scenario, seed, *a, **k: ran.append((dataset.name, scenario.name, seed)))
+    monkeypatch.setattr(runner, "run_scenario", lambda dataset, scenario, seed, *a, **k: ran.append((dataset.name, scenario.name, seed)))
     bench.run_bench("quick", ["digits", "digits"], tmp_path, scenarios=["single", "single"], progress=False)
     assert ran == [("digits", "single", 0)]
 
@@ -165,10 +165,12 @@ def test_a_scenario_named_twice_runs_once(tmp_path, monkeypatch):
 def test_every_ablation_is_valid_settings_on_each_profile(dataset):
     """An ablation changes one thing of the profile's QKT; it must not make a combination the config would refuse."""
     query = QueryConfig.model_validate(bench.PROFILES["full"].config(dataset).get("query", {}))
-    for method, updates in bench.experiment.ABLATIONS.items():
-        config = bench.experiment.method_query_config(query, method)
-        assert {k: getattr(config, k) for k in updates} == updates and not config.light
-    assert bench.experiment.method_query_config(query, "qkt_light").light
+    for method in ABLATIONS:
+        config, variant = experiment.method_settings(query, method)
+        spec = METHODS[method]
+        assert {k: getattr(config, k) for k in spec.settings} == spec.settings and not config.light
+        assert {k: getattr(variant, k) for k in spec.variant} == spec.variant
+    assert experiment.method_settings(query, "qkt_light")[0].light
 
 
 def test_multi_class_query_size_scales_with_the_label_space():
@@ -179,10 +181,10 @@ def _queries(scenario_name: str, seed: int = 0):
     data = load_dataset("digits")
     profile = bench.PROFILES["full"]
     scenario = bench.SCENARIOS[scenario_name]
-    config = bench.run_config(profile, data, scenario, seed, None)
-    parts = bench.experiment.make_partition(config, data.y_train)
-    counts = bench.partition.class_counts(data.y_train, parts, data.num_classes)
-    return bench.querier_queries(config, data, parts, scenario, None), counts
+    config = catalogue.run_config(profile, data, scenario, seed, None)
+    parts = experiment.make_partition(config, data.y_train)
+    counts = partition.class_counts(data.y_train, parts, data.num_classes)
+    return catalogue.querier_queries(config, data, parts, scenario, None), counts
 
 
 def test_one_teacher_scenario_gives_several_query_classes_to_one_expert():
@@ -200,14 +202,3 @@ def test_many_teachers_scenario_gives_each_query_class_several_experts():
     for q, _ in pairs:
         lacking = np.flatnonzero(counts[q] < 10)
         assert all((np.delete(counts[:, c], q) >= 10).sum() >= 3 for c in lacking)
-
-
-def test_a_forged_teacher_claims_every_query_class_and_others_answer_honestly():
-    liar, honest = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
-    announcement = protocol.Announcement((1, 2), 3, (4,), probe_kind="noise", probe_samples=16)
-    cache = bench.weakref.WeakKeyDictionary()
-    truth = protocol.answer_probe(honest, announcement)
-    with bench.teacher_replies(cache, liar):
-        assert protocol.answer_probe(liar, announcement).tolist() == [1.0, 1.0]
-        assert np.allclose(protocol.answer_probe(honest, announcement), truth)
-    assert protocol.answer_probe is not None and protocol.answer_probe(liar, announcement).max() < 1.0

@@ -8,8 +8,8 @@ import torch
 from qkt import training
 from qkt.config import QueryConfig
 from qkt.models import build_model
-from qkt.query import Lesson, distill, learn, light
-from qkt.query.distill import TransferSet, combine_targets
+from qkt.query import Lesson, Variant, learn, light, transfer
+from qkt.query.transfer import TransferSet, combine_targets
 
 N, C = 6, 5
 QUERY = (1, 3)
@@ -68,8 +68,8 @@ def test_balanced_weights_equalise_classes():
 def _counted_lesson(monkeypatch) -> tuple[torch.nn.Module, Lesson, list[int]]:
     """A student, a lesson with one expert, and the list each distillation batch appends its size to."""
     trained_on: list[int] = []
-    loss = distill.distillation_loss
-    monkeypatch.setattr(distill, "distillation_loss", lambda logits, *a, **k: trained_on.append(len(logits)) or loss(logits, *a, **k))
+    loss = transfer.distillation_loss
+    monkeypatch.setattr(transfer, "distillation_loss", lambda logits, *a, **k: trained_on.append(len(logits)) or loss(logits, *a, **k))
     torch.manual_seed(0)
     student, expert = build_model("mlp", (8,), C), build_model("mlp", (8,), C)
     local_x, local_y = torch.randn(100, 8), torch.randint(0, 3, (100,))
@@ -79,15 +79,15 @@ def _counted_lesson(monkeypatch) -> tuple[torch.nn.Module, Lesson, list[int]]:
 def test_a_phase1_epoch_costs_a_fine_tuning_epoch_however_wide_the_transfer_set(monkeypatch):
     student, lesson, trained_on = _counted_lesson(monkeypatch)
     local_y = lesson.local_y
-    config = QueryConfig(phase1_epochs=3, phase1_epoch="local", phase2=False, batch_size=32, inversion={"samples_per_class": 8, "steps": 2})
+    config = QueryConfig(phase1_epochs=3, batch_size=32, inversion={"samples_per_class": 8, "steps": 2})
 
-    _, _, transfer, _ = learn(student, lesson, config, progress=False)
-    assert len(transfer) > 2 * len(local_y)  # widened by inversions and their mixups
+    _, _, inputs, _ = learn(student, lesson, config, Variant(short_epochs=True, phase2=False), progress=False)
+    assert len(inputs) > 2 * len(local_y)  # widened by inversions and their mixups
     assert sum(trained_on) == 3 * len(local_y)
 
     trained_on.clear()
-    learn(student, lesson, config.model_copy(update={"phase1_epoch": "transfer"}), progress=False)
-    assert sum(trained_on) == 3 * len(transfer)
+    learn(student, lesson, config, Variant(phase2=False), progress=False)
+    assert sum(trained_on) == 3 * len(inputs)
 
 
 def test_without_phase1_mixups_phase1_trains_on_local_and_synthetic_inputs_and_phase2_on_all(monkeypatch):
@@ -96,23 +96,22 @@ def test_without_phase1_mixups_phase1_trains_on_local_and_synthetic_inputs_and_p
     config = QueryConfig(phase1_epochs=3, phase1_mixups=False, phase2_epochs=1, batch_size=32,
                          inversion={"samples_per_class": 8, "steps": 2})
 
-    _, _, transfer, num_synthetic = learn(student, lesson, config, progress=False)
-    assert num_synthetic and len(transfer) == 2 * (len(local_y) + num_synthetic)  # as many mixups as other inputs
-    assert sum(trained_on) == 3 * (len(local_y) + num_synthetic) + len(transfer)
+    _, _, inputs, num_synthetic = learn(student, lesson, config, progress=False)
+    assert num_synthetic and len(inputs) == 2 * (len(local_y) + num_synthetic)  # as many mixups as other inputs
+    assert sum(trained_on) == 3 * (len(local_y) + num_synthetic) + len(inputs)
 
 
 def test_a_share_of_the_mixups_per_phase1_epoch_keeps_every_local_and_synthetic_input(monkeypatch):
     student, lesson, trained_on = _counted_lesson(monkeypatch)
     local_y = lesson.local_y
-    config = QueryConfig(phase1_epochs=4, phase1_mixups=0.25, phase2=False, batch_size=32,
-                         inversion={"samples_per_class": 8, "steps": 2})
+    config = QueryConfig(phase1_epochs=4, phase1_mixups=0.25, batch_size=32, inversion={"samples_per_class": 8, "steps": 2})
     seen: list[torch.Tensor] = []
     orders = training.epoch_orders
     monkeypatch.setattr(training, "epoch_orders", lambda *a, **k: (seen.append(o) or o for o in orders(*a, **k)))
 
-    _, _, transfer, num_synthetic = learn(student, lesson, config, progress=False)
+    _, _, inputs, num_synthetic = learn(student, lesson, config, Variant(phase2=False), progress=False)
     unmixed = len(local_y) + num_synthetic
-    mixups = len(transfer) - unmixed
+    mixups = len(inputs) - unmixed
     assert sum(trained_on) == 4 * (unmixed + round(mixups / 4))
     epochs = [o for o in seen if len(o) == unmixed + round(mixups / 4)]  # not the draws from the mixups inside them
     assert len(epochs) == 4 and all(set(range(unmixed)) <= set(o.tolist()) for o in epochs)
@@ -122,16 +121,17 @@ def test_a_share_of_the_mixups_per_phase1_epoch_keeps_every_local_and_synthetic_
 
 def test_after_its_whole_epochs_phase1_moves_only_the_last_block_and_the_head(monkeypatch):
     student, lesson, _ = _counted_lesson(monkeypatch)
-    config = QueryConfig(phase1_epochs=3, phase1_whole_epochs=1, phase2=False, batch_size=32, inversion={"samples_per_class": 8, "steps": 2})
+    config = QueryConfig(phase1_epochs=3, batch_size=32, inversion={"samples_per_class": 8, "steps": 2})
     light_part = {id(p) for p in light.light_parameters(student)}
     late = {name for name, p in student.named_parameters() if id(p) in light_part}
     assert late and len(late) < len(dict(student.named_parameters()))
 
-    def weights(update):
-        model, *_ = learn(student, lesson, config.model_copy(update=update), progress=False)
+    def weights(epochs, whole_epochs):
+        model, *_ = learn(student, lesson, config.model_copy(update={"phase1_epochs": epochs}),
+                          Variant(phase2=False, whole_epochs=whole_epochs), progress=False)
         return dict(model.named_parameters())
 
-    first_epoch, schedule, every_epoch = weights({"phase1_epochs": 1}), weights({}), weights({"phase1_whole_epochs": None})
+    first_epoch, schedule, every_epoch = weights(1, 1), weights(3, 1), weights(3, None)
     for name, p in schedule.items():
         assert torch.equal(p, first_epoch[name]) != (name in late), name
         assert not torch.equal(every_epoch[name], first_epoch[name]), name

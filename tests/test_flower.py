@@ -25,7 +25,7 @@ from qkt.flower.client_app import train_round  # noqa: E402
 from qkt.flower.federation import run_config  # noqa: E402
 from qkt.flower.party import Settings, blank_model, load_party, partition_id, read_settings  # noqa: E402
 from qkt.models import build_model  # noqa: E402
-from qkt.query.protocol import export_weights, import_weights  # noqa: E402
+from qkt.query import export_weights, import_weights  # noqa: E402
 from qkt.training import fit  # noqa: E402
 
 if sys.version_info >= (3, 11):
@@ -42,7 +42,8 @@ def model():
 @pytest.mark.parametrize("half", [False, True])
 def test_weights_survive_the_records_with_every_shape_and_dtype(model, half):
     arrays = export_weights(model, half=half)
-    back = wire.read_weights(wire.weights_content(arrays))
+    back, seconds = wire.read_weights(wire.weights_content(arrays, 0.25))
+    assert seconds == 0.25
     assert {k: (v.shape, v.dtype) for k, v in back.items()} == {k: (v.shape, v.dtype) for k, v in arrays.items()}
     restored = import_weights(model, back)
     x = torch.randn(8, 64)
@@ -51,7 +52,7 @@ def test_weights_survive_the_records_with_every_shape_and_dtype(model, half):
 
 @pytest.mark.parametrize(("fault", "message"), [("nan", "NaN"), ("shape", "has shape")])
 def test_a_corrupt_teacher_is_rejected_with_a_clear_message(model, fault, message):
-    sent = wire.read_weights(wire.weights_content(faults.strike(fault, export_weights(model))))
+    sent, _ = wire.read_weights(wire.weights_content(faults.strike(fault, export_weights(model))))
     with pytest.raises(QueryError, match=message):
         import_weights(model, sent)
 
@@ -62,36 +63,33 @@ def test_an_unknown_fault_is_refused(model):
 
 
 def test_scores_and_announcement_round_trip():
-    from qkt.query.protocol import Announcement
+    from qkt.query import Announcement
 
     announcement = Announcement((3, 5), 10, (64,), probe_seed=7)
     assert wire.read_announcement(wire.announce_content(announcement)) == announcement
-    party, scores = wire.read_scores(wire.scores_content("4", np.array([0.25, 0.5], dtype=np.float32)), 2)
-    assert party == "4" and scores.tolist() == [0.25, 0.5]
-    assert wire.read_scores(wire.scores_content("2", None), 2) == ("2", None)
+    party, scores, seconds = wire.read_scores(wire.scores_content("4", np.array([0.25, 0.5], dtype=np.float32), 1.5))
+    assert party == "4" and scores.tolist() == [0.25, 0.5] and seconds == 1.5
+    assert wire.read_scores(wire.scores_content("2", None)) == ("2", None, 0.0)
 
 
-@pytest.mark.parametrize("scores", [[0.25], [0.25, float("nan")], [0.1, 0.2, 0.3]])
-def test_a_score_reply_that_does_not_fit_the_query_is_refused(scores):
-    with pytest.raises(QueryError, match="not one finite score per query class"):
-        wire.read_scores(wire.scores_content("4", np.array(scores, dtype=np.float32)), 2)
+def test_a_score_reply_that_cannot_be_read_is_refused():
     with pytest.raises(QueryError, match="malformed"):
-        wire.read_scores(RecordDict({"other": ConfigRecord({"party": "4"})}), 2)
+        wire.read_scores(RecordDict({"other": ConfigRecord({"party": "4"})}))
 
 
 def test_probe_replies_that_do_not_fit_lose_their_node_not_the_query():
-    from qkt.flower.server_app import read_probe_replies
+    from qkt.flower.channel import read_probe_replies
 
     def reply(party, scores):
         return wire.scores_content(party, None if scores is None else np.array(scores, dtype=np.float32))
 
     replies = {1: reply("2", [0.5]), 2: reply("1", [0.3]), 3: reply("1", [0.9]), 4: reply("x", [0.1]), 5: reply("0", [0.1]),
-               6: reply("3", [0.1, 0.2]), 7: reply("0", None), 8: "did not answer within 5 s"}
-    scores, node_of, own, lost = read_probe_replies(replies, 1, teachers={"1", "2", "3"})
+               7: reply("0", None), 8: "did not answer within 5 s"}
+    scores, node_of, own, strangers = read_probe_replies(replies, teachers=["1", "2", "3"])
     assert list(scores) == ["1", "2"] and node_of == {"1": 2, "2": 1} and own == {7}  # party order, first answer kept
-    assert set(lost) == {"node 3", "node 4", "node 5", "node 6", "node 8"}
-    assert "has answered already" in lost["node 3"] and "party 'x'" in lost["node 4"] and "party '0'" in lost["node 5"]
-    assert "one finite score per query class" in lost["node 6"] and lost["node 8"] == "did not answer within 5 s"
+    assert set(strangers) == {"node 3", "node 4", "node 5", "node 8"}
+    assert "has answered already" in strangers["node 3"] and "party 'x'" in strangers["node 4"] and "party '0'" in strangers["node 5"]
+    assert strangers["node 8"] == "did not answer within 5 s"
 
 
 def test_run_config_round_trips_through_toml(tmp_path):

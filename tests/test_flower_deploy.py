@@ -79,8 +79,7 @@ def test_a_query_across_authenticated_supernodes_over_tls_matches_the_in_process
 
 def test_lost_and_corrupt_teachers_are_dropped_and_named(tmp_path):
     # Without masks every teacher is an expert, so each fault strikes when its weights are asked for.
-    config = parse_config({**QUICK, "partition": {"num_parties": 7, "alpha": 0.1, "seed": 0},
-                           "query": {**QUICK["query"], "use_masks": False}})
+    config = parse_config({**QUICK, "partition": {"num_parties": 7, "alpha": 0.1, "seed": 0}, "methods": ["local", "qkt_no_masks"]})
     party = load_party(config)
     held = class_counts(party.dataset.y_train, list(party.scenario.parts), party.dataset.num_classes)[:, party.scenario.query].sum(1)
     # The faults strike the teachers holding least of Q, so that the healthy ones can still teach it.
@@ -88,7 +87,7 @@ def test_lost_and_corrupt_teachers_are_dropped_and_named(tmp_path):
     faults = dict(zip(teachers, ["die", "hang", "nan", "shape"], strict=False))
     got, _, _ = deploy(tmp_path, config, faults, reply_timeout=60.0)
 
-    report = got["reports"]["qkt"]
+    report = got["reports"]["qkt_no_masks"]
     name = {fault: str(k) for k, fault in faults.items()}
     # Gone or silent teachers are lost; teachers whose weights do not fit are distrusted, with the reason.
     assert set(report["lost"]) == {name["die"], name["hang"]}
@@ -96,9 +95,9 @@ def test_lost_and_corrupt_teachers_are_dropped_and_named(tmp_path):
     assert "NaN" in report["distrusted"][name["nan"]][0] and "has shape" in report["distrusted"][name["shape"]][0]
     healthy = {str(k) for k in teachers if k not in faults}
     assert {k for names in report["experts"].values() for k in names} <= healthy
-    assert all(any(f"teacher {name[f]} was lost" in w for w in report["warnings"]) for f in ("die", "hang"))
+    assert all(any(f"teacher '{name[f]}' was lost" in w for w in report["warnings"]) for f in ("die", "hang"))
     assert all(any(f"teacher '{name[f]}' distrusted" in w for w in report["warnings"]) for f in ("nan", "shape"))
-    assert got["methods"]["qkt"]["query_accuracy"] > got["methods"]["local"]["query_accuracy"]
+    assert got["methods"]["qkt_no_masks"]["query_accuracy"] > got["methods"]["local"]["query_accuracy"]
 
 
 def test_simulation_runs_the_query_and_flowers_own_fedavg(tmp_path, capsys):

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from qkt.config import DEMO
-from qkt.config import QueryConfig, parse_config
+from qkt.config import DEMO, QueryConfig, parse_config
 from qkt.experiment import build_world
-from qkt.query import Announcement, answer_probe, protocol, query
+from qkt.query import Announcement, CachedScores, InProcessChannel, NoisyScores, Recorder, Teacher, answer_probe, run_query
 from qkt.query.privacy import laplace_scale, privatize
 from qkt.training import set_threads
 
@@ -22,33 +21,23 @@ FAST = {"probe": {"num_samples": 128, "steps": 30}, "inversion": {"samples_per_c
 CONFIG = parse_config({**DEMO, "training": {"arch": "mlp", "epochs": 15}, "query": FAST})
 
 
+def _query(world, channel, config):
+    s = world.scenario
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run_query(world.models[s.querier], channel, s.query, world.querier_data, config,
+                         num_classes=world.dataset.num_classes, progress=False)
+
+
 @pytest.fixture(scope="module")
 def wire():
     """One query of the demo world with every payload a teacher sends, as it was sent."""
     set_threads(1)
     world = build_world(CONFIG, progress=False)
-    sent: list[tuple[str, object]] = []
-    announcements: list[bytes] = []
-    honest_probe, honest_export = protocol.answer_probe, protocol.export_weights
-
-    def probe_reply(model, announcement, holdout=None, rng=None):
-        announcements.append(announcement.to_bytes())
-        reply = honest_probe(model, announcement, holdout, rng)
-        sent.append(("scores", reply))
-        return reply
-
-    def weights_reply(model, half=False):
-        arrays = honest_export(model, half)
-        sent.append(("weights", arrays))
-        return arrays
-
-    s = world.scenario
-    with warnings.catch_warnings(), pytest.MonkeyPatch.context() as patch:
-        warnings.simplefilter("ignore")
-        patch.setattr(protocol, "answer_probe", probe_reply)
-        patch.setattr(protocol, "export_weights", weights_reply)
-        _, report = query(world.models[s.querier], world.teachers, s.query, world.querier_data, CONFIG.query, progress=False)
-    return world, report, sent, announcements
+    recorder = Recorder(InProcessChannel({k: Teacher(m) for k, m in world.teachers.items()}))
+    _, report = _query(world, recorder, CONFIG.query)
+    sent = [(kind, reply.value) for _, kind, reply in recorder.replies]
+    return world, report, sent, [a.to_bytes() for a in recorder.announcements]
 
 
 def test_the_announcement_holds_the_query_and_the_probe_recipe_only(wire):
@@ -62,9 +51,8 @@ def test_the_announcement_holds_the_query_and_the_probe_recipe_only(wire):
 
 def test_a_teacher_replies_with_one_number_per_query_class(wire):
     world, report, sent, _ = wire
-    replies = [p for kind, p in sent if kind == "scores"]
-    # The querier's own re-probe of received weights runs at the querier: count only the teachers' replies.
-    teacher_replies = replies[:len(world.teachers)]
+    teacher_replies = [p for kind, p in sent if kind == "scores"]
+    assert len(teacher_replies) == len(world.teachers)
     assert all(r.shape == (len(world.scenario.query),) and r.dtype == np.float32 for r in teacher_replies)
     assert [m["bytes"] for m in report.messages if m["kind"] == "scores"] == [r.nbytes for r in teacher_replies]
 
@@ -120,16 +108,11 @@ def test_the_noise_option_is_validated():
 
 def test_with_noisy_replies_the_trust_checks_drop_the_false_experts_noise_lets_in(wire):
     world, clean, _, _ = wire
-    s = world.scenario
-    honest = protocol.answer_probe
     config = CONFIG.query.model_copy(update={"probe": CONFIG.query.probe.model_copy(update={"noise": "laplace", "epsilon": 10.0})})
+    exact = CachedScores(InProcessChannel({k: Teacher(m) for k, m in world.teachers.items()}))
     false_experts = 0
     for seed in range(3):
-        rng = np.random.default_rng(seed)
-        with warnings.catch_warnings(), pytest.MonkeyPatch.context() as patch:
-            warnings.simplefilter("ignore")
-            patch.setattr(protocol, "answer_probe", lambda m, a, h=None, r=None: honest(m, a, h, rng))  # noqa: B023 (used within this seed)
-            _, report = query(world.models[s.querier], world.teachers, s.query, world.querier_data, config, progress=False)
+        _, report = _query(world, NoisyScores(exact, np.random.default_rng(seed)), config)
         asked = {m["from"] for m in report.messages if m["kind"] == "weights"}
         kept = {k for v in report.experts.values() for k in v}
         false_experts += len(asked - kept)

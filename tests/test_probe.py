@@ -37,8 +37,13 @@ def test_hint_names_the_lambda_that_would_accept():
 
 
 def test_non_experts_are_not_asked_again():
-    masks = select_experts({"a": [0.3, 0.0], "b": [0.01, 0.01], "c": [0.0, 0.4]}, query=[1, 2], num_classes=10, lam=1.5)
-    assert set(masks) == {"a", "c"}
+    masks, notes = select_experts({"a": [0.3, 0.0], "b": [0.01, 0.01], "c": [0.0, 0.4]}, query=[1, 2], num_classes=10, lam=1.5)
+    assert set(masks) == {"a", "c"} and notes == []
+
+
+def test_a_class_without_expert_is_noted_while_the_others_go_on():
+    masks, notes = select_experts({"a": [0.3, 0.05], "b": [0.01, 0.02]}, query=[1, 2], num_classes=10, lam=1.5)
+    assert set(masks) == {"a"} and len(notes) == 1 and "no expert found for class 2" in notes[0]
 
 
 class _Knows(nn.Module):
@@ -58,7 +63,7 @@ def test_hand_built_teachers_are_found_by_the_noise_probe():
     announcement = Announcement(query=(2, 5), num_classes=10, input_shape=(1, 4, 4), probe_kind="noise", probe_samples=16)
     scores = {name: answer_probe(model, announcement) for name, model in {"knows2": _Knows([2, 3]), "knows5": _Knows([5]), "none": _Knows([8, 9])}.items()}
     assert all(len(s) == 2 and s.dtype == np.float32 for s in scores.values())  # only |Q| numbers leave a teacher
-    masks = select_experts(scores, (2, 5), 10, lam=1.5)
+    masks, _ = select_experts(scores, (2, 5), 10, lam=1.5)
     assert masks["knows2"].tolist() == [True, False] and masks["knows5"].tolist() == [False, True] and "none" not in masks
 
 

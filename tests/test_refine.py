@@ -6,8 +6,8 @@ import torch
 
 from qkt.config import QueryConfig
 from qkt.models import build_model
-from qkt.query.distill import TransferSet
-from qkt.query.refine import refine_head
+from qkt.query.phase2 import refine_head
+from qkt.query.transfer import TransferSet
 
 
 def test_phase2_changes_the_head_and_nothing_else():

@@ -11,8 +11,8 @@ from torch import nn
 from qkt.config import InversionConfig, QueryConfig
 from qkt.errors import QKTError
 from qkt.models import build_model
-from qkt.query import light, synth
-from qkt.query.distill import TransferSet, train_on_transfer
+from qkt.query import phase1, synth
+from qkt.query.transfer import TransferSet, train_on_transfer
 from qkt.training import epoch_orders, fast_layout, fit, predict_logits, set_threads
 
 
@@ -72,7 +72,7 @@ def test_frozen_blocks_train_on_their_outputs_as_on_the_whole_model(frozen_block
     params = [p for name, p in whole.named_parameters() if name.startswith(trained)]
     train_on_transfer(whole, transfer, config, epochs=2, lr=1e-2, params=params, progress=False)
     cached = _cnn()
-    tail, outputs, params = light.trained_part(cached, x, frozen_blocks=frozen_blocks)
+    tail, outputs, params = phase1.trained_part(cached, x, frozen_blocks=frozen_blocks)
     assert params is None and tail.head is cached.head and len(outputs) == len(x)
     train_on_transfer(tail, TransferSet(outputs, transfer.targets, transfer.labels, transfer.weights), config, epochs=2, lr=1e-2,
                       progress=False)
@@ -85,7 +85,7 @@ def test_frozen_blocks_train_on_their_outputs_as_on_the_whole_model(frozen_block
 
 def test_frozen_blocks_need_a_student_with_feature_blocks():
     with pytest.raises(QKTError, match="phase1_frozen_blocks"):
-        light.trained_part(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4)), _images(4), frozen_blocks=1)
+        phase1.trained_part(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4)), _images(4), frozen_blocks=1)
 
 
 def test_an_epoch_is_one_shuffled_pass_unless_sized():

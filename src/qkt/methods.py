@@ -34,7 +34,7 @@ class Method:
     ablation:
         Run by ``qkt bench`` in the scenarios that have ablations.
     flower:
-        The Flower app runs it across processes (the others need every teacher's model in one place).
+        The Flower app runs it across processes (Ensemble, KD and FedGen need every teacher's model in one place).
     """
 
     name: str
@@ -47,6 +47,12 @@ class Method:
     flower: bool = False
 
 
+def _qkt(name: str, display: str, settings: Mapping[str, object] | None = None, variant: Mapping[str, object] | None = None,
+         ablation: bool = True) -> Method:
+    """QKT or one of its variants: they all run on the one query engine, over Flower too."""
+    return Method(name, display, "query", settings=settings or {}, variant=variant or {}, ablation=ablation, flower=True)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("local", "Local", "local", flower=True),
     Method("fedavg", "FedAvg", "federated", collaborative=True, flower=True),
@@ -54,19 +60,17 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("fedgen", "FedGen", "federated", collaborative=True),
     Method("ensemble", "Ensemble", "ensemble", collaborative=True),
     Method("kd", "KD (all teachers)", "kd", collaborative=True),
-    Method("qkt", "QKT", "query", flower=True),
-    Method("qkt_light", "QKT Light", "query", settings={"light": True}, flower=True),
-    Method("qkt_no_masks", "QKT, no masks", "query", variant={"masks": False}, ablation=True),
-    Method("qkt_no_phase2", "QKT, no Phase 2", "query", variant={"phase2": False}, ablation=True),
-    Method("qkt_merged", "QKT, phases merged", "query", variant={"merged": True}, ablation=True),
-    Method("qkt_no_mixup", "QKT, no mixup", "query", settings={"mixup": 0.0}, ablation=True),
+    _qkt("qkt", "QKT", ablation=False),
+    _qkt("qkt_light", "QKT Light", {"light": True}, ablation=False),
+    _qkt("qkt_no_masks", "QKT, no masks", variant={"masks": False}),
+    _qkt("qkt_no_phase2", "QKT, no Phase 2", variant={"phase2": False}),
+    _qkt("qkt_merged", "QKT, phases merged", variant={"merged": True}),
+    _qkt("qkt_no_mixup", "QKT, no mixup", {"mixup": 0.0}),
     # Short epochs draw from the whole transfer set, so they take every mixup whatever share the run sets.
-    Method("qkt_short_phase1", "QKT, short Phase 1 epochs", "query", settings={"phase1_mixups": 1.0},
-           variant={"short_epochs": True}, ablation=True),
-    Method("qkt_phase2_mixups", "QKT, mixups in Phase 2 only", "query", settings={"phase1_mixups": 0.0}, ablation=True),
+    _qkt("qkt_short_phase1", "QKT, short Phase 1 epochs", {"phase1_mixups": 1.0}, {"short_epochs": True}),
+    _qkt("qkt_phase2_mixups", "QKT, mixups in Phase 2 only", {"phase1_mixups": 0.0}),
     # The whole student has no frozen block, whatever the run sets.
-    Method("qkt_whole_first_epoch", "QKT, whole student in Phase 1's first epoch only", "query",
-           settings={"phase1_frozen_blocks": 0}, variant={"whole_epochs": 1}, ablation=True),
+    _qkt("qkt_whole_first_epoch", "QKT, whole student in Phase 1's first epoch only", {"phase1_frozen_blocks": 0}, {"whole_epochs": 1}),
 ]}
 
 BASELINES = [m for m, method in METHODS.items() if method.runner != "query"]

@@ -6,11 +6,15 @@ their models in one exchange, without any data leaving anyone::
     import qkt
     new_model, report = qkt.query(my_model, {"lab-a": model_a, "lab-b": model_b},
                                   query_classes=[3], local_data=(x, y))
+
+``qkt.run_query`` is the same query over any :class:`TeacherChannel`: the in-process
+one, the Flower app's, or one of your own.
 """
 
 from .config import QueryConfig, RunConfig
 from .errors import ConfigError, DataError, QKTError, QueryError
-from .query import QueryReport, Teacher, query
+from .query import InProcessChannel, QueryReport, Teacher, TeacherChannel, query, run_query
 
-__all__ = ["query", "QueryConfig", "QueryReport", "RunConfig", "Teacher", "QKTError", "ConfigError", "DataError", "QueryError"]
+__all__ = ["query", "run_query", "InProcessChannel", "TeacherChannel", "QueryConfig", "QueryReport", "RunConfig", "Teacher",
+           "QKTError", "ConfigError", "DataError", "QueryError"]
 __version__ = "0.1.0"

@@ -62,9 +62,9 @@ def query(
     named = dict(teachers) if isinstance(teachers, Mapping) else {str(i): t for i, t in enumerate(teachers)}
     if not named:
         raise QueryError("no teachers to ask")
-    named = {str(k): t if isinstance(t, Teacher) else Teacher(t) for k, t in named.items()}
+    channel = InProcessChannel(named)
     local_x = local_data[0]
-    models = {"the student": student, **{f"teacher '{k}'": t.model for k, t in named.items()}}
+    models = {"the student": student, **{f"teacher '{k}'": channel.architecture(k) for k in channel.teachers}}
     for who, model in models.items():
         # Probes, inversions and mixups are made as float32 CPU tensors; another model would fail deep inside.
         kinds = sorted({f"{p.dtype} on {p.device}" for p in model.parameters()} - {"torch.float32 on cpu"})
@@ -75,5 +75,4 @@ def query(
     for who, size in outputs.items():
         if size != num_classes:
             raise QueryError(f"{who} outputs {size} classes but the label space has {num_classes}")
-    return run_query(student, InProcessChannel(named), query_classes, local_data, config or QueryConfig(),
-                     num_classes=num_classes, head=head, progress=progress)
+    return run_query(student, channel, query_classes, local_data, config, num_classes=num_classes, head=head, progress=progress)

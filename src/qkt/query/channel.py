@@ -67,10 +67,10 @@ class TeacherChannel(abc.ABC):
 
 
 class InProcessChannel(TeacherChannel):
-    """Teachers that are models in this process: each reply is computed here and timed."""
+    """Teachers that are models in this process, by name (a :class:`Teacher` gives one its held-out data): each reply is computed here and timed."""
 
-    def __init__(self, teachers: Mapping[str, Teacher]):
-        self._teachers = dict(teachers)
+    def __init__(self, teachers: Mapping[str, nn.Module | Teacher]):
+        self._teachers = {str(k): t if isinstance(t, Teacher) else Teacher(t) for k, t in teachers.items()}
 
     @property
     def teachers(self) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import QueryConfig, TrustConfig
 from ..errors import QueryError
+from ..training import predict_logits
 from . import probe, trust
 from .channel import TeacherChannel
 from .messages import Announcement, Failure, QueryReport, Reply
@@ -155,7 +156,7 @@ def _scores(reply: Reply | Failure, query_size: int) -> np.ndarray | str:
 
 
 def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequence[int],
-              local_data: tuple[torch.Tensor, torch.Tensor], config: QueryConfig, *, num_classes: int,
+              local_data: tuple[torch.Tensor, torch.Tensor], config: QueryConfig | None = None, *, num_classes: int | None = None,
               variant: Variant | None = None, head: str | None = None, progress: bool = True) -> tuple[nn.Module, QueryReport]:
     """One query, end to end: announce, choose experts, fetch their weights, vet them, learn, report.
 
@@ -167,6 +168,8 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
         The querier's link to its teachers (:mod:`qkt.query.channel`).
     query_classes, local_data:
         ``Q``, and the querier's own inputs and labels.
+    config, num_classes:
+        The query's settings (default: :class:`~qkt.config.QueryConfig`'s), and ``|C|`` (default: the student's output size).
     variant:
         The engine's switches for an ablation (:mod:`qkt.query.variant`); None is QKT itself.
 
@@ -175,9 +178,11 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     the query goes on with the others. Raises :class:`~qkt.errors.QueryError` when no
     teacher answers, no query class has an expert, or no expert is left to learn from.
     """
-    variant = variant or Variant()
+    config, variant = config or QueryConfig(), variant or Variant()
     variant.check(config)
     local_x, local_y = local_data
+    if num_classes is None:
+        num_classes = int(predict_logits(student, local_x[:2]).shape[1])
     query, local_y, notes = check_local_data(local_x, local_y, query_classes, num_classes)
     seconds: dict[str, float] = {}
     announcement = Announcement.from_config(query, num_classes, tuple(local_x.shape[1:]), config)

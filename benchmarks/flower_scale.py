@@ -5,6 +5,8 @@
 Runs ``qkt flower simulate``'s code path (a real SuperLink with the simulation
 runtime, one virtual SuperNode per party on Ray), with QKT and Flower's FedAvg on
 the same parties, and samples the resident memory of every process it started.
+A method's ``seconds`` are its wall time in the ServerApp; QKT's ``teacher_seconds``
+add up the teachers' own compute time for their replies (probe scores and weights).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def main() -> int:
         "query": {"seconds_per_phase": summary["reports"]["qkt"]["seconds"], "experts": summary["reports"]["qkt"]["experts"],
                   "lost": summary["reports"]["qkt"]["lost"], "messages": len(summary["reports"]["qkt"]["messages"])},
         "methods": {m: {k: v[k] for k in ("query_accuracy", "local_accuracy", "overall_accuracy", "forgetting",
-                                          "bytes_sent", "bytes_received", "seconds")} for m, v in summary["methods"].items()},
+                                          "bytes_sent", "bytes_received", "seconds", "teacher_seconds")} for m, v in summary["methods"].items()},
         "bytes_fedavg_over_qkt": round((fedavg["bytes_sent"] + fedavg["bytes_received"]) / (qkt["bytes_sent"] + qkt["bytes_received"]), 1),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """One benchmark's tables from the methods of several ``qkt bench`` runs on the same queries.
 
-    python benchmarks/merge_runs.py qkt-output/headline-7/cifar10/bench.json \\
-        qkt-output/headline-7/cifar10-federated/bench.json:fedavg,fedprox,fedgen --output docs/results/bench/full-cifar10-2026-12-04
+    python benchmarks/merge_runs.py qkt-output/qkt/cifar10/bench.json \\
+        qkt-output/federated/cifar10/bench.json:fedavg,fedprox,fedgen --output docs/results/bench/full-cifar10
 
 A change to QKT's settings changes only the methods that use them (QKT, QKT Light, KD); the
 federated baselines, which cost as much again, need not run again to be compared. The first
@@ -24,7 +24,8 @@ import json
 import sys
 from pathlib import Path
 
-from qkt import bench
+from qkt.bench import write_outputs
+from qkt.methods import ABLATIONS, BASELINES, QKT
 
 
 def query_key(record: dict) -> tuple:
@@ -41,6 +42,10 @@ def merge(base: dict, additions: list[tuple[str, dict, list[str]]]) -> tuple[lis
 
     Also, per addition: on how many queries each method that both runs hold scored differently there.
     """
+    for name, run in [("the first run", base), *((name, run) for name, run, _ in additions)]:
+        if any("teacher_seconds" not in result for r in run["records"] for result in r["methods"].values()):
+            raise SystemExit(f"{name} does not record its teachers' seconds (a run of an older qkt bench, whose QKT seconds left "
+                             "out the teachers' replies): run it again")
     records = [dict(r, methods=dict(r["methods"])) for r in base["records"]]
     differing = []
     for name, run, methods in additions:
@@ -60,7 +65,7 @@ def merge(base: dict, additions: list[tuple[str, dict, list[str]]]) -> tuple[lis
                 counts[m] = counts.get(m, 0) + (scores(record["methods"][m]) != scores(other["methods"][m]))
             record["methods"].update({m: other["methods"][m] for m in methods})
         differing.append(counts)
-    order = {m: i for i, m in enumerate(bench.BASELINES + bench.QKT_METHODS + bench.ABLATIONS)}
+    order = {m: i for i, m in enumerate(BASELINES + QKT + ABLATIONS)}
     for record in records:  # the tables list methods as a run of every method does
         record["methods"] = dict(sorted(record["methods"].items(), key=lambda item: order.get(item[0], len(order))))
     return records, differing
@@ -99,7 +104,7 @@ def main() -> int:
             print(f"{path}: methods both runs hold scored differently on "
                   + ", ".join(f"{m} {n} of {len(records)}" for m, n in sorted(counts.items())) + " queries (other models?)")
     args.output.mkdir(parents=True, exist_ok=True)
-    bench.write_outputs(state, args.output)
+    write_outputs(state, args.output)
     print(f"wrote {args.output}/bench.json and its tables: {len(state['records'])} queries")
     return 0
 

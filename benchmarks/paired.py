@@ -1,6 +1,6 @@
 """Is one method's accuracy different from QKT's, query by query? Paired statistics over bench.json files.
 
-    python benchmarks/paired.py docs/results/bench/frozen-first-block-*/bench.json --method qkt_frozen_first_block
+    python benchmarks/paired.py docs/results/bench/whole-first-epoch-*/bench.json --method qkt_whole_first_epoch
 
 Every query of ``qkt bench`` runs each method on the same parties, so the fair comparison is
 the difference per query: its mean, a bootstrap 95% interval of that mean and the Wilcoxon

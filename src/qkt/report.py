@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -15,9 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-# Read once: asking for the umask means setting it, which is not safe once threads run.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from .files import atomic_write  # noqa: E402
 
 METHOD_NAMES = {
     "local": "Local",
@@ -63,20 +59,6 @@ def describe_scenario(summary: dict) -> str:
     if experts:
         line += "; experts found: " + ", ".join(f"class {c} ← parties {', '.join(v)}" for c, v in experts.items())
     return line
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file and rename, so an interrupt never leaves a file cut short."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's private 0600 would outlive the rename
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 110) -> None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .files import atomic_file
 from .models import FeaturesHead
 
 BatchLoss = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
@@ -242,15 +243,13 @@ def checkpoint_key(*parts: object) -> str:
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:
-    """Write atomically, so an interrupted run never leaves a checkpoint cut short."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C mid-write: leave no partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``path`` whole, through a uniquely named temporary file (:func:`qkt.files.atomic_file`).
+
+    An interrupted run never leaves a checkpoint cut short, and two writers of one
+    checkpoint never write into each other's file.
+    """
+    with atomic_file(path) as f:
+        torch.save(model.state_dict(), f)
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from qkt.cli import main
@@ -40,6 +42,54 @@ def _one_line_error(code: int, err: str) -> str:
 def _npz_run(capsys, tmp_path: Path, arrays: dict, config: str = TINY) -> tuple[int, str, str]:
     np.savez(tmp_path / "mine.npz", **arrays)
     return _run(capsys, tmp_path, config + '[data]\nname = "npz"\n', None, "--data-path", str(tmp_path / "mine.npz"))
+
+
+# --- 8: output problems --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if the run loads data or trains: its output must be checked before."""
+    def started(*args, **kwargs):
+        raise AssertionError("the run started working before checking its output")
+
+    monkeypatch.setattr("qkt.experiment.build_world", started)
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["file", "under-a-file"])
+def test_a_file_as_output_is_refused_before_any_work(capsys, tmp_path, no_work, under):
+    file = tmp_path / "results.txt"
+    file.write_text("mine")
+    err = _one_line_error(*_run(capsys, tmp_path, TINY, file / "run" if under else file)[::2])
+    assert "is a file" in err and file.read_text() == "mine"
+
+
+def test_a_file_as_the_bench_output_is_refused_before_any_work(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("qkt.bench.run_bench", lambda *a, **k: pytest.fail("the bench started before checking its output"))
+    (tmp_path / "bench").write_text("mine")
+    err = _one_line_error(main(["bench", "--output", str(tmp_path / "bench"), "--quiet"]), capsys.readouterr().err)
+    assert "is a file" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_refused_before_any_work(capsys, tmp_path, no_work):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    try:
+        err = _one_line_error(*_run(capsys, tmp_path, TINY, locked / "run")[::2])
+    finally:
+        locked.chmod(0o755)
+    assert "cannot write" in err and not (locked / "run").exists()
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "save", _full_disk)
+    err = _one_line_error(*_run(capsys, tmp_path)[::2])
+    assert "No space left on device" in err and not list((tmp_path / "out").rglob(".*"))
 
 
 # --- 10: two writers of one checkpoint -----------------------------------------------------------------------

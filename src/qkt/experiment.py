@@ -26,6 +26,7 @@ from .baselines.kd import distill_all
 from .config import QueryConfig, RunConfig
 from .data import DataSet, load_dataset
 from .errors import QKTError, QueryError
+from .files import check_output
 from .metrics import MethodResult, score
 from .models import build_model, num_bytes
 from .query import query
@@ -225,6 +226,8 @@ def run(config: RunConfig, output: Path | None = None, progress: bool = True, re
     """
     from .report import write_outputs
 
+    if output is not None:
+        check_output(output)
     checkpoints = output / "checkpoints" if output else None
     world = build_world(config, checkpoints, progress, resume=resume)
     results, reports = run_methods(world, config, progress)

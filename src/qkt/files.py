@@ -1,4 +1,8 @@
-"""Files written whole: each through a temporary file renamed into place."""
+"""Files written whole, each through a temporary file renamed into place, and the checks of an output folder.
+
+A failure to write (a full disk, a read-only folder) is a :class:`~qkt.errors.QKTError`
+naming the file: the user can act on it, and it is reported in one line.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import QKTError
+
 # Read once: asking for the umask means setting it, which is not safe once threads run.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def _cannot_write(path: Path, exc: OSError) -> QKTError:
+    return QKTError(f"cannot write '{path}': {exc.strerror or exc}")
 
 
 @contextmanager
@@ -21,13 +31,19 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     An interrupt never leaves ``path`` cut short, and the temporary name is unique, so
     two writers of one path never write into each other's file: the last to finish wins.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's private 0600 would outlive the rename
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _cannot_write(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -37,3 +53,18 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through :func:`atomic_file`."""
     with atomic_file(path) as f:
         f.write(data)
+
+
+def check_output(folder: Path) -> None:
+    """Refuse, before any work, an output folder that is a file, would be made inside a file, or cannot be written."""
+    nearest = folder
+    while not nearest.is_dir():  # the folder, or the nearest of its parents that exists
+        if nearest.exists():
+            raise QKTError(f"'{folder}' is a file, not a folder: choose another output folder" if nearest == folder else
+                           f"'{nearest}' is a file, so the output folder '{folder}' cannot be made in it")
+        nearest = nearest.parent
+    try:
+        with tempfile.TemporaryFile(dir=nearest):  # permissions alone miss read-only mounts and root's rights
+            pass
+    except OSError as exc:
+        raise QKTError(f"cannot write into '{nearest}' ({exc.strerror or exc}): choose another output folder") from None

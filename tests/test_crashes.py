@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,49 @@ def test_a_full_disk_while_checkpointing_is_one_line(capsys, tmp_path, monkeypat
     monkeypatch.setattr(torch, "save", _full_disk)
     err = _one_line_error(*_run(capsys, tmp_path)[::2])
     assert "No space left on device" in err and not list((tmp_path / "out").rglob(".*"))
+
+
+# --- 9: result files all or nothing --------------------------------------------------------------------------
+
+
+def _full_disk_for(monkeypatch, name: str) -> None:
+    """Writes to the temporary file of ``name`` hit a full disk (Linux's /dev/full), as they would on a full partition."""
+    mkstemp = tempfile.mkstemp
+
+    def full(*args, **kwargs):
+        fd, path = mkstemp(*args, **kwargs)
+        if name in Path(path).name:
+            full_fd = os.open("/dev/full", os.O_WRONLY)
+            os.dup2(full_fd, fd)
+            os.close(full_fd)
+        return fd, path
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+
+
+RESULTS = ("results.json", "results.md", "per_class_accuracy.png")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_while_drawing_leaves_the_previous_results_whole(capsys, tmp_path, monkeypatch):
+    assert _run(capsys, tmp_path)[0] == 0
+    before = {name: (tmp_path / "out" / name).read_bytes() for name in RESULTS}
+    _full_disk_for(monkeypatch, "per_class_accuracy.png")  # the last of the three to be written
+    err = _one_line_error(*_run(capsys, tmp_path, TINY.replace("epochs = 1", "epochs = 2"))[::2])
+    assert "No space left on device" in err
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in RESULTS} == before
+    assert not list((tmp_path / "out").rglob(".*"))
+
+
+def test_a_result_that_cannot_replace_its_file_leaves_the_others_whole(capsys, tmp_path):
+    assert _run(capsys, tmp_path)[0] == 0
+    before = {name: (tmp_path / "out" / name).read_bytes() for name in RESULTS[:2]}
+    (tmp_path / "out" / RESULTS[2]).unlink()
+    (tmp_path / "out" / RESULTS[2]).mkdir()
+    err = _one_line_error(*_run(capsys, tmp_path, TINY.replace("epochs = 1", "epochs = 2"))[::2])
+    assert "per_class_accuracy.png" in err
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in RESULTS[:2]} == before
+    assert not list((tmp_path / "out").rglob(".*"))
 
 
 # --- 10: two writers of one checkpoint -----------------------------------------------------------------------

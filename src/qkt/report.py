@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .files import atomic_write  # noqa: E402
+from .files import all_or_nothing, atomic_write  # noqa: E402
 
 METHOD_NAMES = {
     "local": "Local",
@@ -97,8 +97,8 @@ def plot_per_class(summary: dict, path: Path) -> None:
 
 
 def write_outputs(summary: dict, output: Path) -> None:
-    """``results.json``, ``results.md`` and ``per_class_accuracy.png`` in ``output``."""
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write(output / "results.md", (describe_scenario(summary) + "\n\n" + format_table(summary["methods"]) + "\n").encode())
-    atomic_write(output / "results.json", json.dumps(summary, indent=2).encode())
-    plot_per_class(summary, output / "per_class_accuracy.png")  # last: the numbers are kept even if drawing fails
+    """``results.json``, ``results.md`` and ``per_class_accuracy.png`` in ``output``: all three, or if one fails, none."""
+    with all_or_nothing():
+        atomic_write(output / "results.md", (describe_scenario(summary) + "\n\n" + format_table(summary["methods"]) + "\n").encode())
+        atomic_write(output / "results.json", json.dumps(summary, indent=2).encode())
+        plot_per_class(summary, output / "per_class_accuracy.png")

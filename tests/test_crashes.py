@@ -155,3 +155,28 @@ def test_two_writers_of_one_checkpoint_do_not_collide(tmp_path, monkeypatch):
     assert load_checkpoint(loaded, path)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), first.state_dict().values(), strict=True))
     assert [p.name for p in tmp_path.iterdir()] == ["party0.pt"]
+
+
+# --- 11: foreign or corrupt checkpoints under --resume -------------------------------------------------------
+
+
+@pytest.mark.parametrize("foreign", [
+    lambda p: p.write_bytes(np.random.default_rng(0).bytes(500)),
+    lambda p: torch.save(torch.zeros(3), p),
+    lambda p: torch.save(build_model("mlp", (5,), 2).state_dict(), p),
+    lambda p: torch.save({k: v[..., :1] if k == "head.bias" else v for k, v in torch.load(p, weights_only=True).items()}, p),
+    lambda p: p.write_bytes(p.read_bytes()[:300]),
+], ids=["garbage", "a-tensor", "another-model", "one-tensor-off", "cut-short"])
+def test_a_foreign_checkpoint_is_retrained_with_a_warning(capsys, tmp_path, foreign):
+    assert _run(capsys, tmp_path)[0] == 0
+    checkpoints = sorted((tmp_path / "out" / "checkpoints").glob("*.pt"))
+    trained = {path: torch.load(path, weights_only=True) for path in checkpoints}
+    for path in checkpoints:
+        foreign(path)
+    with pytest.warns(UserWarning, match="retrained") as caught:
+        code, _, err = _run(capsys, tmp_path, TINY, None, "--resume")
+    assert code == 0 and "Traceback" not in err
+    assert len([w for w in caught if "retrained" in str(w.message)]) == len(checkpoints)
+    for path, weights in trained.items():  # retrained from the same seeded start, untouched by the foreign file
+        again = torch.load(path, weights_only=True)
+        assert all(torch.equal(again[k], weights[k]) for k in weights)

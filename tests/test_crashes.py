@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from qkt.cli import main
+from qkt.data import load_dataset
+from qkt.errors import DataError
 from qkt.models import build_model
 from qkt.training import load_checkpoint, save_checkpoint
 
@@ -43,6 +45,25 @@ def _one_line_error(code: int, err: str) -> str:
 def _npz_run(capsys, tmp_path: Path, arrays: dict, config: str = TINY) -> tuple[int, str, str]:
     np.savez(tmp_path / "mine.npz", **arrays)
     return _run(capsys, tmp_path, config + '[data]\nname = "npz"\n', None, "--data-path", str(tmp_path / "mine.npz"))
+
+
+# --- 6: non-finite data --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("split", "values", "says"), [
+    ("x_train", [np.nan] * 3, "x_train in"),
+    ("x_test", [np.inf, -np.inf], "x_test in"),
+    ("x_train", [1e300], "x_train in"),  # finite in float64, infinite as the float32 qkt trains in
+], ids=["nan-train", "inf-test", "beyond-float32"])
+def test_non_finite_data_is_refused_with_the_array_and_count(capsys, tmp_path, split, values, says):
+    arrays = _arrays()
+    x = arrays[split].astype(np.float64)
+    x.flat[[5, 17, 40][: len(values)]] = values
+    arrays[split] = x
+    err = _one_line_error(*_npz_run(capsys, tmp_path, arrays)[::2])
+    assert says in err and f"{len(values)} non-finite value" in err
+    with pytest.raises(DataError):
+        load_dataset("npz", path=tmp_path / "mine.npz")
 
 
 # --- 8: output problems --------------------------------------------------------------------------------------

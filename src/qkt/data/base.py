@@ -123,7 +123,12 @@ def validate_arrays(name: str, source: Path | str, arrays: dict[str, np.ndarray]
         if x.ndim == 4 and x.dtype != np.uint8:
             raise DataError(f"{name}: images in {source} must be uint8, not {x.dtype}")
         if x.ndim == 2:
-            arrays[f"x_{split}"] = x.astype(np.float32)
+            with np.errstate(over="ignore"):  # values beyond float32's range become infinite, which the check below reports
+                x = arrays[f"x_{split}"] = x.astype(np.float32)
+            bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+            if bad:  # one would turn every model trained or scored on it to NaN
+                raise DataError(f"{name}: x_{split} in {source} holds {bad} non-finite value(s) (NaN, or infinite as float32) "
+                                f"among its {x.size}; drop or impute them")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(f"{name}: train and test inputs differ in shape in {source}")
     labels = np.concatenate([arrays["y_train"], arrays["y_test"]])

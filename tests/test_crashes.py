@@ -201,3 +201,13 @@ def test_a_foreign_checkpoint_is_retrained_with_a_warning(capsys, tmp_path, fore
     for path, weights in trained.items():  # retrained from the same seeded start, untouched by the foreign file
         again = torch.load(path, weights_only=True)
         assert all(torch.equal(again[k], weights[k]) for k in weights)
+
+
+# --- 12: a .npy as the data file -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["npz", "bloodmnist"])
+def test_a_npy_as_the_data_file_is_one_line(capsys, tmp_path, name):
+    np.save(tmp_path / "mine.npy", _arrays()["x_train"])
+    err = _one_line_error(main(["data", "info", name, "--data-path", str(tmp_path / "mine.npy")]), capsys.readouterr().err)
+    assert "a single array" in err

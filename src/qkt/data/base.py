@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -11,6 +13,7 @@ from stat import S_ISREG
 
 import numpy as np
 import torch
+from numpy.lib.npyio import NpzFile
 
 from ..errors import DataError
 
@@ -100,6 +103,16 @@ def _as_float(x: np.ndarray) -> torch.Tensor:
     if t.ndim == 4:
         return t.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
     return t.float()
+
+
+@contextmanager
+def npz_archive(source: Path, holds: str) -> Iterator[NpzFile]:
+    """The open ``.npz`` archive ``source``; a single array (a ``.npy`` file) is refused, saying what the archive ``holds``."""
+    loaded = np.load(source, allow_pickle=False)
+    if not isinstance(loaded, NpzFile):
+        raise DataError(f"'{source}' holds a single array (a .npy file); qkt reads an .npz archive of {holds}")
+    with loaded as f:
+        yield f
 
 
 def validate_arrays(name: str, source: Path | str, arrays: dict[str, np.ndarray], classes: tuple[str, ...] | None = None) -> DataSet:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,24 @@ def test_a_npy_as_the_data_file_is_one_line(capsys, tmp_path, name):
     np.save(tmp_path / "mine.npy", _arrays()["x_train"])
     err = _one_line_error(main(["data", "info", name, "--data-path", str(tmp_path / "mine.npy")]), capsys.readouterr().err)
     assert "a single array" in err
+
+
+# --- 13: sparse labels ---------------------------------------------------------------------------------------
+
+
+def test_a_label_space_far_larger_than_the_labels_present_is_refused(capsys, tmp_path):
+    arrays = _arrays()
+    for split in ("y_train", "y_test"):
+        arrays[split] = np.where(arrays[split] == 2, 100_000, arrays[split])
+    np.savez(tmp_path / "mine.npz", **arrays)
+    started = time.perf_counter()
+    err = _one_line_error(main(["data", "info", "npz", "--data-path", str(tmp_path / "mine.npz")]), capsys.readouterr().err)
+    assert "100001 classes" in err and "3 of them" in err and time.perf_counter() - started < 5
+
+
+def test_labels_with_a_few_gaps_are_kept():
+    from qkt.data.base import validate_arrays
+
+    arrays = _arrays()
+    arrays["y_train"] = arrays["y_train"] * 2  # 0, 2, 4: five classes, three present
+    assert validate_arrays("npz", "mine.npz", arrays).num_classes == 5

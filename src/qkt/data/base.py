@@ -148,7 +148,11 @@ def validate_arrays(name: str, source: Path | str, arrays: dict[str, np.ndarray]
     if labels.min() < 0:
         raise DataError(f"{name}: negative labels in {source}")
     if classes is None:
-        classes = tuple(str(c) for c in range(int(labels.max()) + 1))
+        size, present = int(labels.max()) + 1, len(np.unique(labels))
+        if size > 2 * present:  # every model would have a head, and the chart a bar, for each: a stray label of 100000 hung the chart
+            raise DataError(f"{name}: labels in {source} run up to {size - 1}, a label space of {size} classes, but only {present} "
+                            f"of them occur; number the classes 0..{present - 1} (np.unique(y, return_inverse=True) does)")
+        classes = tuple(str(c) for c in range(size))
     if labels.max() >= len(classes):
         raise DataError(f"{name}: label {labels.max()} in {source} is outside its {len(classes)} classes")
     return DataSet(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], tuple(classes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 import time
@@ -233,3 +234,27 @@ def test_labels_with_a_few_gaps_are_kept():
     arrays = _arrays()
     arrays["y_train"] = arrays["y_train"] * 2  # 0, 2, 4: five classes, three present
     assert validate_arrays("npz", "mine.npz", arrays).num_classes == 5
+
+
+# --- 14: a query class without test samples ------------------------------------------------------------------
+
+
+def _strict_json(text: str) -> dict:
+    def refuse(constant: str):
+        raise AssertionError(f"results.json holds {constant}, which is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_query_class_absent_from_the_test_set_is_null_and_said_so(capsys, tmp_path):
+    arrays = _arrays()
+    kept = arrays["y_test"] != 2
+    arrays["x_test"], arrays["y_test"] = arrays["x_test"][kept], arrays["y_test"][kept]
+    code, out, err = _npz_run(capsys, tmp_path, arrays, TINY + "query = [2]\n")
+    assert code == 0 and "invalid value" not in err, err
+    results = _strict_json((tmp_path / "out" / "results.json").read_text())
+    local = results["methods"]["local"]
+    assert local["query_accuracy"] is None and local["per_class_accuracy"][2] is None
+    assert local["local_accuracy"] is not None
+    assert "no test sample" in (tmp_path / "out" / "results.md").read_text() and "no test sample" in out
+    assert "| nan" not in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -35,6 +36,22 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _accuracy(value: float | None, sign: str = "") -> str:
+    """An accuracy for a table; a group of classes without test samples has none (NaN, or None once read from results.json)."""
+    return "no test sample" if value is None or math.isnan(value) else f"{value:{sign}.3f}"
+
+
+def json_safe(value: object) -> object:
+    """``value`` with every NaN or infinite float as None: JSON has no NaN, and a class without test samples scores NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def format_table(methods: dict[str, dict]) -> str:
     """A markdown table of the SPEC §3 figures, one row per method."""
     rows = [
@@ -43,8 +60,8 @@ def format_table(methods: dict[str, dict]) -> str:
     ]
     for name, r in methods.items():
         rows.append(
-            f"| {METHOD_NAMES.get(name, name)} | {r['query_accuracy']:.3f} | {r['local_accuracy']:.3f} | "
-            f"{r['overall_accuracy']:.3f} | {r['forgetting']:+.3f} | {human_bytes(r['bytes_sent'])} | "
+            f"| {METHOD_NAMES.get(name, name)} | {_accuracy(r['query_accuracy'])} | {_accuracy(r['local_accuracy'])} | "
+            f"{_accuracy(r['overall_accuracy'])} | {_accuracy(r['forgetting'], '+')} | {human_bytes(r['bytes_sent'])} | "
             f"{human_bytes(r['bytes_received'])} | {r['seconds']:.1f} |"
         )
     return "\n".join(rows)
@@ -100,5 +117,5 @@ def write_outputs(summary: dict, output: Path) -> None:
     """``results.json``, ``results.md`` and ``per_class_accuracy.png`` in ``output``: all three, or if one fails, none."""
     with all_or_nothing():
         atomic_write(output / "results.md", (describe_scenario(summary) + "\n\n" + format_table(summary["methods"]) + "\n").encode())
-        atomic_write(output / "results.json", json.dumps(summary, indent=2).encode())
+        atomic_write(output / "results.json", json.dumps(json_safe(summary), indent=2, allow_nan=False).encode())
         plot_per_class(summary, output / "per_class_accuracy.png")

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import numpy as np
 import pytest
 import torch
+from pydantic import BaseModel
 
 from qkt.cli import main
+from qkt.config import RunConfig, parse_config
 from qkt.data import load_dataset
-from qkt.errors import DataError
+from qkt.errors import ConfigError, DataError
 from qkt.models import build_model
 from qkt.training import load_checkpoint, save_checkpoint
 
@@ -66,6 +70,60 @@ def test_non_finite_data_is_refused_with_the_array_and_count(capsys, tmp_path, s
     assert says in err and f"{len(values)} non-finite value" in err
     with pytest.raises(DataError):
         load_dataset("npz", path=tmp_path / "mine.npz")
+
+
+# --- 7: non-finite config floats -----------------------------------------------------------------------------
+
+
+def _leaves(model: type[BaseModel] = RunConfig, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    """Every option of the schema: its path and its type."""
+    out = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out += _leaves(field.annotation, (*prefix, name))
+        else:
+            out.append(((*prefix, name), field.annotation))
+    return out
+
+
+def _holds(annotation: object, kind: type) -> bool:
+    """Whether values of ``annotation`` (through Annotated, unions and lists) may be of type ``kind``."""
+    if annotation is kind:
+        return True
+    return any(_holds(a, kind) for a in get_args(annotation) if get_origin(annotation) is not Literal)
+
+
+FLOAT_OPTIONS = [path for path, annotation in _leaves() if _holds(annotation, float)]
+
+
+def _setting(path: tuple[str, ...], value: object) -> dict:
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+def test_every_float_option_is_found():
+    assert ("query", "lam") in FLOAT_OPTIONS and ("query", "probe", "scales") in FLOAT_OPTIONS and len(FLOAT_OPTIONS) > 20
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("path", FLOAT_OPTIONS, ids=".".join)
+def test_config_floats_must_be_finite(path, value):
+    wrapped = [value] if path[-1] == "scales" else value
+    with pytest.raises(ConfigError, match=f"{'.'.join(path)}.*: Input should be a finite number"):
+        parse_config(_setting(path, wrapped))
+
+
+@pytest.mark.parametrize("argv", [["flower", "simulate", "--timeout", "nan"], ["flower", "run-config", "--reply-timeout", "inf"]])
+def test_command_line_numbers_must_be_finite(capsys, argv):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert f"must be a finite number, not {argv[-1]}" in capsys.readouterr().err
+
+
+def test_a_huge_lambda_is_documented_as_no_teacher_qualifying():
+    described = RunConfig.model_fields["query"].annotation.model_fields["lam"].description
+    assert "no teacher" in described
 
 
 # --- 8: output problems --------------------------------------------------------------------------------------

@@ -26,7 +26,12 @@ Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
 # BatchNorm cannot train on a batch of one sample.
 BatchSize = Annotated[int, Field(ge=2)]
-Rate = Annotated[float, Field(gt=0)]
+# Every float option is finite: an infinite learning rate or temperature trains a NaN model, and
+# infinity passes any lower bound.
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Rate = Annotated[Finite, Field(gt=0)]
+Weight = Annotated[Finite, Field(ge=0)]
+Share = Annotated[Finite, Field(ge=0, le=1)]
 
 
 class Section(BaseModel):
@@ -55,10 +60,10 @@ class TrustConfig(Section):
     """Querier-side checks of the experts' claims once their weights arrive (qkt.query.trust)."""
 
     enabled: bool = Field(True, description="check every received expert and drop what its weights do not support")
-    claim_tolerance: Annotated[float, Field(ge=0, le=1)] = Field(
+    claim_tolerance: Share = Field(
         0.01, description="how far below the expert threshold the querier's own probe of the received weights may score before a claim is dropped"
     )
-    min_local_agreement: Annotated[float, Field(ge=0, le=1)] = Field(
+    min_local_agreement: Share = Field(
         0.6, description="least share of the querier's samples of a shared class the expert must label right (catches permuted or garbage models)"
     )
     max_samples: Positive = Field(1024, description="querier samples the checks look at")
@@ -73,9 +78,9 @@ class InversionConfig(Section):
                          "the same number for each, its share of its most shared class")
     steps: Positive = Field(200, description="optimisation steps per batch")
     lr: Rate = Field(0.1, description="Adam learning rate of the synthetic inputs")
-    bn_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of matching the expert's BatchNorm statistics")
-    tv_weight: Annotated[float, Field(ge=0)] = Field(1e-4, description="weight of the total-variation image prior")
-    l2_weight: Annotated[float, Field(ge=0)] = Field(1e-5, description="weight of the L2 input prior")
+    bn_weight: Weight = Field(1.0, description="weight of matching the expert's BatchNorm statistics")
+    tv_weight: Weight = Field(1e-4, description="weight of the total-variation image prior")
+    l2_weight: Weight = Field(1e-5, description="weight of the L2 input prior")
 
 
 class QueryConfig(Section):
@@ -85,22 +90,25 @@ class QueryConfig(Section):
     benchmarks (``qkt.bench``) and ``examples/`` use a lighter probe and inversion.
     """
 
-    lam: Annotated[float, Field(ge=1.0)] = Field(1.5, description="λ: expert iff probe score ≥ λ/|C|")
+    lam: Annotated[Finite, Field(ge=1.0)] = Field(
+        1.5, description="λ: a teacher is an expert of a query class iff its probe score ≥ λ/|C|, |C| the number of classes; "
+                         "a score is at most 1 (before privacy noise), so from λ = |C| on no teacher qualifies and each query "
+                         "class falls back to the one teacher scoring it highest, if that is above uniform (1/|C|)")
     probe: ProbeConfig = ProbeConfig()
     trust: TrustConfig = TrustConfig()
     inversion: InversionConfig = InversionConfig()
-    mixup: Annotated[float, Field(ge=0)] = Field(
+    mixup: Weight = Field(
         1.0, description="mixups of local and synthetic inputs added per such input (0: none); each costs Phase 1 as much as a local input"
     )
     mixup_alpha: Rate = Field(0.4, description="mixup weights are drawn from Beta(mixup_alpha, mixup_alpha)")
     temperature: Rate = Field(2.0, description="softmax temperature of the distillation targets and the student's KL term")
-    kd_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of the distillation term against the local cross-entropy")
+    kd_weight: Weight = Field(1.0, description="weight of the distillation term against the local cross-entropy")
     phase1_epochs: NonNegative = Field(10, description="epochs of Phase 1, the masked distillation (see phase1_epoch)")
     phase1_epoch: Literal["transfer", "local"] = Field(
         "transfer", description="a Phase 1 epoch: one pass over the whole transfer set, or 'local': as many of its inputs as the "
                                 "querier holds, drawn in turn (a fine-tuning epoch's cost: about half Phase 1's time, 1-3 points of accuracy in the ablations)"
     )
-    phase1_mixups: Annotated[float, Field(ge=0, le=1)] = Field(
+    phase1_mixups: Share = Field(
         1.0, description="share of the mixups in each Phase 1 epoch, taken in turn so that all are used alike (1: every mixup "
                          "in every epoch); 0 (or false): only Phase 2 (the head, on features computed once) learns from them, so a "
                          "Phase 1 epoch costs about a fine-tuning epoch (on the three-seed benchmark: 0.3-3.0 points of overall "
@@ -151,16 +159,16 @@ class FederatedConfig(Section):
     """
 
     local_epochs: Positive = Field(1, description="local epochs per round (McMahan et al. 2017 use 1-5); rounds = training.epochs / local_epochs")
-    prox_mu: Annotated[float, Field(ge=0)] = Field(0.01, description="FedProx μ (Li et al. 2020 pick from 0.001-1; 0.01 is their best under label skew)")
+    prox_mu: Weight = Field(0.01, description="FedProx μ (Li et al. 2020 pick from 0.001-1; 0.01 is their best under label skew)")
     gen_noise_dim: Positive = Field(32, description="FedGen: noise dimension of the generator (Zhu et al. 2021)")
     gen_hidden: Positive = Field(256, description="FedGen: hidden width of the generator")
     gen_lr: Rate = Field(3e-4, description="FedGen: Adam learning rate of the generator")
     gen_steps: Positive = Field(50, description="FedGen: generator steps per round (10 epochs × 5 teacher iterations in the authors' code)")
     gen_batch_size: BatchSize = Field(64, description="FedGen: generated features per step")
-    gen_alpha: Annotated[float, Field(ge=0)] = Field(10.0, description="FedGen: weight of the generated-feature cross-entropy in local training")
-    gen_beta: Annotated[float, Field(ge=0)] = Field(10.0, description="FedGen: weight of the latent KL term in local training")
-    gen_diversity: Annotated[float, Field(ge=0)] = Field(1.0, description="FedGen: weight of the generator's diversity loss (η)")
-    gen_decay: Annotated[float, Field(gt=0, le=1)] = Field(0.98, description="FedGen: per-round decay of gen_alpha and gen_beta")
+    gen_alpha: Weight = Field(10.0, description="FedGen: weight of the generated-feature cross-entropy in local training")
+    gen_beta: Weight = Field(10.0, description="FedGen: weight of the latent KL term in local training")
+    gen_diversity: Weight = Field(1.0, description="FedGen: weight of the generator's diversity loss (η)")
+    gen_decay: Annotated[Finite, Field(gt=0, le=1)] = Field(0.98, description="FedGen: per-round decay of gen_alpha and gen_beta")
 
 
 Arch = Literal["mlp", "cnn", "resnet"]
@@ -204,7 +212,7 @@ class TrainingConfig(Section):
     epochs: Positive = 20
     lr: Rate = 1e-3
     batch_size: BatchSize = 64
-    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    weight_decay: Weight = 5e-4
     augment: bool = Field(False, description="random flips and crops for 32-pixel images")
     seed: NonNegative = 0
 

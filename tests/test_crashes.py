@@ -316,3 +316,35 @@ def test_a_query_class_absent_from_the_test_set_is_null_and_said_so(capsys, tmp_
     assert local["local_accuracy"] is not None
     assert "no test sample" in (tmp_path / "out" / "results.md").read_text() and "no test sample" in out
     assert "| nan" not in out
+
+
+# --- 17: smaller ---------------------------------------------------------------------------------------------
+
+
+def test_a_folder_as_config_is_named_a_folder(capsys, tmp_path):
+    assert main(["run", "--config", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "does not exist" not in err
+
+
+def test_a_list_of_two_million_scales_is_refused_fast(capsys, tmp_path):
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="at most"):
+        parse_config({"query": {"probe": {"scales": [1.0] * 2_000_000}}})
+    path = tmp_path / "config.yaml"
+    path.write_text("query:\n  probe:\n    scales: [" + ", ".join(["1.0"] * 2_000_000) + "]\n")
+    assert main(["run", "--config", str(path)]) == 2
+    assert "too large" in capsys.readouterr().err
+    assert time.perf_counter() - started < 5
+
+
+# A valid entry of each list option: a new list option must be added here, and bounded.
+LIST_ENTRIES = {("query", "probe", "scales"): 1.0, ("scenario", "query"): 0, ("training", "teacher_archs"): "mlp",
+                ("methods",): "local"}
+
+
+def test_every_list_option_is_bounded():
+    assert {path for path, annotation in _leaves() if "list[" in str(annotation)} == set(LIST_ENTRIES)
+    for path, entry in LIST_ENTRIES.items():
+        with pytest.raises(ConfigError, match=f"{'.'.join(path)}: List should have at most"):
+            parse_config(_setting(path, [entry] * 100_000))

@@ -32,6 +32,10 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 Rate = Annotated[Finite, Field(gt=0)]
 Weight = Annotated[Finite, Field(ge=0)]
 Share = Annotated[Finite, Field(ge=0, le=1)]
+# Longer than any list a run needs; a longer one is refused at once rather than validated entry by entry.
+MAX_ENTRIES = 1000
+# Ten times what `qkt config` lists; parsing megabytes of YAML takes minutes.
+MAX_CONFIG_BYTES = 100_000
 
 
 class Section(BaseModel):
@@ -48,7 +52,7 @@ class ProbeConfig(Section):
     )
     steps: NonNegative = Field(100, description="refinement steps of the 'statistics' probe")
     num_samples: Positive = Field(512, description="probe inputs per noise scale")
-    scales: list[Rate] = Field([0.5, 1.0, 2.0], min_length=1, description="standard deviations of the Gaussian probes in the normalised input space")
+    scales: list[Rate] = Field([0.5, 1.0, 2.0], min_length=1, max_length=MAX_ENTRIES, description="standard deviations of the Gaussian probes in the normalised input space")
     seed: NonNegative = 0
     noise: Literal["none", "laplace"] = Field(
         "none", description="differential privacy of the teachers' replies: 'laplace' adds Laplace noise to each probe score (docs/privacy.md)"
@@ -198,7 +202,7 @@ class ScenarioConfig(Section):
     """Who queries, and for which classes."""
 
     querier: NonNegative | None = Field(None, description="the querying party (default: the eligible party with most samples)")
-    query: list[NonNegative] | None = Field(None, description="fixed query classes, which the querier must lack (default: drawn)")
+    query: list[NonNegative] | None = Field(None, max_length=MAX_ENTRIES, description="fixed query classes, which the querier must lack (default: drawn)")
     query_size: Positive = Field(1, description="number of query classes drawn when query is not set")
     max_query_samples: Positive = Field(10, description="a class the querier holds fewer samples of than this may be queried")
     min_expert_samples: Positive = Field(10, description="only a class some other party holds this many samples of can be queried (someone can teach it)")
@@ -208,7 +212,7 @@ class TrainingConfig(Section):
     """Every party's training of its own model (and the federated baselines' optimiser)."""
 
     arch: Arch = Field("mlp", description="the querier's model: mlp, cnn or resnet")
-    teacher_archs: list[Arch] | None = Field(None, description="architectures of the teachers, cycled over the parties (default: arch)")
+    teacher_archs: list[Arch] | None = Field(None, max_length=MAX_ENTRIES, description="architectures of the teachers, cycled over the parties (default: arch)")
     epochs: Positive = 20
     lr: Rate = 1e-3
     batch_size: BatchSize = 64
@@ -229,7 +233,7 @@ class RunConfig(Section):
     methods: list[Literal["local", "ensemble", "kd", "qkt", "qkt_light", "fedavg", "fedprox", "fedgen",
                           "qkt_no_masks", "qkt_no_phase2", "qkt_merged", "qkt_no_mixup", "qkt_short_phase1",
                           "qkt_phase2_mixups", "qkt_whole_first_epoch"]] = Field(
-        ["local", "ensemble", "kd", "qkt", "qkt_light"], min_length=1, description="the methods to run and compare")
+        ["local", "ensemble", "kd", "qkt", "qkt_light"], min_length=1, max_length=MAX_ENTRIES, description="the methods to run and compare")
 
     @model_validator(mode="after")
     def _query_fits(self) -> RunConfig:
@@ -259,6 +263,8 @@ def commented_yaml(config: BaseModel, indent: int = 0) -> str:
 
 def _shown(value: object) -> str:
     """A short rendering of a rejected value; YAML can give keys (dates, numbers) that JSON cannot write."""
+    if isinstance(value, list | dict) and len(value) > 10:  # rendering a huge one only to cut it short takes seconds
+        return f"a {type(value).__name__} of {len(value)} entries"
     try:
         text = json.dumps(value, default=str)
     except (TypeError, ValueError):
@@ -277,9 +283,12 @@ def _section_keys(loc: tuple) -> list[str]:
     return list(section.model_fields)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, shown: int = 10) -> str:
+    """One line per invalid setting, the first ``shown`` of them."""
     lines = [f"{source}: {err.error_count()} invalid setting(s)"]
-    for e in err.errors():
+    if err.error_count() > shown:
+        lines[0] += f", the first {shown}:"
+    for e in err.errors()[:shown]:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             known = _section_keys(e["loc"][:-1])
@@ -307,8 +316,12 @@ def parse_config(raw: object, source: str = "config") -> RunConfig:
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a folder: give the YAML or TOML file itself")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: too large for a config ({path.stat().st_size:,} bytes; at most {MAX_CONFIG_BYTES:,})")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -8,12 +8,16 @@ import math
 import os
 import tempfile
 import time
+import types
 from pathlib import Path
-from typing import Literal, get_args, get_origin
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from qkt.cli import main
@@ -27,11 +31,11 @@ from qkt.training import load_checkpoint, save_checkpoint
 TINY = 'methods = ["local"]\n[partition]\nnum_parties = 3\nalpha = 1.0\n[training]\nepochs = 1\n[scenario]\nmax_query_samples = 1000\n'
 
 
-def _arrays(n: int = 300, classes: int = 3) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    y = np.arange(n) % classes
-    x = (rng.normal(size=(n, 8)) + y[:, None]).astype(np.float32)
-    return {"x_train": x, "y_train": y, "x_test": x[: n // 5].copy(), "y_test": y[: n // 5].copy()}
+def _arrays() -> dict[str, np.ndarray]:
+    """Three classes of eight features, 300 training and 60 test samples."""
+    y = np.arange(300) % 3
+    x = (np.random.default_rng(0).normal(size=(300, 8)) + y[:, None]).astype(np.float32)
+    return {"x_train": x, "y_train": y, "x_test": x[:60].copy(), "y_test": y[:60].copy()}
 
 
 def _run(capsys, tmp_path: Path, config: str = TINY, output: Path | None = None, *extra: str) -> tuple[int, str, str]:
@@ -56,18 +60,18 @@ def _npz_run(capsys, tmp_path: Path, arrays: dict, config: str = TINY) -> tuple[
 # --- 6: non-finite data --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("split", "values", "says"), [
-    ("x_train", [np.nan] * 3, "x_train in"),
-    ("x_test", [np.inf, -np.inf], "x_test in"),
-    ("x_train", [1e300], "x_train in"),  # finite in float64, infinite as the float32 qkt trains in
+@pytest.mark.parametrize(("split", "values"), [
+    ("x_train", [np.nan] * 3),
+    ("x_test", [np.inf, -np.inf]),
+    ("x_train", [1e300]),  # finite in float64, infinite as the float32 qkt trains in
 ], ids=["nan-train", "inf-test", "beyond-float32"])
-def test_non_finite_data_is_refused_with_the_array_and_count(capsys, tmp_path, split, values, says):
+def test_non_finite_data_is_refused_with_the_array_and_count(capsys, tmp_path, split, values):
     arrays = _arrays()
     x = arrays[split].astype(np.float64)
     x.flat[[5, 17, 40][: len(values)]] = values
     arrays[split] = x
     err = _one_line_error(*_npz_run(capsys, tmp_path, arrays)[::2])
-    assert says in err and f"{len(values)} non-finite value" in err
+    assert f"{split} in" in err and f"{len(values)} non-finite value" in err
     with pytest.raises(DataError):
         load_dataset("npz", path=tmp_path / "mine.npz")
 
@@ -96,10 +100,13 @@ def _holds(annotation: object, kind: type) -> bool:
 FLOAT_OPTIONS = [path for path, annotation in _leaves() if _holds(annotation, float)]
 
 
-def _setting(path: tuple[str, ...], value: object) -> dict:
-    for key in reversed(path):
-        value = {key: value}
-    return value
+def _set(config: dict, path: tuple[str, ...], value: object) -> dict:
+    """``config`` with the option at ``path`` set to ``value``, its sections made as needed."""
+    node = config
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    return config
 
 
 def test_every_float_option_is_found():
@@ -111,7 +118,7 @@ def test_every_float_option_is_found():
 def test_config_floats_must_be_finite(path, value):
     wrapped = [value] if path[-1] == "scales" else value
     with pytest.raises(ConfigError, match=f"{'.'.join(path)}.*: Input should be a finite number"):
-        parse_config(_setting(path, wrapped))
+        parse_config(_set({}, path, wrapped))
 
 
 @pytest.mark.parametrize("argv", [["flower", "simulate", "--timeout", "nan"], ["flower", "run-config", "--reply-timeout", "inf"]])
@@ -347,4 +354,89 @@ def test_every_list_option_is_bounded():
     assert {path for path, annotation in _leaves() if "list[" in str(annotation)} == set(LIST_ENTRIES)
     for path, entry in LIST_ENTRIES.items():
         with pytest.raises(ConfigError, match=f"{'.'.join(path)}: List should have at most"):
-            parse_config(_setting(path, [entry] * 100_000))
+            parse_config(_set({}, path, [entry] * 100_000))
+
+
+# --- acceptance: configs drawn from the schema's types, in and out of range ----------------------------------
+
+EDGES = st.sampled_from([math.inf, -math.inf, math.nan, 1e308, -1e308, 0.0, -0.0, 5e-324, -1.0, 1.0, 2.0])
+
+
+def _values(annotation: object) -> st.SearchStrategy:
+    """Values of the option's type, mostly at or beyond the edges of its range; its constraints are what is tested."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _values(args[0])
+    if origin in (Union, types.UnionType):
+        return st.one_of(*(_values(a) for a in args))
+    if origin is Literal:
+        return st.sampled_from(args) | st.text(max_size=4)
+    if origin is list:
+        return st.lists(_values(args[0]), max_size=3) | st.integers(0, 3000).map(lambda n: [1] * n)
+    if annotation is type(None):
+        return st.none()
+    if annotation is bool:
+        return st.booleans()
+    if annotation is int:
+        return st.integers(-2, 3) | st.integers(-(2**70), 2**70)
+    if annotation is float:
+        return EDGES | st.floats()
+    return st.text(max_size=8)
+
+
+LEAVES = _leaves()
+
+
+@st.composite
+def drawn_configs(draw) -> tuple[dict, list[str]]:
+    """A config setting one to three options to values drawn from their types; and the keys set."""
+    config: dict = {}
+    leaves = draw(st.lists(st.sampled_from(LEAVES), min_size=1, max_size=3, unique_by=lambda leaf: leaf[0]))
+    for path, annotation in leaves:
+        _set(config, path, draw(_values(annotation)))
+    return config, [".".join(path) for path, _ in leaves]
+
+
+def _finite(tree: object) -> bool:
+    if isinstance(tree, dict):
+        return all(_finite(v) for v in tree.values())
+    if isinstance(tree, list):
+        return all(_finite(v) for v in tree)
+    return not isinstance(tree, float) or math.isfinite(tree)
+
+
+SCHEMA = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@SCHEMA
+@given(drawn_configs())
+def test_configs_drawn_from_the_schema_validate_finite_or_fail_in_a_few_lines(drawn):
+    config, keys = drawn
+    try:
+        parsed = parse_config(config, "drawn")
+    except ConfigError as exc:
+        message = str(exc)
+        lines = message.splitlines()
+        assert lines[0].startswith("drawn") and len(lines) <= 12 and len(message) < 300 * len(lines)
+        assert all(line.startswith("  - ") for line in lines[1:]) and "Traceback" not in message
+        named = [line[4:].split(":")[0] for line in lines[1:]]  # an option drawn, an entry of it, or the section it breaks
+        assert all(n == "(top level)" or any(k == n or k.startswith(n + ".") or n.startswith(k + ".") for k in keys)
+                   for n in named), (named, keys)
+        return
+    assert _finite(parsed.model_dump())
+
+
+DIGITS = {"partition": {"num_parties": 3, "alpha": 1.0}, "training": {"epochs": 1}, "methods": ["local"],
+          "scenario": {"max_query_samples": 1000}}
+
+
+@settings(SCHEMA, max_examples=6)
+@given(st.sampled_from(FLOAT_OPTIONS), st.sampled_from([math.inf, -math.inf, math.nan]))
+def test_qkt_run_refuses_a_non_finite_option_before_any_work(tmp_path_factory, capsys, path, value):
+    folder = tmp_path_factory.mktemp("drawn")
+    config = _set(json.loads(json.dumps(DIGITS)), path, [value] if path[-1] == "scales" else value)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    code = main(["run", "--config", str(folder / "config.yaml"), "--output", str(folder / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    assert ".".join(path) in err and not (folder / "out").exists()

@@ -41,9 +41,9 @@ from qkt.bench.catalogue import run_config
 from qkt.bench.output import machine  # also puts matplotlib on its file-only backend
 from qkt.config import QueryConfig, RunConfig, parse_config
 from qkt.data import DataSet, load_dataset
+from qkt.files import atomic_write
 from qkt.metrics import MethodResult, score
 from qkt.query import Announcement, InProcessChannel, QueryReport, Teacher, TeacherChannel, Variant, answer_probe, run_query
-from qkt.report import atomic_write
 from qkt.training import per_class_accuracy, set_threads
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"

@@ -24,9 +24,9 @@ import numpy as np
 from qkt.config import DEMO, TrustConfig, parse_config
 from qkt.errors import QueryError
 from qkt.experiment import build_world
+from qkt.files import atomic_write
 from qkt.query import CachedScores, InProcessChannel, NoisyScores, Teacher, run_query
 from qkt.query.privacy import laplace_scale
-from qkt.report import atomic_write
 from qkt.training import per_class_accuracy, set_threads
 
 EPSILONS = [None, 10.0, 3.0, 1.0, 0.3]  # None: no noise

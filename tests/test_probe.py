@@ -93,3 +93,10 @@ def test_batchnorm_without_running_statistics_gets_plain_noise_probes():
 def test_bad_queries(query, match):
     with pytest.raises(QueryError, match=match):
         check_query(query, 10)
+
+
+def test_a_nan_score_is_called_not_finite_not_below_uniform():
+    from qkt.query.probe import no_expert_message
+
+    message = no_expert_message({"a": [float("nan")]}, [4], 10, 1.5, [4])
+    assert "not finite" in message and "below uniform" not in message

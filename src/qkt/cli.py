@@ -71,8 +71,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
+    from .files import check_output
     from .training import set_threads
 
+    check_output(args.output)
     set_threads(args.threads)
     state = run_bench(args.profile, args.dataset, args.output, args.data_root, args.scenario, args.resume,
                       progress=not args.quiet and sys.stderr.isatty(), methods=args.methods, whole_dataset=args.whole_dataset)

@@ -35,7 +35,16 @@ Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
 # BatchNorm cannot train on a batch of one sample.
 BatchSize = Annotated[int, Field(ge=2)]
-Rate = Annotated[float, Field(gt=0)]
+# Every float option is finite: an infinite learning rate or temperature trains a NaN model, and
+# infinity passes any lower bound.
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Rate = Annotated[Finite, Field(gt=0)]
+Weight = Annotated[Finite, Field(ge=0)]
+Share = Annotated[Finite, Field(ge=0, le=1)]
+# Longer than any list a run needs; a longer one is refused at once rather than validated entry by entry.
+MAX_ENTRIES = 1000
+# Ten times what `qkt config` lists; parsing megabytes of YAML takes minutes.
+MAX_CONFIG_BYTES = 100_000
 
 
 class Section(BaseModel):
@@ -52,7 +61,7 @@ class ProbeConfig(Section):
     )
     steps: NonNegative = Field(100, description="refinement steps of the 'statistics' probe")
     num_samples: Positive = Field(512, description="probe inputs per noise scale")
-    scales: list[Rate] = Field([0.5, 1.0, 2.0], min_length=1, description="standard deviations of the Gaussian probes in the normalised input space")
+    scales: list[Rate] = Field([0.5, 1.0, 2.0], min_length=1, max_length=MAX_ENTRIES, description="standard deviations of the Gaussian probes in the normalised input space")
     seed: NonNegative = 0
     noise: Literal["none", "laplace"] = Field(
         "none", description="differential privacy of the teachers' replies: 'laplace' adds Laplace noise to each probe score (docs/privacy.md)"
@@ -64,10 +73,10 @@ class TrustConfig(Section):
     """Querier-side checks of the experts' claims once their weights arrive (qkt.query.trust)."""
 
     enabled: bool = Field(True, description="check every received expert and drop what its weights do not support")
-    claim_tolerance: Annotated[float, Field(ge=0, le=1)] = Field(
+    claim_tolerance: Share = Field(
         0.01, description="how far below the expert threshold the querier's own probe of the received weights may score before a claim is dropped"
     )
-    min_local_agreement: Annotated[float, Field(ge=0, le=1)] = Field(
+    min_local_agreement: Share = Field(
         0.6, description="least share of the querier's samples of a shared class the expert must label right (catches permuted or garbage models)"
     )
     max_samples: Positive = Field(1024, description="querier samples the checks look at")
@@ -82,9 +91,9 @@ class InversionConfig(Section):
                          "the same number for each, its share of its most shared class")
     steps: Positive = Field(200, description="optimisation steps per batch")
     lr: Rate = Field(0.1, description="Adam learning rate of the synthetic inputs")
-    bn_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of matching the expert's BatchNorm statistics")
-    tv_weight: Annotated[float, Field(ge=0)] = Field(1e-4, description="weight of the total-variation image prior")
-    l2_weight: Annotated[float, Field(ge=0)] = Field(1e-5, description="weight of the L2 input prior")
+    bn_weight: Weight = Field(1.0, description="weight of matching the expert's BatchNorm statistics")
+    tv_weight: Weight = Field(1e-4, description="weight of the total-variation image prior")
+    l2_weight: Weight = Field(1e-5, description="weight of the L2 input prior")
 
 
 class QueryConfig(Section):
@@ -95,19 +104,22 @@ class QueryConfig(Section):
     keep the first feature block frozen in Phase 1.
     """
 
-    lam: Annotated[float, Field(ge=1.0)] = Field(1.5, description="λ: a teacher is expert in a class iff its probe score is ≥ λ/|C| (λ/|C| times uniform)")
+    lam: Annotated[Finite, Field(ge=1.0)] = Field(
+        1.5, description="λ: a teacher is an expert of a query class iff its probe score ≥ λ/|C|, |C| the number of classes; "
+                         "a score is at most 1 (before privacy noise), so from λ = |C| on no teacher qualifies and each query "
+                         "class falls back to the one teacher scoring it highest, if that is above uniform (1/|C|)")
     probe: ProbeConfig = ProbeConfig()
     trust: TrustConfig = TrustConfig()
     inversion: InversionConfig = InversionConfig()
-    mixup: Annotated[float, Field(ge=0)] = Field(
+    mixup: Weight = Field(
         1.0, description="mixups of local and synthetic inputs added per such input (0: none); each costs Phase 1 as much as a local input"
     )
     mixup_alpha: Rate = Field(0.4, description="mixup weights are drawn from Beta(mixup_alpha, mixup_alpha)")
     temperature: Rate = Field(2.0, description="softmax temperature of the distillation targets and the student's KL term")
-    kd_weight: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of the distillation term against the local cross-entropy")
+    kd_weight: Weight = Field(1.0, description="weight of the distillation term against the local cross-entropy")
     phase1_epochs: NonNegative = Field(10, description="epochs of Phase 1, the masked distillation; an epoch is one pass over the "
                                                        "local and synthetic inputs and phase1_mixups of the mixups")
-    phase1_mixups: Annotated[float, Field(ge=0, le=1)] = Field(
+    phase1_mixups: Share = Field(
         1.0, description="share of the mixups in each Phase 1 epoch, taken in turn so that all are used alike (1: every mixup "
                          "in every epoch; 0: only Phase 2, which trains the head on features computed once, learns from them). "
                          "Phase 1's time grows with the inputs it sees"
@@ -140,16 +152,16 @@ class FederatedConfig(Section):
     """
 
     local_epochs: Positive = Field(1, description="local epochs per round (McMahan et al. 2017 use 1-5); rounds = training.epochs / local_epochs")
-    prox_mu: Annotated[float, Field(ge=0)] = Field(0.01, description="FedProx μ (Li et al. 2020 pick from 0.001-1; 0.01 is their best under label skew)")
+    prox_mu: Weight = Field(0.01, description="FedProx μ (Li et al. 2020 pick from 0.001-1; 0.01 is their best under label skew)")
     gen_noise_dim: Positive = Field(32, description="FedGen: noise dimension of the generator (Zhu et al. 2021)")
     gen_hidden: Positive = Field(256, description="FedGen: hidden width of the generator")
     gen_lr: Rate = Field(3e-4, description="FedGen: Adam learning rate of the generator")
     gen_steps: Positive = Field(50, description="FedGen: generator steps per round (10 epochs × 5 teacher iterations in the authors' code)")
     gen_batch_size: BatchSize = Field(64, description="FedGen: generated features per step")
-    gen_alpha: Annotated[float, Field(ge=0)] = Field(10.0, description="FedGen: weight of the generated-feature cross-entropy in local training")
-    gen_beta: Annotated[float, Field(ge=0)] = Field(10.0, description="FedGen: weight of the latent KL term in local training")
-    gen_diversity: Annotated[float, Field(ge=0)] = Field(1.0, description="FedGen: weight of the generator's diversity loss (η)")
-    gen_decay: Annotated[float, Field(gt=0, le=1)] = Field(0.98, description="FedGen: per-round decay of gen_alpha and gen_beta")
+    gen_alpha: Weight = Field(10.0, description="FedGen: weight of the generated-feature cross-entropy in local training")
+    gen_beta: Weight = Field(10.0, description="FedGen: weight of the latent KL term in local training")
+    gen_diversity: Weight = Field(1.0, description="FedGen: weight of the generator's diversity loss (η)")
+    gen_decay: Annotated[Finite, Field(gt=0, le=1)] = Field(0.98, description="FedGen: per-round decay of gen_alpha and gen_beta")
 
 
 Arch = Literal["mlp", "cnn", "resnet"]
@@ -180,7 +192,7 @@ class ScenarioConfig(Section):
     """Who queries, and for which classes."""
 
     querier: NonNegative | None = Field(None, description="the querying party (default: the eligible party with most samples)")
-    query: list[NonNegative] | None = Field(None, description="fixed query classes, which the querier must lack (default: drawn)")
+    query: list[NonNegative] | None = Field(None, max_length=MAX_ENTRIES, description="fixed query classes, which the querier must lack (default: drawn)")
     query_size: Positive = Field(1, description="number of query classes drawn when query is not set")
     max_query_samples: Positive = Field(10, description="a class the querier holds fewer samples of than this may be queried")
     min_expert_samples: Positive = Field(10, description="only a class some other party holds this many samples of can be queried (someone can teach it)")
@@ -190,11 +202,11 @@ class TrainingConfig(Section):
     """Every party's training of its own model (and the federated baselines' optimiser)."""
 
     arch: Arch = Field("mlp", description="the querier's model: mlp, cnn or resnet")
-    teacher_archs: list[Arch] | None = Field(None, description="architectures of the teachers, cycled over the parties (default: arch)")
+    teacher_archs: list[Arch] | None = Field(None, max_length=MAX_ENTRIES, description="architectures of the teachers, cycled over the parties (default: arch)")
     epochs: Positive = 20
     lr: Rate = 1e-3
     batch_size: BatchSize = 64
-    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    weight_decay: Weight = 5e-4
     augment: bool = Field(False, description="random flips and crops for 32-pixel images")
     seed: NonNegative = 0
 
@@ -208,8 +220,8 @@ class RunConfig(Section):
     training: TrainingConfig = TrainingConfig()
     query: QueryConfig = QueryConfig()
     federated: FederatedConfig = FederatedConfig()
-    methods: list[MethodName] = Field(list(DEFAULT), min_length=1, description="the methods to run and compare: "
-                                      + ", ".join(METHODS))
+    methods: list[MethodName] = Field(list(DEFAULT), min_length=1, max_length=MAX_ENTRIES,
+                                      description="the methods to run and compare: " + ", ".join(METHODS))
 
     @model_validator(mode="after")
     def _query_fits(self) -> RunConfig:
@@ -239,6 +251,8 @@ def commented_yaml(config: BaseModel, indent: int = 0) -> str:
 
 def _shown(value: object) -> str:
     """A short rendering of a rejected value; YAML can give keys (dates, numbers) that JSON cannot write."""
+    if isinstance(value, list | dict) and len(value) > 10:  # rendering a huge one only to cut it short takes seconds
+        return f"a {type(value).__name__} of {len(value)} entries"
     try:
         text = json.dumps(value, default=str)
     except (TypeError, ValueError):
@@ -257,9 +271,12 @@ def _section_keys(loc: tuple) -> list[str]:
     return list(section.model_fields)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, shown: int = 10) -> str:
+    """One line per invalid setting, the first ``shown`` of them."""
     lines = [f"{source}: {err.error_count()} invalid setting(s)"]
-    for e in err.errors():
+    if err.error_count() > shown:
+        lines[0] += f", the first {shown}:"
+    for e in err.errors()[:shown]:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             known = _section_keys(e["loc"][:-1])
@@ -287,8 +304,12 @@ def parse_config(raw: object, source: str = "config") -> RunConfig:
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a folder: give the YAML or TOML file itself")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: too large for a config ({path.stat().st_size:,} bytes; at most {MAX_CONFIG_BYTES:,})")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

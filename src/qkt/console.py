@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +31,12 @@ def print_run(summary: dict, output: Path | None, started: float) -> None:
 
 
 def bounded(kind: Callable[[str], T], minimum: T, *, inclusive: bool = True) -> Callable[[str], T]:
-    """An argparse ``type``: ``kind(text)``, refused below ``minimum`` (or at it, unless ``inclusive``)."""
+    """An argparse ``type``: ``kind(text)``, refused below ``minimum`` (or at it, unless ``inclusive``) and if not finite."""
 
     def parse(text: str) -> T:
         value = kind(text)
+        if not math.isfinite(value):  # NaN passes every bound, and a timeout of NaN never expires
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
         if value < minimum or (value == minimum and not inclusive):
             raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'more than'} {minimum}, not {text}")
         return value

@@ -27,6 +27,7 @@ from .baselines.kd import distill_all
 from .config import QueryConfig, RunConfig, format_validation_error
 from .data import DataSet, load_dataset
 from .errors import ConfigError, QKTError, QueryError
+from .files import check_output
 from .methods import METHODS
 from .metrics import MethodResult, score
 from .models import build_model, num_bytes
@@ -232,6 +233,8 @@ def run(config: RunConfig, output: Path | None = None, progress: bool = True, re
     """
     from .report import write_outputs
 
+    if output is not None:
+        check_output(output)
     checkpoints = output / "checkpoints" if output else None
     world = build_world(config, checkpoints, progress, resume=resume)
     results, reports = run_methods(world, config, progress)

@@ -9,11 +9,11 @@ import numpy as np
 
 
 def group_accuracy(per_class: np.ndarray, test_counts: np.ndarray, classes: Sequence[int]) -> float:
-    """Accuracy over the test samples whose label is in ``classes`` (weighting each class by its test samples)."""
+    """Accuracy over the test samples whose label is in ``classes`` (weighting each class by its test samples); NaN if there are none."""
     classes = list(classes)
-    if not classes:
-        return float("nan")
     weights = test_counts[classes].astype(float)
+    if not weights.sum():
+        return float("nan")
     return float(np.nansum(per_class[classes] * weights) / weights.sum())
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
+import math
 from pathlib import Path
 
 import matplotlib
@@ -15,11 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .files import all_or_nothing, atomic_write  # noqa: E402
 from .methods import display  # noqa: E402
-
-# Read once: asking for the umask means setting it, which is not safe once threads run.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def human_bytes(n: float) -> str:
@@ -28,6 +24,22 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"
+
+
+def _accuracy(value: float | None, sign: str = "") -> str:
+    """An accuracy for a table; a group of classes without test samples has none (NaN, or None once read from results.json)."""
+    return "no test sample" if value is None or math.isnan(value) else f"{value:{sign}.3f}"
+
+
+def json_safe(value: object) -> object:
+    """``value`` with every NaN or infinite float as None: JSON has no NaN, and a class without test samples scores NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def format_table(methods: dict[str, dict]) -> str:
@@ -43,8 +55,8 @@ def format_table(methods: dict[str, dict]) -> str:
     ]
     for name, r in methods.items():
         rows.append(
-            f"| {display(name)} | {r['query_accuracy']:.3f} | {r['local_accuracy']:.3f} | "
-            f"{r['overall_accuracy']:.3f} | {r['forgetting']:+.3f} | {human_bytes(r['bytes_sent'])} | "
+            f"| {display(name)} | {_accuracy(r['query_accuracy'])} | {_accuracy(r['local_accuracy'])} | "
+            f"{_accuracy(r['overall_accuracy'])} | {_accuracy(r['forgetting'], '+')} | {human_bytes(r['bytes_sent'])} | "
             f"{human_bytes(r['bytes_received'])} | {r['seconds']:.1f} | {r['teacher_seconds']:.1f} |"
         )
     return "\n".join(rows)
@@ -59,20 +71,6 @@ def describe_scenario(summary: dict) -> str:
     if experts:
         line += "; experts found: " + ", ".join(f"class {c} ← parties {', '.join(v)}" for c, v in experts.items())
     return line
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file and rename, so an interrupt never leaves a file cut short."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's private 0600 would outlive the rename
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 110) -> None:
@@ -111,8 +109,8 @@ def plot_per_class(summary: dict, path: Path) -> None:
 
 
 def write_outputs(summary: dict, output: Path) -> None:
-    """``results.json``, ``results.md`` and ``per_class_accuracy.png`` in ``output``."""
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write(output / "results.md", (describe_scenario(summary) + "\n\n" + format_table(summary["methods"]) + "\n").encode())
-    atomic_write(output / "results.json", json.dumps(summary, indent=2).encode())
-    plot_per_class(summary, output / "per_class_accuracy.png")  # last: the numbers are kept even if drawing fails
+    """``results.json``, ``results.md`` and ``per_class_accuracy.png`` in ``output``: all three, or if one fails, none."""
+    with all_or_nothing():
+        atomic_write(output / "results.md", (describe_scenario(summary) + "\n\n" + format_table(summary["methods"]) + "\n").encode())
+        atomic_write(output / "results.json", json.dumps(json_safe(summary), indent=2, allow_nan=False).encode())
+        plot_per_class(summary, output / "per_class_accuracy.png")

@@ -11,6 +11,8 @@ import ctypes
 import hashlib
 import json
 import os
+import pickle
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .files import atomic_file
 from .models import FeaturesHead
 
 BatchLoss = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
@@ -242,24 +245,34 @@ def checkpoint_key(*parts: object) -> str:
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:
-    """Write atomically, so an interrupted run never leaves a checkpoint cut short."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C mid-write: leave no partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``path`` whole, through a uniquely named temporary file (:func:`qkt.files.atomic_file`).
+
+    An interrupted run never leaves a checkpoint cut short, and two writers of one
+    checkpoint never write into each other's file.
+    """
+    with atomic_file(path) as f:
+        torch.save(model.state_dict(), f)
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> bool:
-    """Load ``path`` into ``model`` if it exists and fits; say whether it did."""
+    """Load ``path`` into ``model`` if it exists and fits; say whether it did.
+
+    A checkpoint that cannot be read (corrupt, cut short) or holds another model's weights
+    is not trusted: a warning names it, ``model`` is left untouched and the caller retrains it.
+    """
     if not path.exists():
         return False
     try:
-        model.load_state_dict(torch.load(path, weights_only=True))
-    except (RuntimeError, OSError, EOFError):
-        return False  # a stale or foreign checkpoint is retrained, not trusted
+        state = torch.load(path, weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):  # torch's errors for a file it cannot decode
+        warnings.warn(f"checkpoint '{path}' cannot be read (corrupt or cut short); it is retrained", stacklevel=2)
+        return False
+    own = model.state_dict()
+    # Checked before loading: load_state_dict copies every tensor that fits before it raises on one that does not.
+    if not (isinstance(state, dict) and state.keys() == own.keys()
+            and all(isinstance(v, torch.Tensor) and v.shape == own[k].shape for k, v in state.items())):
+        warnings.warn(f"checkpoint '{path}' holds another model's weights; it is retrained", stacklevel=2)
+        return False
+    model.load_state_dict(state)
     model.eval()
     return True

@@ -16,8 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ..files import all_or_nothing, atomic_write  # noqa: E402
 from ..methods import COLLABORATIVE, display  # noqa: E402
-from ..report import atomic_write, human_bytes, save_figure  # noqa: E402
+from ..report import human_bytes, json_safe, save_figure  # noqa: E402
 from .catalogue import SCENARIOS  # noqa: E402
 from .statistics import METRICS, summarize  # noqa: E402
 
@@ -112,19 +113,20 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def write_outputs(state: dict, output: Path) -> None:
-    """``bench.json`` (every query), ``bench.md`` and ``bench.csv`` (the tables), ``headline.md`` and ``bench.png``."""
+    """``bench.json`` (every query), ``bench.md`` and ``bench.csv`` (the tables), ``headline.md`` and ``bench.png``, all or none."""
     summary = summarize(state["records"])
     state["summary"] = summary
-    atomic_write(output / "bench.json", json.dumps(state, indent=1).encode())
-    if not summary:
-        return
-    scale = " --whole-dataset" if state["whole_dataset"] else ""
-    header = (f"qkt bench --profile {state['profile']}{scale} ({', '.join(state['datasets'])}); {state['started']}; "
-              f"{state['machine']}; wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s\n\n")
-    atomic_write(output / "bench.md", (header + "## Headline\n\n" + format_headline(summary) + "\n\n" + format_tables(summary)).encode())
-    atomic_write(output / "headline.md", (format_headline(summary) + "\n").encode())
-    atomic_write(output / "bench.csv", format_csv(summary).encode())
-    plot(summary, output / "bench.png")
+    with all_or_nothing():
+        atomic_write(output / "bench.json", json.dumps(json_safe(state), indent=1, allow_nan=False).encode())
+        if not summary:
+            return
+        scale = " --whole-dataset" if state["whole_dataset"] else ""
+        header = (f"qkt bench --profile {state['profile']}{scale} ({', '.join(state['datasets'])}); {state['started']}; "
+                  f"{state['machine']}; wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s\n\n")
+        atomic_write(output / "bench.md", (header + "## Headline\n\n" + format_headline(summary) + "\n\n" + format_tables(summary)).encode())
+        atomic_write(output / "headline.md", (format_headline(summary) + "\n").encode())
+        atomic_write(output / "bench.csv", format_csv(summary).encode())
+        plot(summary, output / "bench.png")
 
 
 def processor() -> str:

@@ -27,9 +27,9 @@ from ..baselines.fedavg import FederatedResult
 from ..config import RunConfig
 from ..data import DATASETS, DataSet, find_file, load_dataset
 from ..errors import DataError, QKTError
+from ..files import atomic_write
 from ..models import build_model
 from ..query import CachedScores, ForgedScores, TeacherChannel
-from ..report import atomic_write
 from ..training import checkpoint_key, load_checkpoint, save_checkpoint
 from .catalogue import PROFILES, SCENARIOS, BenchScenario, Profile, false_expert, querier_queries, run_config
 from .output import machine, write_outputs

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -11,6 +13,7 @@ from stat import S_ISREG
 
 import numpy as np
 import torch
+from numpy.lib.npyio import NpzFile
 
 from ..errors import DataError
 
@@ -102,6 +105,16 @@ def _as_float(x: np.ndarray) -> torch.Tensor:
     return t.float()
 
 
+@contextmanager
+def npz_archive(source: Path, holds: str) -> Iterator[NpzFile]:
+    """The open ``.npz`` archive ``source``; a single array (a ``.npy`` file) is refused, saying what the archive ``holds``."""
+    loaded = np.load(source, allow_pickle=False)
+    if not isinstance(loaded, NpzFile):
+        raise DataError(f"'{source}' holds a single array (a .npy file); qkt reads an .npz archive of {holds}")
+    with loaded as f:
+        yield f
+
+
 def validate_arrays(name: str, source: Path | str, arrays: dict[str, np.ndarray], classes: tuple[str, ...] | None = None) -> DataSet:
     """Check shapes and labels of decoded arrays and wrap them in a :class:`DataSet`."""
     for split in ("train", "test"):
@@ -123,14 +136,23 @@ def validate_arrays(name: str, source: Path | str, arrays: dict[str, np.ndarray]
         if x.ndim == 4 and x.dtype != np.uint8:
             raise DataError(f"{name}: images in {source} must be uint8, not {x.dtype}")
         if x.ndim == 2:
-            arrays[f"x_{split}"] = x.astype(np.float32)
+            with np.errstate(over="ignore"):  # values beyond float32's range become infinite, which the check below reports
+                x = arrays[f"x_{split}"] = x.astype(np.float32)
+            bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+            if bad:  # one would turn every model trained or scored on it to NaN
+                raise DataError(f"{name}: x_{split} in {source} holds {bad} non-finite value(s) (NaN, or infinite as float32) "
+                                f"among its {x.size}; drop or impute them")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(f"{name}: train and test inputs differ in shape in {source}")
     labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
     if labels.min() < 0:
         raise DataError(f"{name}: negative labels in {source}")
     if classes is None:
-        classes = tuple(str(c) for c in range(int(labels.max()) + 1))
+        size, present = int(labels.max()) + 1, len(np.unique(labels))
+        if size > 2 * present:  # every model would have a head, and the chart a bar, for each: a stray label of 100000 hung the chart
+            raise DataError(f"{name}: labels in {source} run up to {size - 1}, a label space of {size} classes, but only {present} "
+                            f"of them occur; number the classes 0..{present - 1} (np.unique(y, return_inverse=True) does)")
+        classes = tuple(str(c) for c in range(size))
     if labels.max() >= len(classes):
         raise DataError(f"{name}: label {labels.max()} in {source} is outside its {len(classes)} classes")
     return DataSet(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], tuple(classes))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .base import npz_archive
 
 # Label names from the MedMNIST v2 metadata, in label order.
 CLASSES: dict[str, tuple[str, ...]] = {
@@ -32,7 +33,7 @@ CLASSES: dict[str, tuple[str, ...]] = {
 
 def decode(source: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(source) as f:
+        with npz_archive(source, "train_images, train_labels, test_images, test_labels") as f:
             arrays = {
                 "x_train": f["train_images"],
                 "y_train": f["train_labels"],

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .base import npz_archive
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 def decode(source: Path) -> dict[str, np.ndarray]:
-    with np.load(source, allow_pickle=False) as f:
+    with npz_archive(source, f"{', '.join(KEYS)} (as np.savez writes it)") as f:
         missing = [k for k in KEYS if k not in f.files]
         if missing:
             raise DataError(f"{source} lacks {', '.join(missing)}; a qkt npz holds {', '.join(KEYS)} (and optionally 'classes')")

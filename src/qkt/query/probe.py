@@ -95,6 +95,9 @@ def no_expert_message(scores: Mapping[str, Sequence[float]], query: Sequence[int
         j = list(query).index(c)
         best_name, best = max(((k, float(s[j])) for k, s in scores.items()), key=lambda kv: kv[1], default=("-", 0.0))
         ratio = best * num_classes
+        if not np.isfinite(best):
+            parts.append(f"class {c}: best teacher '{best_name}' scores {best} (its outputs are not finite)")
+            continue
         parts.append(
             f"class {c}: best teacher '{best_name}' scores {best:.3f} = {ratio:.2f}× uniform (λ={lam} needs {lam:.2f}×"
             + (f"; λ ≤ {ratio:.2f} would accept it)" if ratio >= 1 else "; that is below uniform, so probably nobody knows it)")

@@ -82,8 +82,7 @@ class Profile:
 # fewer steps. Phase 1 keeps the CNN's first block (its full-resolution convolution) frozen
 # and takes a third of the mixups in each epoch, in turn; the time that saves buys 7 epochs
 # instead of 5, and the phases take 1.1-1.2x fine-tuning for 7 epochs against 2.3-2.5x for
-# every block and every mixup in 5, at the same accuracy over the 119 headline queries
-# (docs/performance-log.md). Image data sets are cut to stratified, seeded subsets of 6,000
+# every block and every mixup in 5, at the same accuracy (docs/benchmarks.md). Image data sets are cut to stratified, seeded subsets of 6,000
 # training and 2,000 test images so that a seed takes about seven minutes; the federated
 # baselines get the same 5-epoch budget as the parties.
 _IMAGES = {

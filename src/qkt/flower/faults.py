@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from ..query.channel import misshapen_weights, nan_weights
 from .federation import parent_pid
 
 FAULTS = ("", "die", "hang", "nan", "shape")
@@ -35,10 +36,8 @@ def strike(fault: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if fault == "hang":
         while True:
             time.sleep(60)
-    arrays = dict(arrays)
-    name = next(k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating))
     if fault == "nan":
-        arrays[name] = np.full_like(arrays[name], np.nan)
-    elif fault == "shape":
-        arrays[name] = arrays[name][..., :-1]
+        return nan_weights(arrays)
+    if fault == "shape":
+        return misshapen_weights(arrays)
     return arrays

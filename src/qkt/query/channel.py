@@ -193,12 +193,14 @@ class NoisyScores(ChannelWrapper):
                 for name, r in replies.items()}
 
 
-def _nan_weights(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def nan_weights(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights with their first float tensor all NaN (a teacher whose training diverged)."""
     name = next(k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating))
     return {**arrays, name: np.full_like(arrays[name], np.nan)}
 
 
-def _misshapen_weights(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def misshapen_weights(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights with their first float tensor cut short by one entry (a teacher of another architecture)."""
     name = next(k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating))
     return {**arrays, name: arrays[name][..., :-1]}
 
@@ -211,7 +213,7 @@ class Faults(ChannelWrapper):
     """
 
     KINDS: dict[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None] = {
-        "silent": None, "nan": _nan_weights, "shape": _misshapen_weights}
+        "silent": None, "nan": nan_weights, "shape": misshapen_weights}
 
     def __init__(self, inner: TeacherChannel, faults: Mapping[str, str]):
         super().__init__(inner)

@@ -31,7 +31,7 @@ from .files import check_output
 from .methods import METHODS
 from .metrics import MethodResult, score
 from .models import build_model, num_bytes
-from .query import InProcessChannel, Teacher, TeacherChannel, Variant, run_query
+from .query import InProcessChannel, TeacherChannel, Variant, run_query
 from .query.probe import check_query
 from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
 
@@ -183,7 +183,7 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
     before = evaluate_fixed([student])
     local_before = score("local", before, 0.0, test_counts, s.query, s.local_classes).local_accuracy
     all_weights = sum(num_bytes(m) for m in world.teachers.values())
-    teachers: TeacherChannel = InProcessChannel({k: Teacher(m) for k, m in world.teachers.items()})
+    teachers: TeacherChannel = InProcessChannel(world.teachers)
     if channel is not None:
         teachers = channel(teachers)
     results: dict[str, MethodResult] = {}

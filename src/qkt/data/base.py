@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from numpy.lib.npyio import NpzFile
 
-from ..errors import DataError
+from ..errors import DataError, QKTError
+from ..files import atomic_file
 
 DATA_ROOT_ENV = "QKT_DATA_ROOT"
 CACHE_DIR_ENV = "QKT_CACHE_DIR"
@@ -196,13 +197,11 @@ def cached(name: str, source: Path, decode) -> dict[str, np.ndarray]:
             path.unlink(missing_ok=True)  # a cache file cut short is rebuilt, never trusted
     arrays = decode(source)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-        for stale in path.parent.glob(f"{name}-{location}-" + "?" * 12 + ".npz"):  # not another writer's .tmp.npz
+        with atomic_file(path) as f:
+            np.savez(f, **arrays)
+        for stale in path.parent.glob(f"{name}-{location}-" + "?" * 12 + ".npz"):  # not another writer's temporary file
             if stale != path:
                 stale.unlink(missing_ok=True)
-    except OSError:
+    except (OSError, QKTError):
         pass  # a read-only home only costs the decoding time again
     return arrays

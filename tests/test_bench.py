@@ -20,10 +20,10 @@ from qkt.cli import main
 from qkt.config import QueryConfig
 from qkt.data import load_dataset
 from qkt.errors import QKTError
-from qkt.methods import ABLATIONS, BASELINES, METHODS, QKT, display
+from qkt.methods import ABLATIONS, BASELINES, METHODS, QKT, REFERENCES, display
 
-EVERY_METHOD = BASELINES + QKT + ABLATIONS
-WITHOUT_ABLATIONS = BASELINES + QKT
+EVERY_METHOD = BASELINES + QKT + ABLATIONS + REFERENCES
+WITHOUT_ABLATIONS = BASELINES + QKT + REFERENCES
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,6 +66,19 @@ def test_qkt_beats_local_and_learns_the_query_on_digits(quick_digits):
     assert rows["qkt"]["query_accuracy"][0] > 0.8
     assert rows["local"]["query_accuracy"][0] == 0.0
     assert rows["qkt"]["overall_accuracy"][0] > rows["local"]["overall_accuracy"][0] + 0.15
+
+
+def test_every_table_says_how_much_of_the_oracle_gain_qkt_recovers_and_how_it_found_its_experts(quick_digits):
+    state = json.loads((quick_digits / "bench.json").read_text())
+    for name, scenario in state["summary"]["digits"].items():
+        share, found = scenario["recovered_share"], scenario["diagnostics"]
+        assert share["queries"] == 2 and share["of_means"] > 0.5, name
+        assert found["queries"] == 2 and found["after_checks_precision"] > 0.5 and 0 < found["expert_query_mass"] < 1, name
+    for record in state["records"]:
+        assert record["methods"]["oracle"]["details"]["experts"] == record["methods"]["qkt"]["details"]["experts"]
+    table = (quick_digits / "bench.md").read_text()
+    assert table.count("QKT recovers") == 2 and table.count("Expert discovery against the parties holding Q") == 2
+    assert "oracle's gain recovered" in (quick_digits / "headline.md").read_text()
 
 
 def test_resume_keeps_finished_queries(quick_digits, monkeypatch):

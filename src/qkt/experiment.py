@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import partition
+from . import diagnostics, partition
 from .baselines import train_global
 from .baselines.fedavg import FederatedResult
 from .baselines.kd import distill_all
@@ -32,7 +32,7 @@ from .methods import METHODS
 from .metrics import MethodResult, score
 from .models import build_model, num_bytes
 from .query import InProcessChannel, TeacherChannel, Variant, run_query
-from .query.probe import check_query
+from .query.probe import check_query, expert_masks, experts_by_class
 from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
 
 
@@ -182,6 +182,7 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
 
     before = evaluate_fixed([student])
     local_before = score("local", before, 0.0, test_counts, s.query, s.local_classes).local_accuracy
+    unchanged = score("local", before, local_before, test_counts, s.query, s.local_classes)
     all_weights = sum(num_bytes(m) for m in world.teachers.values())
     teachers: TeacherChannel = InProcessChannel(world.teachers)
     if channel is not None:
@@ -191,7 +192,9 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
     for method in config.methods:
         runner = METHODS[method].runner
         if runner == "local":
-            results[method] = score(method, before, local_before, test_counts, s.query, s.local_classes)
+            results[method] = unchanged
+        elif runner == "oracle":
+            continue  # after QKT, whose experts it learns from
         elif runner == "ensemble":  # the mean softmax of every party, from cached outputs
             results[method] = score(method, evaluate_fixed(world.models), local_before,
                                     test_counts, s.query, s.local_classes, bytes_received=all_weights)
@@ -221,8 +224,68 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
             results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,
                                     seconds=report.seconds["total"], teacher_seconds=report.seconds["teachers"],
                                     bytes_sent=report.bytes_sent, bytes_received=report.bytes_received,
-                                    details={"experts": reports[method]["experts"], "seconds_per_phase": report.seconds})
+                                    details={"experts": reports[method]["experts"], "seconds_per_phase": report.seconds,
+                                             "diagnostics": query_diagnostics(world, config, report, settings.lam)})
+    if "oracle" in config.methods:
+        qkt = results.get("qkt")
+        found = None if qkt is None or "failed" in qkt.details else {int(c): v for c, v in qkt.details["experts"].items()}
+        model, (seconds, details) = train_oracle(world, config, found)
+        results["oracle"] = score("oracle", evaluate(model), local_before, test_counts, s.query, s.local_classes,
+                                  seconds=seconds, bytes_received=details.pop("bytes"), details=details)
+        for method, result in results.items():
+            if METHODS[method].runner == "query":
+                result.details["recovered_share"] = diagnostics.recovered_share(
+                    result.overall_accuracy, unchanged.overall_accuracy, results["oracle"].overall_accuracy)
     return results, reports
+
+
+def true_experts(world: World, config: RunConfig) -> dict[int, list[str]]:
+    """Per query class, the teachers that really hold it (at least ``scenario.min_expert_samples`` samples)."""
+    s = world.scenario
+    counts = partition.class_counts(world.y_train.numpy(), list(s.parts), world.dataset.num_classes)
+    return diagnostics.true_experts(counts, s.query, s.querier, config.scenario.min_expert_samples)
+
+
+def query_diagnostics(world: World, config: RunConfig, report, lam: float) -> dict:
+    """How well the probe and the checks found the true experts, and how much the experts lean to ``Q`` on the querier's data."""
+    s = world.scenario
+    truth = true_experts(world, config)
+    by_probe = experts_by_class(expert_masks(report.scores, s.query, world.dataset.num_classes, lam), s.query)
+    experts = sorted({k for names in report.experts.values() for k in names})
+    return {
+        "true_experts": {str(c): v for c, v in truth.items()},
+        "probe": diagnostics.expert_discovery(by_probe, truth),
+        "after_checks": diagnostics.expert_discovery(report.experts, truth),
+        "expert_query_mass": diagnostics.query_mass([world.teachers[k] for k in experts], world.querier_data[0], s.query),
+    }
+
+
+def train_oracle(world: World, config: RunConfig, experts: dict[int, list[str]] | None) -> tuple[nn.Module, tuple[float, dict]]:
+    """The oracle: the querier's model trained, as its party was, on its own data plus the experts' real training samples of ``Q``.
+
+    ``experts`` are those a query found, per query class; ``None`` (no query ran or it
+    found none) takes the parties that really hold each class. Returns the model, its
+    training seconds, and which experts and how many samples it learnt from (``bytes``:
+    those samples as tensors, what sending them would cost).
+    """
+    s = world.scenario
+    source = "qkt" if experts else "holders"
+    experts = experts or true_experts(world, config)
+    y = world.y_train.numpy()
+    extra = [idx for c, names in experts.items() for k in names for idx in [s.parts[int(k)][y[s.parts[int(k)]] == c]]]
+    extra_idx = torch.as_tensor(np.concatenate(extra) if extra else np.zeros(0, dtype=np.int64))
+    local_x, local_y = world.querier_data
+    x = torch.cat([local_x, world.x_train[extra_idx]])
+    t = config.training
+    torch.manual_seed(t.seed * 1000 + s.querier)
+    model = build_model(party_arch(config, s.querier, s.querier), world.dataset.input_shape, world.dataset.num_classes)
+    start = time.perf_counter()
+    fit(model, (x, torch.cat([local_y, world.y_train[extra_idx]])), t.epochs, t.lr, t.batch_size, t.weight_decay,
+        seed=t.seed * 1000 + s.querier, augment=t.augment, progress=False)
+    seconds = time.perf_counter() - start
+    details = {"experts": {str(c): v for c, v in experts.items()}, "experts_from": source, "query_samples": len(extra_idx),
+               "bytes": int(world.x_train[extra_idx].numel() * world.x_train.element_size())}
+    return model.eval(), (seconds, details)
 
 
 def run(config: RunConfig, output: Path | None = None, progress: bool = True, resume: bool = True) -> dict:

@@ -24,7 +24,9 @@ class Method:
         The name configs and ``--methods`` use, and the name tables show.
     runner:
         ``local`` (the querier's own model), ``ensemble``, ``kd``, ``federated``
-        (FedAvg, FedProx, FedGen: one global model) or ``query`` (QKT and its variants).
+        (FedAvg, FedProx, FedGen: one global model), ``query`` (QKT and its variants)
+        or ``oracle`` (a reference, not a competitor: the querier's model trained on its
+        own data plus the real samples of ``Q`` held by the experts the query found).
     collaborative:
         One of the existing ways of collaborating that QKT's headline is compared with.
     settings:
@@ -39,7 +41,7 @@ class Method:
 
     name: str
     display: str
-    runner: Literal["local", "ensemble", "kd", "federated", "query"]
+    runner: Literal["local", "ensemble", "kd", "federated", "query", "oracle"]
     collaborative: bool = False
     settings: Mapping[str, object] = field(default_factory=dict)
     variant: Mapping[str, object] = field(default_factory=dict)
@@ -60,6 +62,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("fedgen", "FedGen", "federated", collaborative=True),
     Method("ensemble", "Ensemble", "ensemble", collaborative=True),
     Method("kd", "KD (all teachers)", "kd", collaborative=True),
+    Method("oracle", "Oracle (experts' data)", "oracle"),
     _qkt("qkt", "QKT", ablation=False),
     _qkt("qkt_light", "QKT Light", {"light": True}, ablation=False),
     _qkt("qkt_no_masks", "QKT, no masks", variant={"masks": False}),
@@ -73,7 +76,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _qkt("qkt_whole_first_epoch", "QKT, whole student in Phase 1's first epoch only", {"phase1_frozen_blocks": 0}, {"whole_epochs": 1}),
 ]}
 
-BASELINES = [m for m, method in METHODS.items() if method.runner != "query"]
+BASELINES = [m for m, method in METHODS.items() if method.runner not in ("query", "oracle")]
+REFERENCES = [m for m, method in METHODS.items() if method.runner == "oracle"]
 QKT = [m for m, method in METHODS.items() if method.runner == "query" and not method.ablation]
 ABLATIONS = [m for m, method in METHODS.items() if method.ablation]
 COLLABORATIVE = [m for m, method in METHODS.items() if method.collaborative]

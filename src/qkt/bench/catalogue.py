@@ -18,7 +18,7 @@ import numpy as np
 from .. import partition
 from ..config import RunConfig, parse_config
 from ..data import DataSet
-from ..methods import ABLATIONS, BASELINES, QKT
+from ..methods import ABLATIONS, BASELINES, QKT, REFERENCES
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed
     raw["training"] = {**raw.get("training", {}), "seed": seed}
     raw["query"] = {**raw.get("query", {}), "seed": seed}
     raw["methods"] = list(methods) if methods else BASELINES + QKT + (
-        ABLATIONS if scenario.ablations and profile.ablations_for(dataset.name) else [])
+        ABLATIONS if scenario.ablations and profile.ablations_for(dataset.name) else []) + REFERENCES
     return parse_config(raw, f"bench {dataset.name}/{scenario.name}")
 
 

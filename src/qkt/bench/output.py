@@ -54,14 +54,42 @@ def format_tables(summary: dict) -> str:
                        f"{s['gain_over_collaborative_mean']:+.1f} points; vs the best of them ({display(s['best_collaborative'])}): "
                        f"{s['gain_over_best_collaborative']:+.1f} points; " if "best_collaborative" in s else "")
             forgets = f"QKT forgets {s['qkt_forgetting_points']:.1f} points." if "qkt_forgetting_points" in s else "QKT did not run."
-            lines += ["", f"{against}{forgets}", ""]
+            lines += ["", f"{against}{forgets}"] + [line for line in (format_oracle(s), format_discovery(s)) if line] + [""]
     return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def format_oracle(s: dict) -> str:
+    """One line: how much of the oracle's gain over Local QKT recovers."""
+    if "recovered_share" not in s:
+        return ""
+    r, rows = s["recovered_share"], s["rows"]
+    gain = 100 * (rows["oracle"]["overall_accuracy"][0] - rows["local"]["overall_accuracy"][0])
+    return (f"The oracle (the querier trained on its data plus the found experts' real samples of Q) gains {gain:+.1f} points "
+            f"of overall accuracy over Local; QKT recovers {_share(r['of_means'])} of it (of the means; median over "
+            f"{r['queries']} queries: {_share(r['median'])}); the oracle forgets {100 * rows['oracle']['forgetting'][0]:.1f} points.")
+
+
+def format_discovery(s: dict) -> str:
+    """One line: QKT's expert discovery against the parties that really hold Q, and the experts' lean to Q on the querier's data."""
+    d = s.get("diagnostics", {})
+    if not d.get("queries"):
+        return ""
+    mass = "n/a" if d["expert_query_mass"] is None else f"{d['expert_query_mass']:.2f}"
+    return (f"Expert discovery against the parties holding Q (mean over {d['queries']} queries): precision {_share(d['probe_precision'])}, "
+            f"recall {_share(d['probe_recall'])} from the probe; {_share(d['after_checks_precision'])} and "
+            f"{_share(d['after_checks_recall'])} after the checks. The experts put {mass} of their probability on Q "
+            "on the querier's own data.")
 
 
 def format_headline(summary: dict) -> str:
     """The paper-style headline: QKT's overall accuracy against the collaborative methods, per data set and query kind."""
-    lines = ["| data set | queries | QKT overall acc | mean of collaborative | best collaborative | QKT − mean | QKT − best | QKT forgetting |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| data set | queries | QKT overall acc | mean of collaborative | best collaborative | QKT − mean | QKT − best | QKT forgetting "
+             "| oracle's gain recovered |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for ds, scenarios in summary.items():
         for name in ("single", "multi"):
             if name not in scenarios or "best_collaborative" not in scenarios[name]:
@@ -73,7 +101,7 @@ def format_headline(summary: dict) -> str:
             lines.append(f"| {ds} | {'single-class' if name == 'single' else 'multi-class'} | {rows['qkt']['overall_accuracy'][0]:.3f} | "
                          f"{mean_collab:.3f} | {rows[best]['overall_accuracy'][0]:.3f} ({display(best)}) | "
                          f"{s['gain_over_collaborative_mean']:+.1f} | {s['gain_over_best_collaborative']:+.1f} | "
-                         f"{s['qkt_forgetting_points']:.1f} pts |")
+                         f"{s['qkt_forgetting_points']:.1f} pts | {_share(s.get('recovered_share', {}).get('of_means'))} |")
     return "\n".join(lines) if len(lines) > 2 else "No collaborative method ran (qkt bench --methods)."
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .. import diagnostics
 from ..methods import COLLABORATIVE
 
 METRICS = ["query_accuracy", "local_accuracy", "overall_accuracy", "forgetting", "bytes", "seconds", "teacher_seconds"]
@@ -39,6 +40,9 @@ def summarize(records: list[dict]) -> dict:
             qkt = rows["qkt"]["overall_accuracy"][0]
             entry.update(gain_over={m: 100 * (qkt - rows[m]["overall_accuracy"][0]) for m in methods if m != "qkt"},
                          qkt_forgetting_points=100 * rows["qkt"]["forgetting"][0])
+            if "oracle" in rows and "local" in rows:
+                entry["recovered_share"] = recovered_share(rows, [r["methods"]["qkt"] for r in recs if "qkt" in r["methods"]])
+            entry["diagnostics"] = discovery([r["methods"]["qkt"] for r in recs if "qkt" in r["methods"]])
             collaborative = [m for m in COLLABORATIVE if m in rows]
             if collaborative:  # a run of chosen methods (--methods) may have none
                 best = max(collaborative, key=lambda m: rows[m]["overall_accuracy"][0])
@@ -50,3 +54,24 @@ def summarize(records: list[dict]) -> dict:
     return summary
 
 
+
+
+def recovered_share(rows: dict, qkt_results: list[dict]) -> dict:
+    """The share of the oracle's gain over Local that QKT recovers: of the mean gains, and the median of the queries' own shares."""
+    local, oracle, qkt = (rows[m]["overall_accuracy"][0] for m in ("local", "oracle", "qkt"))
+    per_query = [v["details"]["recovered_share"] for v in qkt_results if v["details"].get("recovered_share") is not None]
+    return {"of_means": diagnostics.recovered_share(qkt, local, oracle),
+            "median": float(np.median(per_query)) if per_query else None, "queries": len(per_query)}
+
+
+def discovery(qkt_results: list[dict]) -> dict:
+    """QKT's expert discovery over the queries: mean precision and recall (probe alone, after the checks) and the experts' query mass."""
+    found = [v["details"]["diagnostics"] for v in qkt_results if "diagnostics" in v["details"]]
+
+    def mean(values: list) -> float | None:
+        values = [x for x in values if x is not None]
+        return float(np.mean(values)) if values else None
+
+    return {f"{stage}_{kind}": mean([d[stage][kind] for d in found]) for stage in ("probe", "after_checks")
+            for kind in ("precision", "recall")} | {"expert_query_mass": mean([d["expert_query_mass"] for d in found]),
+                                                    "queries": len(found)}

@@ -130,6 +130,10 @@ class QueryConfig(Section):
                        "an nn.Sequential named 'features', as qkt's models have. QKT Light freezes all but the last block"
     )
     phase2_epochs: NonNegative = Field(20, description="epochs of Phase 2, which re-fits only the head on class-balanced transfer inputs")
+    head_correction: Literal["none", "weight_aligning"] = Field(
+        "none", description="after Phase 2, 'weight_aligning' rescales the head's rows of the query classes to the mean norm of "
+                            "the rows of the querier's own classes (Zhao et al. 2020), so that neither group's logits dominate"
+    )
     lr: Rate = Field(1e-3, description="Adam learning rate of Phase 1")
     head_lr: Rate = Field(5e-3, description="Adam learning rate of Phase 2 (the head alone)")
     batch_size: BatchSize = Field(64, description="mini-batch of Phases 1 and 2")

@@ -35,6 +35,9 @@ class Method:
         Engine switches (:class:`qkt.query.Variant` fields) of an ablation.
     ablation:
         Run by ``qkt bench`` in the scenarios that have ablations.
+    lever:
+        A candidate change against multi-class forgetting, run only when named (``--methods``)
+        and compared with QKT query by query (``benchmarks/paired.py``).
     flower:
         The Flower app runs it across processes (Ensemble, KD and FedGen need every teacher's model in one place).
     """
@@ -46,13 +49,15 @@ class Method:
     settings: Mapping[str, object] = field(default_factory=dict)
     variant: Mapping[str, object] = field(default_factory=dict)
     ablation: bool = False
+    lever: bool = False
     flower: bool = False
 
 
 def _qkt(name: str, display: str, settings: Mapping[str, object] | None = None, variant: Mapping[str, object] | None = None,
-         ablation: bool = True) -> Method:
+         ablation: bool = True, lever: bool = False) -> Method:
     """QKT or one of its variants: they all run on the one query engine, over Flower too."""
-    return Method(name, display, "query", settings=settings or {}, variant=variant or {}, ablation=ablation, flower=True)
+    return Method(name, display, "query", settings=settings or {}, variant=variant or {}, ablation=ablation and not lever,
+                  lever=lever, flower=True)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -63,6 +68,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("ensemble", "Ensemble", "ensemble", collaborative=True),
     Method("kd", "KD (all teachers)", "kd", collaborative=True),
     Method("oracle", "Oracle (experts' data)", "oracle"),
+    _qkt("qkt_weight_aligning", "QKT, weight aligning", {"head_correction": "weight_aligning"}, lever=True),
     _qkt("qkt", "QKT", ablation=False),
     _qkt("qkt_light", "QKT Light", {"light": True}, ablation=False),
     _qkt("qkt_no_masks", "QKT, no masks", variant={"masks": False}),
@@ -78,7 +84,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 
 BASELINES = [m for m, method in METHODS.items() if method.runner not in ("query", "oracle")]
 REFERENCES = [m for m, method in METHODS.items() if method.runner == "oracle"]
-QKT = [m for m, method in METHODS.items() if method.runner == "query" and not method.ablation]
+QKT = [m for m, method in METHODS.items() if method.runner == "query" and not (method.ablation or method.lever)]
+LEVERS = [m for m, method in METHODS.items() if method.lever]
 ABLATIONS = [m for m, method in METHODS.items() if method.ablation]
 COLLABORATIVE = [m for m, method in METHODS.items() if method.collaborative]
 DEFAULT = ["local", "ensemble", "kd", "qkt", "qkt_light"]

@@ -8,6 +8,8 @@ the transfer inputs are computed once and the head is a linear layer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -39,3 +41,20 @@ def refine_head(model: nn.Module, transfer: TransferSet, config: QueryConfig, he
     train_on_transfer(head, features.balanced(), config, config.phase2_epochs, config.head_lr,
                       desc="phase 2 (head)", progress=progress)
     return model
+
+
+@torch.no_grad()
+def align_weights(model: nn.Module, query: Sequence[int], local: Sequence[int], head_name: str | None = None) -> float:
+    """Weight aligning: scale the head's rows of ``query`` so that their mean norm equals that of the rows of ``local``; returns the factor.
+
+    A head trained on few inputs of the new classes beside many of the old ones ends with
+    rows of unequal norms, and the larger norms win the argmax; aligning the norms removes
+    that bias without any data (Zhao et al. 2020, *Maintaining Discrimination and Fairness
+    in Class Incremental Learning*).
+    """
+    weight = find_head(model, head_name).weight
+    norms = weight.norm(dim=1)
+    old, new = norms[list(local)].mean(), norms[list(query)].mean()
+    factor = float(old / new) if len(local) and new > 0 else 1.0
+    weight[list(query)] *= factor
+    return factor

@@ -26,7 +26,7 @@ from . import probe, trust
 from .channel import TeacherChannel
 from .messages import Announcement, Failure, QueryReport, Reply
 from .phase1 import run_phase1
-from .phase2 import refine_head
+from .phase2 import align_weights, refine_head
 from .teacher import answer_probe
 from .transfer import Lesson, TransferSet, build_transfer_set
 from .variant import Variant
@@ -124,6 +124,9 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Vari
     start = time.perf_counter()
     if variant.phase2 and not variant.merged and config.phase2_epochs:
         refine_head(trained, inputs, config, head, progress)
+    if config.head_correction == "weight_aligning":
+        own = torch.bincount(lesson.local_y, minlength=int(lesson.local_y.max()) + 1).nonzero().flatten().tolist()
+        align_weights(new, lesson.query, [c for c in own if c not in lesson.query], head)
     seconds["phase2"] = time.perf_counter() - start
     return new.eval(), seconds, transfer, num_synthetic
 

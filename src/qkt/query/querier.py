@@ -21,8 +21,8 @@ from torch import nn
 
 from ..config import QueryConfig, TrustConfig
 from ..errors import QueryError
-from ..training import predict_logits
-from . import probe, trust
+from ..models import find_head
+from . import inputs, probe, trust
 from .channel import TeacherChannel
 from .messages import Announcement, Failure, QueryReport, Reply
 from .phase1 import run_phase1
@@ -80,8 +80,12 @@ def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[
     x, y = trust.check_sample(local_x, local_y, config.max_samples, seed)
     kept, distrusted = {}, {}
     for name, model in experts.items():
-        verdict = trust.check_expert(model, scores[name], answer_probe(model, recipe), masks[name], announcement.query, x, y,
-                                     lam, config, verify_claims=announcement.probe_kind != "self")
+        try:
+            verdict = trust.check_expert(model, scores[name], answer_probe(model, recipe), masks[name], announcement.query, x, y,
+                                         lam, config, verify_claims=announcement.probe_kind != "self")
+        except Exception as exc:  # noqa: BLE001 - another party's model failing on the checks costs its place, not the query
+            distrusted[name] = [f"its model fails on the querier's checks: {type(exc).__name__}: {exc}"]
+            continue
         if verdict.reasons:
             distrusted[name] = verdict.reasons
         if not verdict.dropped:
@@ -89,7 +93,7 @@ def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[
     return kept, distrusted
 
 
-def check_local_data(local_x: torch.Tensor, local_y: torch.Tensor, query_classes: Sequence[int],
+def check_local_data(local_x: torch.Tensor, local_y: torch.Tensor, query_classes: Sequence[int] | int,
                      num_classes: int) -> tuple[tuple[int, ...], torch.Tensor, list[str]]:
     """The query's classes sorted and checked, the labels as int64, and a note per query class the querier already holds."""
     if len(local_x) != len(local_y) or not len(local_x):
@@ -155,8 +159,8 @@ def _scores(reply: Reply | Failure, query_size: int) -> np.ndarray | str:
     return scores
 
 
-def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequence[int],
-              local_data: tuple[torch.Tensor, torch.Tensor], config: QueryConfig | None = None, *, num_classes: int | None = None,
+def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequence[int] | int,
+              local_data: tuple[torch.Tensor, torch.Tensor], config: QueryConfig | Mapping | None = None, *, num_classes: int | None = None,
               variant: Variant | None = None, head: str | None = None, progress: bool = True) -> tuple[nn.Module, QueryReport]:
     """One query, end to end: announce, choose experts, fetch their weights, vet them, learn, report.
 
@@ -167,9 +171,10 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     channel:
         The querier's link to its teachers (:mod:`qkt.query.channel`).
     query_classes, local_data:
-        ``Q``, and the querier's own inputs and labels.
+        ``Q``, and the querier's own inputs and labels, as for :func:`qkt.query`.
     config, num_classes:
-        The query's settings (default: :class:`~qkt.config.QueryConfig`'s), and ``|C|`` (default: the student's output size).
+        The query's settings (a :class:`~qkt.config.QueryConfig` or a mapping of its fields; default: its defaults),
+        and ``|C|`` (default: the student's output size).
     variant:
         The engine's switches for an ablation (:mod:`qkt.query.variant`); None is QKT itself.
 
@@ -178,12 +183,13 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     the query goes on with the others. Raises :class:`~qkt.errors.QueryError` when no
     teacher answers, no query class has an expert, or no expert is left to learn from.
     """
-    config, variant = config or QueryConfig(), variant or Variant()
+    config, variant = inputs.as_config(config), variant or Variant()
     variant.check(config)
-    local_x, local_y = local_data
+    local_x, local_y = inputs.as_tensors(local_data, inputs.input_dtype(student))
     if num_classes is None:
-        num_classes = int(predict_logits(student, local_x[:2]).shape[1])
+        num_classes = inputs.output_size("the student", student, local_x)
     query, local_y, notes = check_local_data(local_x, local_y, query_classes, num_classes)
+    inputs.check_trainable(student, find_head(student, head))
     seconds: dict[str, float] = {}
     announcement = Announcement.from_config(query, num_classes, tuple(local_x.shape[1:]), config)
 

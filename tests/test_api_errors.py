@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 import qkt
+from qkt.config import parse_config
 from qkt.models import build_model
 from qkt.query import InProcessChannel
 from qkt.training import fit
@@ -138,7 +140,9 @@ def test_a_teacher_module_instead_of_a_collection_is_refused(world):
     (lambda x, y: (x.tolist(), y), "local inputs must be a torch.Tensor or a NumPy array, not list"),
     (lambda x, y: ((x * 50).to(torch.uint8), y), "local inputs are torch.uint8; the models take floating-point inputs"),
     (lambda x, y: (x[0], y), "local inputs must be a batch (samples first)"),
-], ids=["wrong-shape", "not-a-pair", "three", "list", "integer-inputs", "one-sample"])
+    (lambda x, y: (x.masked_fill(x > 2, float("nan")), y), "non-finite value(s) (NaN, or infinite as torch.float32)"),
+    (lambda x, y: (x.double() * 1e300, y), "non-finite value(s) (NaN, or infinite as torch.float32)"),
+], ids=["wrong-shape", "not-a-pair", "three", "list", "integer-inputs", "one-sample", "nan", "beyond-float32"])
 def test_local_data_a_query_cannot_use_is_refused(world, local, says):
     _refused(world, says, local_data=local(*world[2]))
 
@@ -179,3 +183,21 @@ def test_a_teacher_that_raises_on_the_checks_is_distrusted(world):
                        local_data=(x + 5, y))
     assert report.distrusted == {"bad": ["its model fails on the querier's checks: RuntimeError: out of memory"]}
     assert report.experts == {2: ["t"]} and not report.lost
+
+
+@pytest.mark.parametrize(("setting", "says"), [
+    ({"query": [True]}, "scenario.query.0: Input should be a valid integer (got true)"),
+    ({"query": ["12"]}, 'scenario.query.0: Input should be a valid integer (got "12")'),
+    ({"query": [2.0]}, "scenario.query.0: Input should be a valid integer (got 2.0)"),
+    ({"querier": True}, "scenario.querier: Input should be a valid integer (got true)"),
+], ids=["bool-class", "string-class", "float-class", "bool-querier"])
+def test_a_run_config_does_not_coerce_classes_or_parties(setting, says):
+    with pytest.raises(qkt.ConfigError, match=re.escape(says)):
+        parse_config({"scenario": setting})
+
+
+def test_more_parties_than_the_data_can_fill_are_refused_at_once():
+    from qkt.partition import dirichlet
+
+    with pytest.raises(qkt.QKTError, match="100000 parties of at least 10 samples each need 1000000 training samples; the data has 300"):
+        dirichlet(np.arange(300) % 3, 100_000, 0.1, seed=0)

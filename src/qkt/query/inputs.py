@@ -38,7 +38,11 @@ def as_tensors(local_data: object, dtype: torch.dtype = torch.float32) -> tuple[
                          "(e.g. x.float() / 255)")
     if x.ndim < 2:
         raise QueryError(f"local inputs must be a batch (samples first), not a tensor of shape {tuple(x.shape)}")
-    return x.to(dtype), y
+    x = x.to(dtype)
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:  # every model trained on them would be NaN
+        raise QueryError(f"local inputs hold {bad} non-finite value(s) (NaN, or infinite as {dtype})")
+    return x, y
 
 
 def as_config(config: QueryConfig | Mapping | None) -> QueryConfig:

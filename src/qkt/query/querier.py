@@ -10,6 +10,7 @@ wrapped in-process channels.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from .teacher import answer_probe
 from .transfer import Lesson, TransferSet, build_transfer_set
 from .variant import Variant
 
+log = logging.getLogger(__name__)
 
 def select_experts(scores: Mapping[str, Sequence[float]], query: Sequence[int], num_classes: int,
                    lam: float) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -193,6 +195,7 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     seconds: dict[str, float] = {}
     announcement = Announcement.from_config(query, num_classes, tuple(local_x.shape[1:]), config)
 
+    log.info("query %s of %d classes: announcing it to %d teacher(s)", list(query), num_classes, len(channel.teachers))
     start = time.perf_counter()
     probe_replies = channel.announce(announcement, channel.teachers)
     measured = time.perf_counter() - start
@@ -211,6 +214,9 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     else:
         masks, unmatched = {k: np.ones(len(query), dtype=bool) for k in scores}, []
     notes += unmatched
+    log.debug("probe scores: %s", {k: [round(float(v), 4) for v in s] for k, s in scores.items()})
+    log.info("experts: %s; asking them for their weights",
+             "; ".join(f"class {c}: {', '.join(map(repr, names)) or 'none'}" for c, names in probe.experts_by_class(masks, query).items()))
     unmatched_classes = {c for c, names in probe.experts_by_class(masks, query).items() if not names}
     # The querier's own work after the exchange is timed apart: cached replies may charge more than the call took.
     seconds["probe"] = time.perf_counter() - start - measured + _wall(measured, probe_replies, channel.parallel)
@@ -245,6 +251,7 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     for note in notes:
         warnings.warn(note, stacklevel=2)
 
+    log.info("learning from %d expert(s): %s", len(masks), ", ".join(map(repr, masks)))
     model, learn_seconds, transfer, num_synthetic = learn(student, lesson, config, variant, head, progress)
     seconds.update(learn_seconds)
     seconds["total"] = sum(seconds.values())
@@ -270,4 +277,6 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
         distrusted=distrusted,
         lost=lost,
     )
+    log.info("query %s learnt in %.1f s (%d transfer inputs, %d synthetic; %s received)", list(query), seconds["total"],
+             len(transfer), num_synthetic, f"{report.bytes_received:,} bytes")
     return model, report

@@ -201,3 +201,20 @@ def test_more_parties_than_the_data_can_fill_are_refused_at_once():
 
     with pytest.raises(qkt.QKTError, match="100000 parties of at least 10 samples each need 1000000 training samples; the data has 300"):
         dirichlet(np.arange(300) % 3, 100_000, 0.1, seed=0)
+
+
+class NoState(Tupled):
+    """Answers the probe, then fails to export its weights."""
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def state_dict(self, *args, **kwargs):
+        raise RuntimeError("disk full")
+
+
+def test_a_teacher_that_raises_sending_its_weights_is_lost(world):
+    _, teacher, _ = world
+    _, report = _query(world, teachers={"t": teacher, "bad": NoState(copy.deepcopy(teacher))})
+    assert report.lost == {"bad": "failed to send its weights: RuntimeError: disk full"}
+    assert report.experts == {2: ["t"]}

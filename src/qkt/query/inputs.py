@@ -65,6 +65,7 @@ def input_dtype(model: nn.Module) -> torch.dtype:
 
 
 def check_module(who: str, model: object) -> None:
+    """Refuse a model that is not an ``nn.Module`` (a function, None), before anything calls it."""
     if not isinstance(model, nn.Module):
         raise QueryError(f"{who} is {type(model).__name__}, not a torch.nn.Module")
 

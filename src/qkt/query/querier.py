@@ -34,6 +34,7 @@ from .variant import Variant
 
 log = logging.getLogger(__name__)
 
+
 def select_experts(scores: Mapping[str, Sequence[float]], query: Sequence[int], num_classes: int,
                    lam: float) -> tuple[dict[str, np.ndarray], list[str]]:
     """The masks, restricted to teachers with at least one bit inside ``Q``, and a note per class left without an expert.
@@ -214,10 +215,11 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     else:
         masks, unmatched = {k: np.ones(len(query), dtype=bool) for k in scores}, []
     notes += unmatched
+    by_class = probe.experts_by_class(masks, query)
     log.debug("probe scores: %s", {k: [round(float(v), 4) for v in s] for k, s in scores.items()})
     log.info("experts: %s; asking them for their weights",
-             "; ".join(f"class {c}: {', '.join(map(repr, names)) or 'none'}" for c, names in probe.experts_by_class(masks, query).items()))
-    unmatched_classes = {c for c, names in probe.experts_by_class(masks, query).items() if not names}
+             "; ".join(f"class {c}: {', '.join(map(repr, names)) or 'none'}" for c, names in by_class.items()))
+    unmatched_classes = {c for c, names in by_class.items() if not names}
     # The querier's own work after the exchange is timed apart: cached replies may charge more than the call took.
     seconds["probe"] = time.perf_counter() - start - measured + _wall(measured, probe_replies, channel.parallel)
 

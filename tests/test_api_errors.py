@@ -38,7 +38,8 @@ def world():
 
 def _query(world, **changes):
     student, teacher, local = world
-    args = {"student": student, "teachers": {"t": teacher}, "query_classes": [2], "local_data": local, "config": TINY}
+    args = {"student": student, "teachers": {"t": teacher}, "query_classes": [2], "local_data": local, "config": TINY,
+            "num_classes": None}
     args.update(changes)
     return qkt.query(progress=False, **args)
 
@@ -145,6 +146,11 @@ def test_a_teacher_module_instead_of_a_collection_is_refused(world):
 ], ids=["wrong-shape", "not-a-pair", "three", "list", "integer-inputs", "one-sample", "nan", "beyond-float32"])
 def test_local_data_a_query_cannot_use_is_refused(world, local, says):
     _refused(world, says, local_data=local(*world[2]))
+
+
+@pytest.mark.parametrize("num_classes", ["4", True, 4.0, 1])
+def test_a_label_space_that_is_not_a_count_is_refused(world, num_classes):
+    _refused(world, f"num_classes must be an integer of at least 2, not {num_classes!r}", num_classes=num_classes)
 
 
 @pytest.mark.parametrize("frozen", ["all", "head"])

@@ -282,8 +282,8 @@ LOCAL_DATA = {
 
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(QUERY_CLASSES, mostly(st.just("tensors"), st.sampled_from(sorted(LOCAL_DATA))), mostly(st.none(), query_configs()),
-       mostly(st.just("dict"), st.sampled_from(["list", "int-keys"])))
-def test_qkt_query_answers_or_raises_one_qkt_error(tiny_parties, query_classes, local, config, teachers):
+       mostly(st.just("dict"), st.sampled_from(["list", "int-keys"])), mostly(st.none(), SCALARS))
+def test_qkt_query_answers_or_raises_one_qkt_error(tiny_parties, query_classes, local, config, teachers, num_classes):
     student, teacher, (x, y) = tiny_parties
     named = {"dict": {"t": teacher}, "list": [teacher], "int-keys": {0: teacher}}[teachers]
     base = {"phase1_epochs": 1, "phase2_epochs": 1, "probe": {"steps": 2, "num_samples": 16},
@@ -294,7 +294,8 @@ def test_qkt_query_answers_or_raises_one_qkt_error(tiny_parties, query_classes, 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the notes of a query that works are not under test here
-            model, report = qkt.query(student, named, query_classes, LOCAL_DATA[local](x, y), settings_, progress=False)
+            model, report = qkt.query(student, named, query_classes, LOCAL_DATA[local](x, y), settings_, num_classes=num_classes,
+                                      progress=False)
     except qkt.QKTError as exc:
         assert str(exc) and "\n" not in str(exc), str(exc)
     else:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import QueryConfig
 from ..errors import QueryError
-from . import inputs
+from . import inputs, probe
 from .channel import InProcessChannel
 from .messages import QueryReport
 from .querier import run_query
@@ -82,6 +82,8 @@ def query(
         kinds = sorted({f"{p.dtype} on {p.device}" for p in model.parameters()} - {"torch.float32 on cpu"})
         if kinds:
             raise QueryError(f"{who} has parameters of {', '.join(kinds)}; a query runs in float32 on the CPU: pass model.float().cpu()")
+    if num_classes is not None and not (probe.is_index(num_classes) and num_classes >= 2):
+        raise QueryError(f"num_classes must be an integer of at least 2, not {num_classes!r}")
     outputs = {who: inputs.output_size(who, model, local_x, own=who == "the student") for who, model in models.items()}
     num_classes = outputs["the student"] if num_classes is None else num_classes
     for who, size in outputs.items():

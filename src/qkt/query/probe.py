@@ -115,11 +115,11 @@ def check_query(query: Sequence[int] | int, num_classes: int) -> tuple[int, ...]
     """
     if isinstance(query, torch.Tensor | np.ndarray):
         query = query.tolist()
-    if _is_class(query):
+    if is_index(query):
         query = [query]
     if isinstance(query, str | bytes) or not isinstance(query, Sequence):
         raise QueryError(f"query classes must be a list of integer class indices, not {_described(query)}")
-    wrong = [c for c in query if not _is_class(c)]
+    wrong = [c for c in query if not is_index(c)]
     if wrong:
         raise QueryError(f"query classes must be integer class indices; got {_described(wrong[0])}")
     query = tuple(int(c) for c in query)
@@ -133,7 +133,8 @@ def check_query(query: Sequence[int] | int, num_classes: int) -> tuple[int, ...]
     return tuple(sorted(query))
 
 
-def _is_class(value: object) -> bool:
+def is_index(value: object) -> bool:
+    """Whether ``value`` is an integer as given (a bool is not: ``True`` would read as 1)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 

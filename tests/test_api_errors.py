@@ -179,14 +179,16 @@ class Raising(Tupled):
 
 def test_a_teacher_that_raises_on_the_probe_is_lost(world):
     _, teacher, _ = world
-    _, report = _query(world, teachers={"t": teacher, "bad": Raising(copy.deepcopy(teacher), always=True)})
+    with pytest.warns(UserWarning, match="teacher 'bad' was lost: failed to answer: RuntimeError: out of memory"):
+        _, report = _query(world, teachers={"t": teacher, "bad": Raising(copy.deepcopy(teacher), always=True)})
     assert report.experts == {2: ["t"]} and report.lost == {"bad": "failed to answer: RuntimeError: out of memory"}
 
 
 def test_a_teacher_that_raises_on_the_checks_is_distrusted(world):
     _, teacher, (x, y) = world
-    _, report = _query(world, teachers={"t": teacher, "bad": Raising(copy.deepcopy(teacher), always=False)},
-                       local_data=(x + 5, y))
+    with pytest.warns(UserWarning, match="teacher 'bad' distrusted: its model fails on the querier's checks"):
+        _, report = _query(world, teachers={"t": teacher, "bad": Raising(copy.deepcopy(teacher), always=False)},
+                           local_data=(x + 5, y))
     assert report.distrusted == {"bad": ["its model fails on the querier's checks: RuntimeError: out of memory"]}
     assert report.experts == {2: ["t"]} and not report.lost
 
@@ -221,6 +223,7 @@ class NoState(Tupled):
 
 def test_a_teacher_that_raises_sending_its_weights_is_lost(world):
     _, teacher, _ = world
-    _, report = _query(world, teachers={"t": teacher, "bad": NoState(copy.deepcopy(teacher))})
+    with pytest.warns(UserWarning, match="teacher 'bad' was lost: failed to send its weights"):
+        _, report = _query(world, teachers={"t": teacher, "bad": NoState(copy.deepcopy(teacher))})
     assert report.lost == {"bad": "failed to send its weights: RuntimeError: disk full"}
     assert report.experts == {2: ["t"]}

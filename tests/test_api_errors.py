@@ -88,7 +88,7 @@ def test_a_single_integer_is_a_query_of_one_class(world):
 def test_inputs_of_another_type_are_converted_to_the_models(world, convert):
     student, teacher, (x, y) = world
     reference, _ = _query(world)
-    model, report = _query(world, local_data=(convert(x), y.numpy()))
+    model, report = _query(world, local_data=(convert(x), y.numpy().astype(np.uint64)))
     assert report.experts == {2: ["t"]}
     if convert(x).dtype in (np.float32, torch.float32, np.float64, torch.float64):  # float16 rounds the inputs themselves
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in reference.state_dict().items())
@@ -143,7 +143,10 @@ def test_a_teacher_module_instead_of_a_collection_is_refused(world):
     (lambda x, y: (x[0], y), "local inputs must be a batch (samples first)"),
     (lambda x, y: (x.masked_fill(x > 2, float("nan")), y), "non-finite value(s) (NaN, or infinite as torch.float32)"),
     (lambda x, y: (x.double() * 1e300, y), "non-finite value(s) (NaN, or infinite as torch.float32)"),
-], ids=["wrong-shape", "not-a-pair", "three", "list", "integer-inputs", "one-sample", "nan", "beyond-float32"])
+    (lambda x, y: (x.numpy().astype(str), y), "local inputs are a NumPy array of <U"),
+    (lambda x, y: (x, y.numpy().astype(object)), "local labels are a NumPy array of object, which torch cannot hold"),
+], ids=["wrong-shape", "not-a-pair", "three", "list", "integer-inputs", "one-sample", "nan", "beyond-float32", "strings",
+        "objects"])
 def test_local_data_a_query_cannot_use_is_refused(world, local, says):
     _refused(world, says, local_data=local(*world[2]))
 

@@ -29,10 +29,7 @@ def as_tensors(local_data: object, dtype: torch.dtype = torch.float32) -> tuple[
     if not (isinstance(local_data, tuple | list) and len(local_data) == 2):
         raise QueryError(f"local data must be a pair (inputs, labels), not {type(local_data).__name__}"
                          + (f" of {len(local_data)}" if isinstance(local_data, tuple | list) else ""))
-    x, y = (torch.as_tensor(a) if isinstance(a, np.ndarray) else a for a in local_data)
-    for what, t in (("inputs", x), ("labels", y)):
-        if not isinstance(t, torch.Tensor):
-            raise QueryError(f"local {what} must be a torch.Tensor or a NumPy array, not {type(t).__name__}")
+    x, y = (_tensor(what, a) for what, a in zip(("inputs", "labels"), local_data, strict=True))
     if not x.is_floating_point():
         raise QueryError(f"local inputs are {x.dtype}; the models take floating-point inputs, normalised as in training "
                          "(e.g. x.float() / 255)")
@@ -43,6 +40,17 @@ def as_tensors(local_data: object, dtype: torch.dtype = torch.float32) -> tuple[
     if bad:  # every model trained on them would be NaN
         raise QueryError(f"local inputs hold {bad} non-finite value(s) (NaN, or infinite as {dtype})")
     return x, y
+
+
+def _tensor(what: str, value: object) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        try:
+            return torch.as_tensor(value)
+        except TypeError:  # strings, objects, dates: torch holds numbers only
+            raise QueryError(f"local {what} are a NumPy array of {value.dtype}, which torch cannot hold: give numbers") from None
+    if not isinstance(value, torch.Tensor):
+        raise QueryError(f"local {what} must be a torch.Tensor or a NumPy array, not {type(value).__name__}")
+    return value
 
 
 def as_config(config: QueryConfig | Mapping | None) -> QueryConfig:

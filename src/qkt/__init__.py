@@ -8,8 +8,11 @@ their models in one exchange, without any data leaving anyone::
                                   query_classes=[3], local_data=(x, y))
 
 ``qkt.run_query`` is the same query over any :class:`TeacherChannel`: the in-process
-one, the Flower app's, or one of your own.
+one, the Flower app's, or one of your own. Progress is logged to the ``qkt`` logger
+(``logging.basicConfig(level=logging.INFO)`` shows it).
 """
+
+import logging
 
 from .config import QueryConfig, RunConfig
 from .errors import ConfigError, DataError, QKTError, QueryError
@@ -18,3 +21,7 @@ from .query import InProcessChannel, QueryReport, Teacher, TeacherChannel, query
 __all__ = ["query", "run_query", "InProcessChannel", "TeacherChannel", "QueryConfig", "QueryReport", "RunConfig", "Teacher",
            "QKTError", "ConfigError", "DataError", "QueryError"]
 __version__ = "0.1.0"
+
+# qkt logs its progress through the "qkt" logger (qkt.query, qkt.bench, ...); showing it is the application's choice
+# (the qkt command does). Warnings a user must act on are `warnings.warn`.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from .config import DEMO, RunConfig, commented_yaml, load_config, parse_config
-from .console import positive_int, print_run
+from .console import add_verbosity, configure_logging, positive_int, print_run
 from .errors import QKTError
 
 
@@ -91,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run one query on the bundled handwritten digits (under a minute)",
                           description="Train 10 parties on label-skewed digits, let one ask for a digit it lacks, and compare QKT with Local, Ensemble and KD.")
     demo.add_argument("--output", type=Path, default=Path("qkt-output/demo"), help="folder for results.json, results.md and the chart (default: %(default)s)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbosity(demo)
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="run one query described by a config file",
@@ -102,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", default=None, help="folder with the data files (overrides data.root; default $QKT_DATA_ROOT or ./data)")
     run.add_argument("--data-path", default=None, help="an explicit data file (overrides data.path)")
     run.add_argument("--resume", action="store_true", help="reuse the parties' models already trained in OUTPUT/checkpoints (default: retrain)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbosity(run)
     run.set_defaults(func=cmd_run, interrupted="finished checkpoints are kept (qkt run --resume reuses them); results were not written")
 
     config = sub.add_parser("config", help="print every config option with its default, as YAML",
@@ -126,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="every training and test image of each data set, not the 6,000 / 2,000-image subsets (SPEC §5's scale)")
     bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest")
     bench.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else every core; 1 is much faster on a busy machine)")
-    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbosity(bench)
     bench.set_defaults(func=cmd_bench, interrupted="every finished query is in bench.json; qkt bench --resume with the same --output runs the rest")
 
     data = sub.add_parser("data", help="list, inspect or download data sets")
@@ -144,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
     warnings.formatwarning = lambda message, *_a, **_k: f"warning: {message}\n"
     try:
         return args.func(args)

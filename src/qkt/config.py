@@ -33,6 +33,8 @@ DEMO = {
 
 Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
+# A class or party index is an integer as written: lax parsing would read `true` as 1 and "12" as 12.
+Index = Annotated[int, Field(ge=0, strict=True)]
 # BatchNorm cannot train on a batch of one sample.
 BatchSize = Annotated[int, Field(ge=2)]
 # Every float option is finite: an infinite learning rate or temperature trains a NaN model, and
@@ -195,8 +197,8 @@ class PartitionConfig(Section):
 class ScenarioConfig(Section):
     """Who queries, and for which classes."""
 
-    querier: NonNegative | None = Field(None, description="the querying party (default: the eligible party with most samples)")
-    query: list[NonNegative] | None = Field(None, max_length=MAX_ENTRIES, description="fixed query classes, which the querier must lack (default: drawn)")
+    querier: Index | None = Field(None, description="the querying party (default: the eligible party with most samples)")
+    query: list[Index] | None = Field(None, max_length=MAX_ENTRIES, description="fixed query classes, which the querier must lack (default: drawn)")
     query_size: Positive = Field(1, description="number of query classes drawn when query is not set")
     max_query_samples: Positive = Field(10, description="a class the querier holds fewer samples of than this may be queried")
     min_expert_samples: Positive = Field(10, description="only a class some other party holds this many samples of can be queried (someone can teach it)")

@@ -1,8 +1,9 @@
-"""What the commands print, and the argument types they share (``qkt`` and ``qkt flower``)."""
+"""What the commands print, where their log goes, and the argument types they share (``qkt`` and ``qkt flower``)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -28,6 +29,31 @@ def print_run(summary: dict, output: Path | None, started: float) -> None:
     if output is not None:
         print(f"\nwrote {output / 'results.json'}, {output / 'results.md'} and {output / 'per_class_accuracy.png'}")
     print(f"done in {time.perf_counter() - started:.0f} s")
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` and ``--quiet``, for the commands that run something (see :func:`configure_logging`)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--verbose", action="store_true", help="also qkt's debug messages")
+    group.add_argument("--quiet", action="store_true", help="only warnings and errors: no progress messages or bars")
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
+
+
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Show qkt's log (logger ``qkt``) on stderr: its progress messages, also debug ones if ``verbose``, only warnings if ``quiet``.
+
+    Other libraries' loggers show warnings only. A process that already configured
+    logging (an application importing qkt's CLI, a test) keeps its handlers.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Format("%(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("qkt").setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 def bounded(kind: Callable[[str], T], minimum: T, *, inclusive: bool = True) -> Callable[[str], T]:

@@ -6,6 +6,7 @@ queriers and seeds.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 import weakref
@@ -35,6 +36,7 @@ from .query import InProcessChannel, TeacherChannel, Variant, run_query
 from .query.probe import check_query, expert_masks, experts_by_class
 from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
 
+log = logging.getLogger(__name__)
 
 def method_settings(query_config: QueryConfig, method: str) -> tuple[QueryConfig, Variant]:
     """The query settings and engine switches of QKT, QKT Light or an ablation (:mod:`qkt.methods`), validated together."""
@@ -113,6 +115,7 @@ def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scen
     x_train, y_train = world_data
     t = config.training
     models = []
+    log.info("training the %d parties' models (%s, %d epochs), or reusing their checkpoints", len(scenario.parts), t.arch, t.epochs)
     bar = tqdm(range(len(scenario.parts)), desc="local training", unit="party", disable=not progress)
     for k in bar:
         arch = party_arch(config, k, scenario.querier)
@@ -190,6 +193,7 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
     results: dict[str, MethodResult] = {}
     reports: dict[str, dict] = {}
     for method in config.methods:
+        log.info("running %s", method)
         runner = METHODS[method].runner
         if runner == "local":
             results[method] = unchanged

@@ -20,6 +20,9 @@ def dirichlet(labels: np.ndarray, num_parties: int, alpha: float, seed: int, min
     """
     if alpha <= 0:
         raise QKTError(f"Dirichlet alpha must be > 0, got {alpha}")
+    if num_parties * min_samples > len(labels):  # no draw can succeed, and each draw of a huge count takes long
+        raise QKTError(f"{num_parties} parties of at least {min_samples} samples each need {num_parties * min_samples} "
+                       f"training samples; the data has {len(labels)}: use fewer parties")
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     for _ in range(max_tries):

@@ -10,6 +10,7 @@ over queriers × seeds. Results are written atomically after each query, so
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import weakref
@@ -34,6 +35,7 @@ from ..training import checkpoint_key, load_checkpoint, save_checkpoint
 from .catalogue import PROFILES, SCENARIOS, BenchScenario, Profile, false_expert, querier_queries, run_config
 from .output import machine, write_outputs
 
+log = logging.getLogger(__name__)
 
 def available_datasets(data_root: str | os.PathLike | None = None) -> list[str]:
     """``digits`` and every registry data set whose file is under the data root."""
@@ -84,6 +86,7 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
              if (dataset.name, scenario.name, seed, q) not in done]
     if not pairs:
         return
+    log.info("%s, scenario %s, seed %d: %d quer%s to run", dataset.name, scenario.name, seed, len(pairs), "y" if len(pairs) == 1 else "ies")
     whole = partition.Scenario(-1, (), (), tuple(parts), 0)
     base_models = experiment.train_parties(config, (x_train, y_train), whole, dataset, checkpoints, progress)
     global_models = {m: global_model(m, config, dataset, (x_train, y_train), parts, checkpoints, progress)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..config import DEMO, load_config, parse_config
-from ..console import non_negative_int, positive_float, print_run
+from ..console import add_verbosity, non_negative_int, positive_float, print_run
 from ..errors import QKTError
 
 
@@ -88,6 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    description="Start a SuperLink with Flower's simulation runtime (Ray), one virtual SuperNode per party, run the config's Flower methods (local, qkt, qkt_light, fedavg, fedprox), print the table and stop every process it started.")
     common(simulate)
     simulate.add_argument("--timeout", type=positive_float, default=3600.0, help="give up on the whole run after this many seconds (default: %(default)s)")
+    add_verbosity(simulate)
     simulate.set_defaults(func=cmd_simulate)
 
     app_dir = commands.add_parser("app-dir", help="print the folder of the Flower app, for `flwr run <folder> <superlink>`",

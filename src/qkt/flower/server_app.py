@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.common.logger import console_handler
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
 from torch import nn
@@ -127,11 +128,20 @@ def run(grid: Grid, settings: Settings) -> dict:
     }
 
 
+def log_with_flower() -> None:
+    """qkt's messages (logger ``qkt``, info and above) go where Flower's own go: its console handler, which the run's log streams."""
+    qkt_log = logging.getLogger("qkt")
+    qkt_log.setLevel(logging.INFO)
+    if console_handler not in qkt_log.handlers:
+        qkt_log.addHandler(console_handler)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """The querier's entry point under ``flwr run``: run, then write the outputs to ``output-dir``."""
     settings = read_settings(context.run_config)
     set_threads(settings.threads)
+    log_with_flower()
     try:
         summary = run(grid, settings)
     except QKTError as exc:
@@ -140,4 +150,4 @@ def main(grid: Grid, context: Context) -> None:
         (settings.output_dir / "error.txt").write_text(f"{exc}\n")
         raise
     write_outputs(summary, settings.output_dir)
-    log.warning("qkt: wrote %s", settings.output_dir / "results.json")
+    log.info("wrote %s", settings.output_dir / "results.json")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..config import QueryConfig
 from ..errors import QueryError
-from ..training import predict_logits
+from . import inputs, probe
 from .channel import InProcessChannel
 from .messages import QueryReport
 from .querier import run_query
@@ -19,9 +20,9 @@ from .teacher import Teacher
 def query(
     student: nn.Module,
     teachers: Mapping[str, nn.Module | Teacher] | Sequence[nn.Module | Teacher],
-    query_classes: Sequence[int],
-    local_data: tuple[torch.Tensor, torch.Tensor],
-    config: QueryConfig | None = None,
+    query_classes: Sequence[int] | int,
+    local_data: tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray],
+    config: QueryConfig | Mapping | None = None,
     *,
     num_classes: int | None = None,
     head: str | None = None,
@@ -40,11 +41,14 @@ def query(
         ``"1"``, …). Wrap one in :class:`Teacher` to give it held-out data for
         the ``self`` probe. Architectures may differ from the student's.
     query_classes:
-        The classes to acquire, ``Q``; the querier should hold (almost) none of them.
+        The classes to acquire, ``Q``, as integer class indices (a single integer is a
+        query of one class); the querier should hold (almost) none of them.
     local_data:
-        The querier's own inputs (normalised as the models expect) and labels.
+        The querier's own inputs (normalised as the models expect) and labels, as
+        tensors or NumPy arrays; inputs are cast to the student's floating-point type.
     config:
-        :class:`~qkt.config.QueryConfig`; the defaults suit small models such as the demo's MLP.
+        :class:`~qkt.config.QueryConfig`, or a mapping of its fields; the defaults suit
+        small models such as the demo's MLP.
     num_classes:
         ``|C|``; defaults to the student's output size.
 
@@ -56,23 +60,34 @@ def query(
         included) and the teachers whose claims the querier's checks rejected, with
         why (``distrusted``; see :mod:`qkt.query.trust`).
 
+    Raises :class:`~qkt.errors.QKTError` for anything it cannot use as given. A teacher
+    whose model fails while answering is named in the report (``lost`` or ``distrusted``)
+    and the query goes on with the others.
+
     This is :func:`~qkt.query.querier.run_query` over an
     :class:`~qkt.query.channel.InProcessChannel`, after checking that every model fits.
     """
+    if isinstance(teachers, nn.Module | str) or not isinstance(teachers, Mapping | Sequence):
+        raise QueryError(f"teachers must be a mapping of names to models or a list of models, not {type(teachers).__name__}")
     named = dict(teachers) if isinstance(teachers, Mapping) else {str(i): t for i, t in enumerate(teachers)}
     if not named:
         raise QueryError("no teachers to ask")
     channel = InProcessChannel(named)
-    local_x = local_data[0]
     models = {"the student": student, **{f"teacher '{k}'": channel.architecture(k) for k in channel.teachers}}
+    for who, model in models.items():
+        inputs.check_module(who, model)
+    local_x, local_y = inputs.as_tensors(local_data, inputs.input_dtype(student))
     for who, model in models.items():
         # Probes, inversions and mixups are made as float32 CPU tensors; another model would fail deep inside.
         kinds = sorted({f"{p.dtype} on {p.device}" for p in model.parameters()} - {"torch.float32 on cpu"})
         if kinds:
             raise QueryError(f"{who} has parameters of {', '.join(kinds)}; a query runs in float32 on the CPU: pass model.float().cpu()")
-    outputs = {who: int(predict_logits(model, local_x[:2]).shape[1]) for who, model in models.items()}
+    if num_classes is not None and not (probe.is_index(num_classes) and num_classes >= 2):
+        raise QueryError(f"num_classes must be an integer of at least 2, not {num_classes!r}")
+    outputs = {who: inputs.output_size(who, model, local_x, own=who == "the student") for who, model in models.items()}
     num_classes = outputs["the student"] if num_classes is None else num_classes
     for who, size in outputs.items():
-        if size != num_classes:
+        if size is not None and size != num_classes:
             raise QueryError(f"{who} outputs {size} classes but the label space has {num_classes}")
-    return run_query(student, channel, query_classes, local_data, config, num_classes=num_classes, head=head, progress=progress)
+    return run_query(student, channel, query_classes, (local_x, local_y), config, num_classes=num_classes, head=head,
+                     progress=progress)

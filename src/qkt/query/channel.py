@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 from torch import nn
 
-from ..errors import QKTError
+from ..errors import QKTError, QueryError
 from . import privacy
 from .messages import SCORE_BYTES, Announcement, Failure, Reply
 from .teacher import Teacher, answer_probe, export_weights
@@ -70,7 +70,11 @@ class InProcessChannel(TeacherChannel):
     """Teachers that are models in this process, by name (a :class:`Teacher` gives one its held-out data): each reply is computed here and timed."""
 
     def __init__(self, teachers: Mapping[str, nn.Module | Teacher]):
-        self._teachers = {str(k): t if isinstance(t, Teacher) else Teacher(t) for k, t in teachers.items()}
+        # Converting names would merge teachers 1 and "1", and the report could not be read by the names given.
+        named = [k for k in teachers if not isinstance(k, str)]
+        if named:
+            raise QueryError(f"teacher names must be strings, not {named[0]!r} ({type(named[0]).__name__}): the report names each teacher by it")
+        self._teachers = {k: t if isinstance(t, Teacher) else Teacher(t) for k, t in teachers.items()}
 
     @property
     def teachers(self) -> tuple[str, ...]:
@@ -94,7 +98,11 @@ class InProcessChannel(TeacherChannel):
         replies: dict[str, Weights] = {}
         for name in names:
             start = time.perf_counter()
-            arrays = export_weights(self._teachers[name].model, half)
+            try:
+                arrays = export_weights(self._teachers[name].model, half)
+            except Exception as exc:  # noqa: BLE001 - as in announce: a failing teacher costs its reply
+                replies[name] = Failure(f"failed to send its weights: {type(exc).__name__}: {exc}", weights_request_bytes(half))
+                continue
             replies[name] = Reply(arrays, time.perf_counter() - start, weights_request_bytes(half),
                                   int(sum(a.nbytes for a in arrays.values())))
         return replies

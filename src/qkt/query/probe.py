@@ -8,6 +8,7 @@ scores of the query classes leave the teacher.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -105,8 +106,22 @@ def no_expert_message(scores: Mapping[str, Sequence[float]], query: Sequence[int
     return "no expert found for " + "; ".join(parts) + ". Try a smaller λ (query.lam), the 'self' probe, or more teachers."
 
 
-def check_query(query: Sequence[int], num_classes: int) -> tuple[int, ...]:
-    """Validate query classes against the label space."""
+def check_query(query: Sequence[int] | int, num_classes: int) -> tuple[int, ...]:
+    """The query classes ``Q``, sorted, checked against the label space.
+
+    ``query`` is a sequence (or 1-D array) of integer class indices, or a single integer
+    for a query of one class. Strings, booleans and floats are refused, also inside the
+    sequence, rather than coerced: ``"12"`` is not the classes 1 and 2, ``True`` not class 1.
+    """
+    if isinstance(query, torch.Tensor | np.ndarray):
+        query = query.tolist()
+    if is_index(query):
+        query = [query]
+    if isinstance(query, str | bytes) or not isinstance(query, Sequence):
+        raise QueryError(f"query classes must be a list of integer class indices, not {_described(query)}")
+    wrong = [c for c in query if not is_index(c)]
+    if wrong:
+        raise QueryError(f"query classes must be integer class indices; got {_described(wrong[0])}")
     query = tuple(int(c) for c in query)
     if not query:
         raise QueryError("the query is empty: name at least one class to ask for")
@@ -116,3 +131,12 @@ def check_query(query: Sequence[int], num_classes: int) -> tuple[int, ...]:
     if len(set(query)) != len(query):
         raise QueryError(f"the query {list(query)} names a class twice")
     return tuple(sorted(query))
+
+
+def is_index(value: object) -> bool:
+    """Whether ``value`` is an integer as given (a bool is not: ``True`` would read as 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def _described(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"[:80]

@@ -10,6 +10,7 @@ wrapped in-process channels.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -21,8 +22,8 @@ from torch import nn
 
 from ..config import QueryConfig, TrustConfig
 from ..errors import QueryError
-from ..training import predict_logits
-from . import probe, trust
+from ..models import find_head
+from . import inputs, probe, trust
 from .channel import TeacherChannel
 from .messages import Announcement, Failure, QueryReport, Reply
 from .phase1 import run_phase1
@@ -30,6 +31,8 @@ from .phase2 import align_weights, refine_head
 from .teacher import answer_probe
 from .transfer import Lesson, TransferSet, build_transfer_set
 from .variant import Variant
+
+log = logging.getLogger(__name__)
 
 
 def select_experts(scores: Mapping[str, Sequence[float]], query: Sequence[int], num_classes: int,
@@ -80,8 +83,12 @@ def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[
     x, y = trust.check_sample(local_x, local_y, config.max_samples, seed)
     kept, distrusted = {}, {}
     for name, model in experts.items():
-        verdict = trust.check_expert(model, scores[name], answer_probe(model, recipe), masks[name], announcement.query, x, y,
-                                     lam, config, verify_claims=announcement.probe_kind != "self")
+        try:
+            verdict = trust.check_expert(model, scores[name], answer_probe(model, recipe), masks[name], announcement.query, x, y,
+                                         lam, config, verify_claims=announcement.probe_kind != "self")
+        except Exception as exc:  # noqa: BLE001 - another party's model failing on the checks costs its place, not the query
+            distrusted[name] = [f"its model fails on the querier's checks: {type(exc).__name__}: {exc}"]
+            continue
         if verdict.reasons:
             distrusted[name] = verdict.reasons
         if not verdict.dropped:
@@ -89,7 +96,7 @@ def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[
     return kept, distrusted
 
 
-def check_local_data(local_x: torch.Tensor, local_y: torch.Tensor, query_classes: Sequence[int],
+def check_local_data(local_x: torch.Tensor, local_y: torch.Tensor, query_classes: Sequence[int] | int,
                      num_classes: int) -> tuple[tuple[int, ...], torch.Tensor, list[str]]:
     """The query's classes sorted and checked, the labels as int64, and a note per query class the querier already holds."""
     if len(local_x) != len(local_y) or not len(local_x):
@@ -158,8 +165,8 @@ def _scores(reply: Reply | Failure, query_size: int) -> np.ndarray | str:
     return scores
 
 
-def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequence[int],
-              local_data: tuple[torch.Tensor, torch.Tensor], config: QueryConfig | None = None, *, num_classes: int | None = None,
+def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequence[int] | int,
+              local_data: tuple[torch.Tensor, torch.Tensor], config: QueryConfig | Mapping | None = None, *, num_classes: int | None = None,
               variant: Variant | None = None, head: str | None = None, progress: bool = True) -> tuple[nn.Module, QueryReport]:
     """One query, end to end: announce, choose experts, fetch their weights, vet them, learn, report.
 
@@ -170,9 +177,10 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     channel:
         The querier's link to its teachers (:mod:`qkt.query.channel`).
     query_classes, local_data:
-        ``Q``, and the querier's own inputs and labels.
+        ``Q``, and the querier's own inputs and labels, as for :func:`qkt.query`.
     config, num_classes:
-        The query's settings (default: :class:`~qkt.config.QueryConfig`'s), and ``|C|`` (default: the student's output size).
+        The query's settings (a :class:`~qkt.config.QueryConfig` or a mapping of its fields; default: its defaults),
+        and ``|C|`` (default: the student's output size).
     variant:
         The engine's switches for an ablation (:mod:`qkt.query.variant`); None is QKT itself.
 
@@ -181,15 +189,17 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     the query goes on with the others. Raises :class:`~qkt.errors.QueryError` when no
     teacher answers, no query class has an expert, or no expert is left to learn from.
     """
-    config, variant = config or QueryConfig(), variant or Variant()
+    config, variant = inputs.as_config(config), variant or Variant()
     variant.check(config)
-    local_x, local_y = local_data
+    local_x, local_y = inputs.as_tensors(local_data, inputs.input_dtype(student))
     if num_classes is None:
-        num_classes = int(predict_logits(student, local_x[:2]).shape[1])
+        num_classes = inputs.output_size("the student", student, local_x)
     query, local_y, notes = check_local_data(local_x, local_y, query_classes, num_classes)
+    inputs.check_trainable(student, find_head(student, head))
     seconds: dict[str, float] = {}
     announcement = Announcement.from_config(query, num_classes, tuple(local_x.shape[1:]), config)
 
+    log.info("query %s of %d classes: announcing it to %d teacher(s)", list(query), num_classes, len(channel.teachers))
     start = time.perf_counter()
     probe_replies = channel.announce(announcement, channel.teachers)
     measured = time.perf_counter() - start
@@ -208,7 +218,11 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     else:
         masks, unmatched = {k: np.ones(len(query), dtype=bool) for k in scores}, []
     notes += unmatched
-    unmatched_classes = {c for c, names in probe.experts_by_class(masks, query).items() if not names}
+    by_class = probe.experts_by_class(masks, query)
+    log.debug("probe scores: %s", {k: [round(float(v), 4) for v in s] for k, s in scores.items()})
+    log.info("experts: %s; asking them for their weights",
+             "; ".join(f"class {c}: {', '.join(map(repr, names)) or 'none'}" for c, names in by_class.items()))
+    unmatched_classes = {c for c, names in by_class.items() if not names}
     # The querier's own work after the exchange is timed apart: cached replies may charge more than the call took.
     seconds["probe"] = time.perf_counter() - start - measured + _wall(measured, probe_replies, channel.parallel)
 
@@ -242,6 +256,7 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     for note in notes:
         warnings.warn(note, stacklevel=2)
 
+    log.info("learning from %d expert(s): %s", len(masks), ", ".join(map(repr, masks)))
     model, learn_seconds, transfer, num_synthetic = learn(student, lesson, config, variant, head, progress)
     seconds.update(learn_seconds)
     seconds["total"] = sum(seconds.values())
@@ -267,4 +282,6 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
         distrusted=distrusted,
         lost=lost,
     )
+    log.info("query %s learnt in %.1f s (%d transfer inputs, %d synthetic; %s received)", list(query), seconds["total"],
+             len(transfer), num_synthetic, f"{report.bytes_received:,} bytes")
     return model, report

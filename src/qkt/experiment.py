@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
@@ -267,6 +268,9 @@ def query_diagnostics(world: World, config: RunConfig, report, lam: float) -> di
 def train_oracle(world: World, config: RunConfig, experts: dict[int, list[str]] | None) -> tuple[nn.Module, tuple[float, dict]]:
     """The oracle: the querier's model trained, as its party was, on its own data plus the experts' real training samples of ``Q``.
 
+    Its loss weighs every class present equally: the experts may hold many times more
+    samples of ``Q`` than the querier holds of its own classes, and an unweighted loss
+    would trade the local classes for the query ones, which no one with the data would do.
     ``experts`` are those a query found, per query class; ``None`` (no query ran or it
     found none) takes the parties that really hold each class. Returns the model, its
     training seconds, and which experts and how many samples it learnt from (``bytes``:
@@ -284,8 +288,15 @@ def train_oracle(world: World, config: RunConfig, experts: dict[int, list[str]] 
     torch.manual_seed(t.seed * 1000 + s.querier)
     model = build_model(party_arch(config, s.querier, s.querier), world.dataset.input_shape, world.dataset.num_classes)
     start = time.perf_counter()
-    fit(model, (x, torch.cat([local_y, world.y_train[extra_idx]])), t.epochs, t.lr, t.batch_size, t.weight_decay,
-        seed=t.seed * 1000 + s.querier, augment=t.augment, progress=False)
+    y_all = torch.cat([local_y, world.y_train[extra_idx]])
+    counts = torch.bincount(y_all, minlength=world.dataset.num_classes).float()
+    balance = torch.where(counts > 0, len(y_all) / (counts.clamp_min(1) * int((counts > 0).sum())), torch.zeros_like(counts))
+
+    def balanced_loss(net: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return F.cross_entropy(net(batch[0]), batch[1], weight=balance)
+
+    fit(model, (x, y_all), t.epochs, t.lr, t.batch_size, t.weight_decay, seed=t.seed * 1000 + s.querier,
+        loss_fn=balanced_loss, augment=t.augment, progress=False)
     seconds = time.perf_counter() - start
     details = {"experts": {str(c): v for c, v in experts.items()}, "experts_from": source, "query_samples": len(extra_idx),
                "bytes": int(world.x_train[extra_idx].numel() * world.x_train.element_size())}

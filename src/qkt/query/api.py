@@ -9,7 +9,8 @@ from torch import nn
 
 from ..config import QueryConfig
 from ..errors import QueryError
-from ..training import predict_logits
+from ..inputs import LocalData, as_samples
+from ..training import Amp, model_device, predict_logits, resolve_device
 from .channel import InProcessChannel
 from .messages import QueryReport
 from .querier import run_query
@@ -20,12 +21,14 @@ def query(
     student: nn.Module,
     teachers: Mapping[str, nn.Module | Teacher] | Sequence[nn.Module | Teacher],
     query_classes: Sequence[int],
-    local_data: tuple[torch.Tensor, torch.Tensor],
+    local_data: LocalData,
     config: QueryConfig | None = None,
     *,
     num_classes: int | None = None,
     head: str | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
+    amp: Amp | None = None,
 ) -> tuple[nn.Module, QueryReport]:
     """Ask ``teachers`` for ``query_classes`` and learn them into a copy of ``student``.
 
@@ -42,16 +45,25 @@ def query(
     query_classes:
         The classes to acquire, ``Q``; the querier should hold (almost) none of them.
     local_data:
-        The querier's own inputs (normalised as the models expect) and labels.
+        The querier's own inputs (normalised as the models expect) and labels: two
+        tensors, a map-style :class:`~torch.utils.data.Dataset` yielding (input, label)
+        or a :class:`~torch.utils.data.DataLoader` over one. They are read batch by
+        batch; a Dataset's items are never held all at once.
     config:
         :class:`~qkt.config.QueryConfig`; the defaults suit small models such as the demo's MLP.
     num_classes:
         ``|C|``; defaults to the student's output size.
+    device:
+        Where the query computes (``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"`` or a
+        :class:`torch.device`); default: the student's device. Teachers elsewhere answer
+        through copies moved there: the models handed in come back as they were.
+    amp:
+        ``"bf16"`` or ``"fp16"``: mixed precision for the training steps of Phases 1 and 2 (default: off).
 
     Returns
     -------
     (model, report):
-        The new model, which knows ``Q`` and keeps what the student knew, and a
+        The new model (on ``device``), which knows ``Q`` and keeps what the student knew, and a
         :class:`QueryReport` with experts, bytes, timings (the teachers' replies
         included) and the teachers whose claims the querier's checks rejected, with
         why (``distrusted``; see :mod:`qkt.query.trust`).
@@ -62,17 +74,21 @@ def query(
     named = dict(teachers) if isinstance(teachers, Mapping) else {str(i): t for i, t in enumerate(teachers)}
     if not named:
         raise QueryError("no teachers to ask")
-    channel = InProcessChannel(named)
-    local_x = local_data[0]
+    device = resolve_device(device) or model_device(student)
+    channel = InProcessChannel(named, device)
+    samples = as_samples(local_data)  # a Dataset's labels are read here, once
+    local_x = samples[0]
     models = {"the student": student, **{f"teacher '{k}'": channel.architecture(k) for k in channel.teachers}}
     for who, model in models.items():
-        # Probes, inversions and mixups are made as float32 CPU tensors; another model would fail deep inside.
-        kinds = sorted({f"{p.dtype} on {p.device}" for p in model.parameters()} - {"torch.float32 on cpu"})
-        if kinds:
-            raise QueryError(f"{who} has parameters of {', '.join(kinds)}; a query runs in float32 on the CPU: pass model.float().cpu()")
+        kinds = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
+        if len(kinds) > 1 or torch.bfloat16 in {p.dtype for p in model.parameters()}:
+            # Weights travel as NumPy arrays, which have no bfloat16, and one model computes in one dtype.
+            raise QueryError(f"{who} has parameters of {', '.join(kinds)}; a query needs one float16, float32 or float64 dtype "
+                             "per model: pass model.float()")
     outputs = {who: int(predict_logits(model, local_x[:2]).shape[1]) for who, model in models.items()}
     num_classes = outputs["the student"] if num_classes is None else num_classes
     for who, size in outputs.items():
         if size != num_classes:
             raise QueryError(f"{who} outputs {size} classes but the label space has {num_classes}")
-    return run_query(student, channel, query_classes, local_data, config, num_classes=num_classes, head=head, progress=progress)
+    return run_query(student, channel, query_classes, samples, config, num_classes=num_classes, head=head, progress=progress,
+                     device=device, amp=amp)

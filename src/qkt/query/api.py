@@ -80,11 +80,12 @@ def query(
     local_x = samples[0]
     models = {"the student": student, **{f"teacher '{k}'": channel.architecture(k) for k in channel.teachers}}
     for who, model in models.items():
-        kinds = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
-        if len(kinds) > 1 or torch.bfloat16 in {p.dtype for p in model.parameters()}:
-            # Weights travel as NumPy arrays, which have no bfloat16, and one model computes in one dtype.
-            raise QueryError(f"{who} has parameters of {', '.join(kinds)}; a query needs one float16, float32 or float64 dtype "
-                             "per model: pass model.float()")
+        # Probes and inversions optimise inputs in the model's dtype: in float16 or bfloat16 they overflow to NaN
+        # (and NumPy, which carries the weights, has no bfloat16). Mixed precision is what amp= is for.
+        kinds = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
+        if len(kinds) > 1 or not set(kinds) <= {"float32", "float64"}:
+            raise QueryError(f"{who} has parameters of {', '.join(kinds)}; a query needs float32 or float64 models, one dtype "
+                             "each: pass model.float() (and amp='bf16' or 'fp16' for mixed-precision training)")
     outputs = {who: int(predict_logits(model, local_x[:2]).shape[1]) for who, model in models.items()}
     num_classes = outputs["the student"] if num_classes is None else num_classes
     for who, size in outputs.items():

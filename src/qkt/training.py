@@ -300,7 +300,7 @@ def per_class_accuracy(model: nn.Module, x: torch.Tensor | Dataset | DataLoader,
     from .inputs import as_samples  # qkt.inputs builds on this module
 
     x, y = as_samples(x if y is None else (x, y))
-    pred = predict_logits(model, x).argmax(1).cpu()
+    pred, y = predict_logits(model, x).argmax(1).cpu(), y.cpu()
     correct = torch.bincount(y[pred == y], minlength=num_classes).double()
     total = torch.bincount(y, minlength=num_classes).double()
     return (correct / total).numpy()

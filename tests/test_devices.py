@@ -9,6 +9,7 @@ import torch
 from test_api import C, UserNet, _blobs
 
 import qkt
+from qkt.cli import main
 from qkt.config import DEMO, parse_config
 from qkt.errors import QKTError
 from qkt.experiment import run
@@ -113,3 +114,11 @@ def test_a_query_runs_on_cuda(parties):
     assert _unchanged(teacher, before, torch.device("cpu"), torch.float32, training=False)
     x_test, y_test = _blobs([0, 1, 2, 3], 50, 9)
     assert per_class_accuracy(model, x_test, y_test, C)[2] > 0.5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the refusal is for machines without it")
+def test_cli_device_reaches_the_run(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("data: {name: digits}\ntraining: {epochs: 1}\n")
+    assert main(["run", "--config", str(config), "--device", "cuda", "--quiet"]) == 2
+    assert "device 'cuda' is not available on this machine" in capsys.readouterr().err

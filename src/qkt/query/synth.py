@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import InversionConfig
+from ..inputs import DatasetRows
 from ..training import fast_layout, gradients_only_for, model_device, take, to_model
 
 
@@ -32,7 +33,7 @@ class Mixed:
     concatenated; batches come on ``device``.
     """
 
-    def __init__(self, parts: Sequence[torch.Tensor], i: torch.Tensor, j: torch.Tensor, weight: torch.Tensor,
+    def __init__(self, parts: Sequence[torch.Tensor | DatasetRows], i: torch.Tensor, j: torch.Tensor, weight: torch.Tensor,
                  device: torch.device):
         self.parts, self.i, self.j, self.weight, self.device = list(parts), i, j, weight, device
         self.num_unmixed = sum(len(p) for p in self.parts)
@@ -82,7 +83,7 @@ class Mixed:
         return out
 
 
-def with_mixups(parts: Sequence[torch.Tensor], per_input: float, alpha: float, seed: int, device: torch.device) -> Mixed:
+def with_mixups(parts: Sequence[torch.Tensor | DatasetRows], per_input: float, alpha: float, seed: int, device: torch.device) -> Mixed:
     """The inputs ``parts`` followed by ``round(per_input * n)`` convex combinations of random pairs of them (``n`` inputs in all).
 
     The weights are drawn from Beta(alpha, alpha); everything is reproducible from ``seed``.

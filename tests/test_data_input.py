@@ -47,16 +47,16 @@ def _trained(classes, seed):
 
 @pytest.fixture(scope="module")
 def parties():
-    # The 'self' probe: the toy teacher scores itself on its own held-out images, which the data-free probe may not read.
+    # The 'self' probe: the toy teacher scores itself on its held-out images (the querier re-checks its weights with a short data-free probe).
     return {"querier": _trained([0, 1], 0), "teacher": qkt.Teacher(_trained([2, 3], 1), holdout=_images([2, 3], 20, 9))}
 
 
 CONFIGS = {
-    "qkt": qkt.QueryConfig(phase1_epochs=2, phase2_epochs=2, phase1_mixups=0.5, probe={"kind": "self"},
+    "qkt": qkt.QueryConfig(phase1_epochs=2, phase2_epochs=2, phase1_mixups=0.5, probe={"kind": "self", "steps": 5, "num_samples": 32},
                            inversion={"samples_per_class": 16, "steps": 5}),
-    "frozen first block": qkt.QueryConfig(phase1_epochs=2, phase2_epochs=2, phase1_frozen_blocks=1, probe={"kind": "self"},
+    "frozen first block": qkt.QueryConfig(phase1_epochs=2, phase2_epochs=2, phase1_frozen_blocks=1, probe={"kind": "self", "steps": 5, "num_samples": 32},
                                           inversion={"samples_per_class": 16, "steps": 5}),
-    "light": qkt.QueryConfig(light=True, phase1_epochs=2, phase2_epochs=2, probe={"kind": "self"},
+    "light": qkt.QueryConfig(light=True, phase1_epochs=2, phase2_epochs=2, probe={"kind": "self", "steps": 5, "num_samples": 32},
                              inversion={"samples_per_class": 16, "steps": 5}),
 }
 

@@ -86,9 +86,9 @@ def test_a_student_of_another_size_or_dtype_is_named(parties):
     local = _blobs([0, 1], 10, 0)
     with pytest.raises(qkt.QueryError, match="the student outputs 4 classes but the label space has 5"):
         qkt.query(parties["querier"], [parties["teacher_a"]], [2], local, num_classes=5, progress=False)
-    double = UserNet().double()
-    with pytest.raises(qkt.QueryError, match=r"the student has parameters of torch.float64 on cpu; .* model.float\(\).cpu\(\)"):
-        qkt.query(double, [parties["teacher_a"]], [2], local, progress=False)
+    half = UserNet().half()
+    with pytest.raises(qkt.QueryError, match=r"the student has parameters of float16; a query needs float32 or float64 .* model.float\(\)"):
+        qkt.query(half, [parties["teacher_a"]], [2], local, progress=False)
 
 
 def test_querying_a_class_already_held_warns(parties):

@@ -136,7 +136,7 @@ def test_a_teacher_module_instead_of_a_collection_is_refused(world):
 
 @pytest.mark.parametrize(("local", "says"), [
     (lambda x, y: (torch.randn(len(y), 5), y), "the student fails on local inputs of shape (5,): RuntimeError: mat1 and mat2"),
-    (lambda x, y: x, "local data must be a pair (inputs, labels), not Tensor"),
+    (lambda x, y: x, "local data must be (inputs, labels) tensors, a torch Dataset or a DataLoader, not Tensor"),
     (lambda x, y: (x, y, y), "local data must be a pair (inputs, labels), not tuple of 3"),
     (lambda x, y: (x.tolist(), y), "local inputs must be a torch.Tensor or a NumPy array, not list"),
     (lambda x, y: ((x * 50).to(torch.uint8), y), "local inputs are torch.uint8; the models take floating-point inputs"),

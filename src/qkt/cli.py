@@ -13,10 +13,12 @@ from .console import add_verbosity, configure_logging, positive_int, print_run
 from .errors import QKTError
 
 
-def _run(config: RunConfig, output: Path | None, quiet: bool, resume: bool = True) -> int:
+def _run(config: RunConfig, output: Path | None, quiet: bool, resume: bool = True, device: str | None = None) -> int:
     from .experiment import run
     from .training import set_threads
 
+    if device is not None:
+        config = config.model_copy(update={"training": config.training.model_copy(update={"device": device})})
     set_threads()
     started = time.perf_counter()
     # Bars redraw in place on a terminal; in a log file they would only add noise.
@@ -31,7 +33,7 @@ def _run(config: RunConfig, output: Path | None, quiet: bool, resume: bool = Tru
 def cmd_demo(args: argparse.Namespace) -> int:
     print("qkt demo: 10 parties hold label-skewed shares of scikit-learn's handwritten digits;\n"
           "one of them asks the others for a digit it has never seen.")
-    return _run(parse_config(DEMO, "demo"), args.output, args.quiet)
+    return _run(parse_config(DEMO, "demo"), args.output, args.quiet, device=args.device)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -41,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     updates = {k: v for k, v in {"root": args.data_root, "path": args.data_path}.items() if v is not None}
     if updates:
         config = parse_config({**config.model_dump(), "data": {**config.data.model_dump(), **updates}}, str(args.config))
-    return _run(config, args.output, args.quiet, args.resume)
+    return _run(config, args.output, args.quiet, args.resume, args.device)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -76,11 +78,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_output(args.output)
     set_threads(args.threads)
     state = run_bench(args.profile, args.dataset, args.output, args.data_root, args.scenario, args.resume,
-                      progress=not args.quiet and sys.stderr.isatty(), methods=args.methods, whole_dataset=args.whole_dataset)
+                      progress=not args.quiet and sys.stderr.isatty(), methods=args.methods, whole_dataset=args.whole_dataset,
+                      device=args.device)
     print((args.output / "bench.md").read_text() if (args.output / "bench.md").exists() else "no query was eligible")
     print(f"wrote {args.output}/bench.json, bench.md, bench.csv, headline.md and bench.png "
           f"(wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s)")
     return 0
+
+
+def _device_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=None,
+                         help="where every step computes (overrides training.device; auto: CUDA, else MPS, else the CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Train 10 parties on label-skewed digits, let one ask for a digit it lacks, and compare QKT with Local, Ensemble and KD.")
     demo.add_argument("--output", type=Path, default=Path("qkt-output/demo"), help="folder for results.json, results.md and the chart (default: %(default)s)")
     add_verbosity(demo)
+    _device_option(demo)
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="run one query described by a config file",
@@ -102,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-path", default=None, help="an explicit data file (overrides data.path)")
     run.add_argument("--resume", action="store_true", help="reuse the parties' models already trained in OUTPUT/checkpoints (default: retrain)")
     add_verbosity(run)
+    _device_option(run)
     run.set_defaults(func=cmd_run, interrupted="finished checkpoints are kept (qkt run --resume reuses them); results were not written")
 
     config = sub.add_parser("config", help="print every config option with its default, as YAML",
@@ -126,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest")
     bench.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else every core; 1 is much faster on a busy machine)")
     add_verbosity(bench)
+    _device_option(bench)
     bench.set_defaults(func=cmd_bench, interrupted="every finished query is in bench.json; qkt bench --resume with the same --output runs the rest")
 
     data = sub.add_parser("data", help="list, inspect or download data sets")

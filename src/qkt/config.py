@@ -215,6 +215,12 @@ class TrainingConfig(Section):
     weight_decay: Weight = 5e-4
     augment: bool = Field(False, description="random flips and crops for 32-pixel images")
     seed: NonNegative = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="where every step computes (local training, the query, the baselines, evaluation): auto picks CUDA, "
+                            "else Apple's MPS, else the CPU")
+    amp: Literal["bf16", "fp16"] | None = Field(
+        None, description="mixed precision of the training steps (local training, the baselines, Phases 1 and 2): bf16 or fp16 "
+                          "(fp16 scales the loss on CUDA); default off")
 
 
 class RunConfig(Section):

@@ -26,7 +26,7 @@ from . import diagnostics, partition
 from .baselines import train_global
 from .baselines.fedavg import FederatedResult
 from .baselines.kd import distill_all
-from .config import QueryConfig, RunConfig, format_validation_error
+from .config import QueryConfig, RunConfig, TrainingConfig, format_validation_error
 from .data import DataSet, load_dataset
 from .errors import ConfigError, QKTError, QueryError
 from .files import check_output
@@ -35,7 +35,7 @@ from .metrics import MethodResult, score
 from .models import build_model, num_bytes
 from .query import InProcessChannel, TeacherChannel, Variant, run_query
 from .query.probe import check_query, expert_masks, experts_by_class
-from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
+from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, resolve_device, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -110,25 +110,38 @@ def party_arch(config: RunConfig, party: int, querier: int) -> str:
     return config.training.arch if party == querier or not archs else archs[party % len(archs)]
 
 
+def training_settings(training: TrainingConfig, device: torch.device) -> dict:
+    """What names a party's checkpoint: the training settings, with the device and mixed precision only where they are not the CPU's defaults.
+
+    They change the weights, so a model trained on a GPU or in bfloat16 gets its own
+    checkpoint; a CPU run keeps the names it had before these settings existed.
+    """
+    settings = training.model_dump(exclude={"device", "amp"})
+    if device.type != "cpu" or training.amp is not None:
+        settings |= {"device": device.type, "amp": training.amp}
+    return settings
+
+
 def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scenario, dataset: DataSet,
                   checkpoints: Path | None, progress: bool, resume: bool = True) -> list[nn.Module]:
     """Train every party's model on its own data and checkpoint it; with ``resume``, reuse a checkpoint of the same party."""
     x_train, y_train = world_data
     t = config.training
+    device = resolve_device(t.device)
     models = []
     log.info("training the %d parties' models (%s, %d epochs), or reusing their checkpoints", len(scenario.parts), t.arch, t.epochs)
     bar = tqdm(range(len(scenario.parts)), desc="local training", unit="party", disable=not progress)
     for k in bar:
         arch = party_arch(config, k, scenario.querier)
         torch.manual_seed(t.seed * 1000 + k)
-        model = build_model(arch, dataset.input_shape, dataset.num_classes)
+        model = build_model(arch, dataset.input_shape, dataset.num_classes).to(device)
         idx = scenario.parts[k]
-        key = checkpoint_key(dataset.name, dataset.digest, arch, t.model_dump(), idx)
+        key = checkpoint_key(dataset.name, dataset.digest, arch, training_settings(t, device), idx)
         path = checkpoints / f"party{k}-{arch}-{key}.pt" if checkpoints else None
         if path is None or not (resume and load_checkpoint(model, path)):
             tensor_idx = torch.as_tensor(idx)
             fit(model, (x_train[tensor_idx], y_train[tensor_idx]), t.epochs, t.lr, t.batch_size, t.weight_decay,
-                seed=t.seed * 1000 + k, augment=t.augment, progress=False)
+                seed=t.seed * 1000 + k, augment=t.augment, progress=False, amp=t.amp)
             if path is not None:
                 save_checkpoint(model, path)
         models.append(model.eval())
@@ -180,7 +193,7 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
         for m in members:
             if m not in world.test_probs:
                 world.test_probs[m] = torch.softmax(predict_logits(m, world.x_test), dim=1)
-        pred = torch.stack([world.test_probs[m] for m in members]).mean(0).argmax(1)
+        pred = torch.stack([world.test_probs[m] for m in members]).mean(0).argmax(1).cpu()
         y = world.y_test
         return (torch.bincount(y[pred == y], minlength=len(test_counts)) / torch.bincount(y, minlength=len(test_counts))).double().numpy()
 
@@ -212,7 +225,8 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
                                     seconds=g.seconds, bytes_sent=g.bytes_sent, bytes_received=g.bytes_received,
                                     details={"rounds": g.rounds})
         elif runner == "kd":
-            model, seconds = _timed(distill_all, student, list(world.teachers.values()), local_x, local_y, config.query, progress)
+            model, seconds = _timed(distill_all, student, list(world.teachers.values()), local_x, local_y, config.query, progress,
+                                    config.training.amp)
             results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,
                                     seconds=seconds, bytes_received=all_weights)
         else:
@@ -221,7 +235,8 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the report carries them
                     model, report = run_query(student, teachers, s.query, (local_x, local_y), settings,
-                                              num_classes=world.dataset.num_classes, variant=variant, progress=progress)
+                                              num_classes=world.dataset.num_classes, variant=variant, progress=progress,
+                                              amp=config.training.amp)
             except QueryError as exc:  # a failed query leaves the querier with its own model: score that, say why
                 results[method] = score(method, before, local_before, test_counts, s.query, s.local_classes, details={"failed": str(exc)})
                 continue

@@ -14,19 +14,25 @@ import os
 import pickle
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .errors import QKTError
 from .files import atomic_file
 from .models import FeaturesHead
 
 BatchLoss = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
+Amp = Literal["bf16", "fp16"]
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 # Forward passes that need no gradient go in batches this size: larger batches only add
@@ -71,6 +77,40 @@ def reuse_freed_memory(limit: int = 512 * 2**20) -> bool:
     return bool(mallopt(m_mmap_threshold, limit // 2)) and bool(mallopt(m_trim_threshold, limit))
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` computes: the device of its first parameter or buffer (the CPU for a model with neither)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a :class:`torch.device`, ``"auto"`` being CUDA, else Apple's MPS, else the CPU; None stays None.
+
+    Raises :class:`~qkt.errors.QKTError` for a device this machine lacks.
+    """
+    if device is None or isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise QKTError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(resolved.type, False):
+        raise QKTError(f"device {device!r} is not available on this machine (CUDA: {available['cuda']}, MPS: {available['mps']}); "
+                       "use 'cpu' or 'auto'")
+    return resolved
+
+
+def to_model(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """``x`` on ``model``'s device, floating inputs in the dtype of its floating parameters (a no-op when they match)."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = param.dtype if param is not None and x.is_floating_point() else None
+    return x.to(device=model_device(model), dtype=dtype)
+
+
 def fast_layout(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """``x`` in channels-last memory order if ``model`` is one of qkt's image models, whose CPU convolutions and pooling then run 1.5-2× faster.
 
@@ -84,7 +124,7 @@ def augment_images(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flips and 4-pixel translations (the standard CIFAR augmentation)."""
     if x.ndim != 4 or x.shape[-1] < 16:
         return x
-    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)  # drawn on the CPU: the same flips on any device
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     pad = 4
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
@@ -144,19 +184,25 @@ def fit(
     keep_first: int = 0,
     desc: str | None = None,
     progress: bool = True,
+    amp: Amp | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place with Adam over mini-batches of ``tensors``.
+    """Train ``model`` in place with Adam over mini-batches of ``tensors``, on the model's device.
 
-    ``tensors`` are aligned tensors (inputs first); ``loss_fn`` maps the model and a
-    batch of them to a scalar. ``params`` restricts which parameters are trained.
-    An epoch is one pass over ``tensors``, or ``epoch_size`` samples drawn from them,
-    the first ``keep_first`` in every epoch (see :func:`epoch_orders`).
+    ``tensors`` are aligned tensors (inputs first; the inputs may also be any rows that
+    a batch of indices selects, such as :class:`qkt.inputs.DatasetRows`); ``loss_fn`` maps
+    the model and a batch of them to a scalar. ``params`` restricts which parameters are
+    trained. An epoch is one pass over ``tensors``, or ``epoch_size`` samples drawn from
+    them, the first ``keep_first`` in every epoch (see :func:`epoch_orders`). ``amp``
+    runs the forward pass and loss in bfloat16 or float16 (:func:`torch.autocast`; float16
+    on CUDA with a gradient scaler); off by default.
     """
     generator = torch.Generator().manual_seed(seed)
-    tensors = (fast_layout(tensors[0], model), *tensors[1:])
     params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     n = len(tensors[0])
+    device = model_device(model)
+    autocast = torch.autocast(device.type, AMP_DTYPES[amp]) if amp else nullcontext()
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16" and device.type == "cuda")
     model.train()
     keep_frozen_statistics(model, params)
     bar = tqdm(epoch_orders(n, epochs, generator, epoch_size, keep_first), total=epochs, desc=desc, leave=False,
@@ -165,17 +211,27 @@ def fit(
         for order in bar:
             total = 0.0
             for idx in batches(order, batch_size):
-                batch = tuple(t[idx] for t in tensors)
+                batch = tuple(take(t, idx, device) for t in tensors)
+                # Laid out batch by batch: a whole copy of the inputs in another layout would double their memory.
+                batch = (fast_layout(to_model(batch[0], model), model), *batch[1:])
                 if augment:
                     batch = (augment_images(batch[0], generator), *batch[1:])
-                loss = loss_fn(model, batch)
+                with autocast:
+                    loss = loss_fn(model, batch)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 total += loss.item() * len(idx)
             bar.set_postfix(loss=f"{total / max(len(order), 1):.3f}")
     model.eval()
     return model
+
+
+def take(rows: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The rows ``idx`` of a tensor (on any device) or of rows such as :class:`qkt.inputs.DatasetRows`, on ``device``."""
+    picked = rows[idx.to(rows.device)] if isinstance(rows, torch.Tensor) else rows[idx]
+    return picked.to(device)
 
 
 @contextmanager
@@ -213,18 +269,38 @@ def keep_frozen_statistics(model: nn.Module, trained: Iterable[nn.Parameter]) ->
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` in evaluation mode."""
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE, layout: nn.Module | None = None) -> torch.Tensor:
+    """Outputs of ``model`` on ``x`` in evaluation mode, on the model's device.
+
+    ``x`` is a tensor on any device, or rows that a slice selects (:class:`qkt.inputs.DatasetRows`,
+    a transfer set's inputs): it is moved batch by batch, so only the outputs are held whole.
+    ``layout``: the model whose input layout the batches take (:func:`fast_layout`; default ``model``).
+    """
     was_training = model.training
     model.eval()
-    out = torch.cat([model(fast_layout(x[i : i + batch_size], model)) for i in range(0, len(x), batch_size)]) if len(x) else torch.empty(0)
+    out = torch.empty(0)
+    for i in range(0, len(x), batch_size):
+        y = model(fast_layout(to_model(x[i : i + batch_size], model), layout or model))
+        if not i:
+            # Written into one tensor as they come: gathering the batches first would hold the outputs twice.
+            spatial = y.ndim == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+            out = torch.empty((len(x), *y.shape[1:]), dtype=y.dtype, device=y.device,
+                              memory_format=torch.channels_last if spatial else torch.contiguous_format)
+        out[i : i + len(y)] = y
     model.train(was_training)
     return out
 
 
-def per_class_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Accuracy on the test samples of each class (argmax over all classes); NaN for absent classes."""
-    pred = predict_logits(model, x).argmax(1)
+def per_class_accuracy(model: nn.Module, x: torch.Tensor | Dataset | DataLoader, y: torch.Tensor | None, num_classes: int) -> np.ndarray:
+    """Accuracy on the test samples of each class (argmax over all classes); NaN for absent classes.
+
+    ``x`` and ``y`` are the inputs and labels, or ``x`` is a map-style :class:`~torch.utils.data.Dataset`
+    or a :class:`~torch.utils.data.DataLoader` yielding (input, label) pairs and ``y`` is None.
+    """
+    from .inputs import as_samples  # qkt.inputs builds on this module
+
+    x, y = as_samples(x if y is None else (x, y))
+    pred, y = predict_logits(model, x).argmax(1).cpu(), y.cpu()
     correct = torch.bincount(y[pred == y], minlength=num_classes).double()
     total = torch.bincount(y, minlength=num_classes).double()
     return (correct / total).numpy()
@@ -263,7 +339,7 @@ def load_checkpoint(model: nn.Module, path: Path) -> bool:
     if not path.exists():
         return False
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location=model_device(model))
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):  # torch's errors for a file it cannot decode
         warnings.warn(f"checkpoint '{path}' cannot be read (corrupt or cut short); it is retrained", stacklevel=2)
         return False

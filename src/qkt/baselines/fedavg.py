@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..config import FederatedConfig, TrainingConfig
 from ..models import num_bytes
-from ..training import BatchLoss, cross_entropy_loss, fit
+from ..training import BatchLoss, cross_entropy_loss, fit, resolve_device
 
 Party = tuple[torch.Tensor, torch.Tensor]
 
@@ -46,7 +46,9 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequen
     for key, ref in states[0].items():
         stacked = torch.stack([s[key] for s in states])
         if ref.is_floating_point():
-            out[key] = (stacked.double() * w.view(-1, *([1] * ref.ndim))).sum(0).to(ref.dtype)
+            # float64 is not on every device (MPS has none): the mean is taken in it on the CPU.
+            mean = (stacked.cpu().double() * w.view(-1, *([1] * ref.ndim))).sum(0)
+            out[key] = mean.to(device=ref.device, dtype=ref.dtype)
         else:
             out[key] = stacked.max(0).values
     return out
@@ -110,11 +112,11 @@ class FedAvg:
         return 0
 
     def fit(self, make_model: Callable[[], nn.Module], parties: Sequence[Party], progress: bool = True) -> FederatedResult:
-        """Train one global model over ``parties`` (inputs, labels) and return it with its cost."""
+        """Train one global model over ``parties`` (inputs, labels) on ``training.device`` and return it with its cost."""
         start = time.perf_counter()
         t = self.training
         torch.manual_seed(t.seed)
-        global_model = make_model()
+        global_model = make_model().to(resolve_device(t.device))
         sizes = [len(y) for _, y in parties]
         self.start(global_model, parties)
         bar = tqdm(range(self.rounds), desc=self.name, unit="round", leave=False, disable=not progress)
@@ -124,7 +126,7 @@ class FedAvg:
             for k, (x, y) in enumerate(parties):
                 local = copy.deepcopy(global_model)
                 fit(local, (x, y), epochs, t.lr, t.batch_size, t.weight_decay, seed=t.seed * 1000 + r * 100 + k,
-                    loss_fn=self.local_loss(global_model, k, r), augment=t.augment, progress=False)
+                    loss_fn=self.local_loss(global_model, k, r), augment=t.augment, progress=False, amp=t.amp)
                 local_models.append(local)
             global_model.load_state_dict(average_states([m.state_dict() for m in local_models], sizes))
             self.after_round(global_model, local_models, r)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import find_head, num_bytes
-from ..training import BatchLoss
+from ..training import BatchLoss, model_device
 from .fedavg import FedAvg, Party
 
 
@@ -33,7 +33,7 @@ class Generator(nn.Module):
 
     def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Features for labels ``y`` and the noise they were made from."""
-        eps = torch.rand(len(y), self.noise_dim, generator=generator)
+        eps = torch.rand(len(y), self.noise_dim, generator=generator).to(y.device)  # drawn on the CPU: the same on any device
         return self.body(torch.cat([eps, F.one_hot(y, self.num_classes).float()], dim=1)), eps
 
 
@@ -82,9 +82,10 @@ class FedGen(FedAvg):
     def start(self, model: nn.Module, parties: Sequence[Party]) -> None:
         c = self.config
         head = find_head(model)
-        self.generator = Generator(head.out_features, head.in_features, c.gen_noise_dim, c.gen_hidden)
+        device = model_device(model)
+        self.generator = Generator(head.out_features, head.in_features, c.gen_noise_dim, c.gen_hidden).to(device)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=c.gen_lr, weight_decay=1e-2)
-        self.weights = label_weights(parties, head.out_features)
+        self.weights = label_weights(parties, head.out_features).to(device)
         self.labels = torch.nonzero(self.weights.sum(0) > 0).flatten()
         self.rng = torch.Generator().manual_seed(self.training.seed)
         self.trained = False

@@ -18,13 +18,15 @@ from torch import nn
 from ..config import QueryConfig
 from ..query.synth import with_mixups
 from ..query.transfer import TransferSet, softmax_outputs, train_on_transfer
+from ..training import Amp, model_device
 
 
 def distill_all(student: nn.Module, teachers: Sequence[nn.Module], local_x: torch.Tensor, local_y: torch.Tensor,
-                config: QueryConfig, progress: bool = True) -> nn.Module:
-    """A copy of ``student`` distilled from the mean softmax of ``teachers`` (Hinton et al. 2015)."""
-    x = with_mixups(local_x, config.mixup, config.mixup_alpha, config.seed)
-    targets = torch.stack([softmax_outputs(t, x, config.temperature) for t in teachers]).mean(0)
+                config: QueryConfig, progress: bool = True, amp: Amp | None = None) -> nn.Module:
+    """A copy of ``student`` distilled from the mean softmax of ``teachers`` (Hinton et al. 2015), on the student's device."""
+    device = model_device(student)
+    x = with_mixups([local_x], config.mixup, config.mixup_alpha, config.seed, device)
+    targets = torch.stack([softmax_outputs(t, x, config.temperature).to(device) for t in teachers]).mean(0)
     new = copy.deepcopy(student)
     return train_on_transfer(new, TransferSet.querier_first(x, targets, local_y), config,
-                             config.phase1_epochs, config.lr, desc="KD", progress=progress)
+                             config.phase1_epochs, config.lr, desc="KD", progress=progress, amp=amp)

@@ -114,8 +114,11 @@ def multi_query_size(num_classes: int) -> int:
 
 
 def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed: int, data_root: str | None,
-               methods: Sequence[str] | None = None) -> RunConfig:
-    """The RunConfig of one scenario and seed: the profile's settings, the scenario's partition, its methods (default: every one)."""
+               methods: Sequence[str] | None = None, device: str | None = None) -> RunConfig:
+    """The RunConfig of one scenario and seed: the profile's settings, the scenario's partition, its methods (default: every one).
+
+    ``device`` sets ``training.device`` (default: the profile's).
+    """
     raw = profile.config(dataset.name)
     c = dataset.num_classes
     raw["data"] = {**raw.get("data", {}), "name": dataset.name, "root": None if data_root is None else str(data_root)}
@@ -125,7 +128,7 @@ def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed
     elif scenario.partition == "three-holders":
         raw["partition"] = {"num_parties": c, "kind": "k_classes", "classes_per_party": 3, "seed": seed}
     raw["scenario"] = {"query_size": multi_query_size(c) if scenario.query_size == "multi" else 1}
-    raw["training"] = {**raw.get("training", {}), "seed": seed}
+    raw["training"] = {**raw.get("training", {}), "seed": seed, **({"device": device} if device else {})}
     raw["query"] = {**raw.get("query", {}), "seed": seed}
     raw["methods"] = list(methods) if methods else BASELINES + QKT + (
         ABLATIONS if scenario.ablations and profile.ablations_for(dataset.name) else []) + REFERENCES

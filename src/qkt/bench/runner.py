@@ -31,7 +31,7 @@ from ..errors import DataError, QKTError
 from ..files import atomic_write
 from ..models import build_model
 from ..query import CachedScores, ForgedScores, TeacherChannel
-from ..training import checkpoint_key, load_checkpoint, save_checkpoint
+from ..training import checkpoint_key, load_checkpoint, resolve_device, save_checkpoint
 from .catalogue import PROFILES, SCENARIOS, BenchScenario, Profile, false_expert, querier_queries, run_config
 from .output import machine, write_outputs
 
@@ -52,11 +52,13 @@ def available_datasets(data_root: str | os.PathLike | None = None) -> list[str]:
 def global_model(method: str, config: RunConfig, dataset: DataSet, tensors: tuple[torch.Tensor, torch.Tensor],
                  parts: list[np.ndarray], checkpoints: Path, progress: bool) -> FederatedResult:
     """Train (or reload) the global model of a federated baseline for one partition and seed."""
-    key = checkpoint_key(method, dataset.name, dataset.digest, config.training.model_dump(), config.federated.model_dump(), *parts)
+    device = resolve_device(config.training.device)
+    key = checkpoint_key(method, dataset.name, dataset.digest, experiment.training_settings(config.training, device),
+                         config.federated.model_dump(), *parts)
     path, meta = checkpoints / f"global-{method}-{key}.pt", checkpoints / f"global-{method}-{key}.json"
     if meta.exists():
         info = json.loads(meta.read_text())
-        model = build_model(config.training.arch, dataset.input_shape, dataset.num_classes)
+        model = build_model(config.training.arch, dataset.input_shape, dataset.num_classes).to(device)
         if load_checkpoint(model, path):
             return FederatedResult(model, **info)
     result = train_global(method, config, dataset.input_shape, dataset.num_classes, *tensors, parts, progress)
@@ -77,9 +79,10 @@ def _record(dataset: str, scenario: str, seed: int, world: experiment.World, res
 
 
 def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: Profile, data_root: str | None,
-                 checkpoints: Path, done: set, on_record, progress: bool, methods: Sequence[str] | None = None) -> None:
+                 checkpoints: Path, done: set, on_record, progress: bool, methods: Sequence[str] | None = None,
+                 device: str | None = None) -> None:
     """Every querier of one scenario and seed; ``on_record`` receives each query's record as soon as it is scored."""
-    config = run_config(profile, dataset, scenario, seed, data_root, methods)
+    config = run_config(profile, dataset, scenario, seed, data_root, methods, device)
     parts = experiment.make_partition(config, dataset.y_train)
     x_train, y_train, x_test, y_test = dataset.normalized()
     pairs = [(q, query) for q, query in querier_queries(config, dataset, parts, scenario, profile.max_queriers)
@@ -146,7 +149,7 @@ def dotted(settings: dict, prefix: str = "") -> dict[str, object]:
 
 def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, data_root: str | None = None,
               scenarios: Sequence[str] | None = None, resume: bool = False, progress: bool = True,
-              methods: Sequence[str] | None = None, whole_dataset: bool = False) -> dict:
+              methods: Sequence[str] | None = None, whole_dataset: bool = False, device: str | None = None) -> dict:
     """Run a benchmark profile and write its outputs to ``output``; returns the final state (as in ``bench.json``).
 
     Parameters
@@ -168,6 +171,8 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     whole_dataset:
         Every training and test image of each data set instead of the profile's subsets
         (SPEC §5's scale: on CIFAR-10 each query takes about three times as long).
+    device:
+        ``training.device`` of every run (``auto``, ``cpu``, ``cuda``, ``mps``; default: the profile's, ``auto``).
     """
     if profile_name not in PROFILES:
         raise QKTError(f"unknown profile '{profile_name}'; choose one of: {', '.join(PROFILES)}")
@@ -215,7 +220,7 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
         for seed in range(profile.seeds):
             for scenario in scenarios or profile.scenarios_for(name):
                 run_scenario(dataset, SCENARIOS[scenario], seed, profile, data_root, output / "checkpoints", done, on_record,
-                             progress, methods)
+                             progress, methods, device)
     state["wall_seconds"] = time.perf_counter() - wall
     state["cpu_seconds"] = time.process_time() - cpu
     write_outputs(state, output)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..config import QueryConfig
 from ..errors import QueryError
+from ..inputs import LocalData, as_samples
+from ..training import Amp, model_device, resolve_device
 from . import inputs, probe
 from .channel import InProcessChannel
 from .messages import QueryReport
@@ -21,12 +22,14 @@ def query(
     student: nn.Module,
     teachers: Mapping[str, nn.Module | Teacher] | Sequence[nn.Module | Teacher],
     query_classes: Sequence[int] | int,
-    local_data: tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray],
+    local_data: LocalData,
     config: QueryConfig | Mapping | None = None,
     *,
     num_classes: int | None = None,
     head: str | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
+    amp: Amp | None = None,
 ) -> tuple[nn.Module, QueryReport]:
     """Ask ``teachers`` for ``query_classes`` and learn them into a copy of ``student``.
 
@@ -44,18 +47,27 @@ def query(
         The classes to acquire, ``Q``, as integer class indices (a single integer is a
         query of one class); the querier should hold (almost) none of them.
     local_data:
-        The querier's own inputs (normalised as the models expect) and labels, as
-        tensors or NumPy arrays; inputs are cast to the student's floating-point type.
+        The querier's own inputs (normalised as the models expect) and labels: two
+        tensors or NumPy arrays (inputs are cast to the student's floating-point type),
+        a map-style :class:`~torch.utils.data.Dataset` yielding (input, label) or a
+        :class:`~torch.utils.data.DataLoader` over one. They are read batch by batch; a
+        Dataset's items are never held all at once.
     config:
         :class:`~qkt.config.QueryConfig`, or a mapping of its fields; the defaults suit
         small models such as the demo's MLP.
     num_classes:
         ``|C|``; defaults to the student's output size.
+    device:
+        Where the query computes (``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"`` or a
+        :class:`torch.device`); default: the student's device. Teachers elsewhere answer
+        through copies moved there: the models handed in come back as they were.
+    amp:
+        ``"bf16"`` or ``"fp16"``: mixed precision for the training steps of Phases 1 and 2 (default: off).
 
     Returns
     -------
     (model, report):
-        The new model, which knows ``Q`` and keeps what the student knew, and a
+        The new model (on ``device``), which knows ``Q`` and keeps what the student knew, and a
         :class:`QueryReport` with experts, bytes, timings (the teachers' replies
         included) and the teachers whose claims the querier's checks rejected, with
         why (``distrusted``; see :mod:`qkt.query.trust`).
@@ -72,22 +84,25 @@ def query(
     named = dict(teachers) if isinstance(teachers, Mapping) else {str(i): t for i, t in enumerate(teachers)}
     if not named:
         raise QueryError("no teachers to ask")
-    channel = InProcessChannel(named)
+    device = resolve_device(device) or model_device(student)
+    channel = InProcessChannel(named, device)
     models = {"the student": student, **{f"teacher '{k}'": channel.architecture(k) for k in channel.teachers}}
     for who, model in models.items():
         inputs.check_module(who, model)
-    local_x, local_y = inputs.as_tensors(local_data, inputs.input_dtype(student))
+    samples = as_samples(local_data, inputs.input_dtype(student))  # a Dataset's labels are read here, once
     for who, model in models.items():
-        # Probes, inversions and mixups are made as float32 CPU tensors; another model would fail deep inside.
-        kinds = sorted({f"{p.dtype} on {p.device}" for p in model.parameters()} - {"torch.float32 on cpu"})
-        if kinds:
-            raise QueryError(f"{who} has parameters of {', '.join(kinds)}; a query runs in float32 on the CPU: pass model.float().cpu()")
+        # Probes and inversions optimise inputs in the model's dtype: in float16 or bfloat16 they overflow to NaN
+        # (and NumPy, which carries the weights, has no bfloat16). Mixed precision is what amp= is for.
+        kinds = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
+        if len(kinds) > 1 or not set(kinds) <= {"float32", "float64"}:
+            raise QueryError(f"{who} has parameters of {', '.join(kinds)}; a query needs float32 or float64 models, one dtype "
+                             "each: pass model.float() (and amp='bf16' or 'fp16' for mixed-precision training)")
     if num_classes is not None and not (probe.is_index(num_classes) and num_classes >= 2):
         raise QueryError(f"num_classes must be an integer of at least 2, not {num_classes!r}")
-    outputs = {who: inputs.output_size(who, model, local_x, own=who == "the student") for who, model in models.items()}
+    outputs = {who: inputs.output_size(who, model, samples[0], own=who == "the student") for who, model in models.items()}
     num_classes = outputs["the student"] if num_classes is None else num_classes
     for who, size in outputs.items():
         if size is not None and size != num_classes:
             raise QueryError(f"{who} outputs {size} classes but the label space has {num_classes}")
-    return run_query(student, channel, query_classes, (local_x, local_y), config, num_classes=num_classes, head=head,
-                     progress=progress)
+    return run_query(student, channel, query_classes, samples, config, num_classes=num_classes, head=head, progress=progress,
+                     device=device, amp=amp)

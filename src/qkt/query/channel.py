@@ -16,15 +16,18 @@ channel carries without touching the query: :class:`CachedScores`,
 from __future__ import annotations
 
 import abc
+import copy
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..errors import QKTError, QueryError
+from ..training import model_device
 from . import privacy
 from .messages import SCORE_BYTES, Announcement, Failure, Reply
 from .teacher import Teacher, answer_probe, export_weights
@@ -66,15 +69,25 @@ class TeacherChannel(abc.ABC):
         """A model of teacher ``name``'s architecture for its weights to be loaded into (a copy is made; it is not changed)."""
 
 
-class InProcessChannel(TeacherChannel):
-    """Teachers that are models in this process, by name (a :class:`Teacher` gives one its held-out data): each reply is computed here and timed."""
+def on_device(model: nn.Module, device: torch.device | None) -> nn.Module:
+    """``model`` itself if it is on ``device`` (or no device is asked for), else a copy moved there: the user's model is never moved."""
+    return model if device is None or model_device(model) == device else copy.deepcopy(model).to(device)
 
-    def __init__(self, teachers: Mapping[str, nn.Module | Teacher]):
+
+class InProcessChannel(TeacherChannel):
+    """Teachers that are models in this process, by name (a :class:`Teacher` gives one its held-out data): each reply is computed here and timed.
+
+    With ``device``, each teacher answers the probe there (a teacher's model elsewhere is
+    copied there for its reply; the model handed in is left as it is).
+    """
+
+    def __init__(self, teachers: Mapping[str, nn.Module | Teacher], device: torch.device | None = None):
         # Converting names would merge teachers 1 and "1", and the report could not be read by the names given.
         named = [k for k in teachers if not isinstance(k, str)]
         if named:
             raise QueryError(f"teacher names must be strings, not {named[0]!r} ({type(named[0]).__name__}): the report names each teacher by it")
         self._teachers = {k: t if isinstance(t, Teacher) else Teacher(t) for k, t in teachers.items()}
+        self.device = device
 
     @property
     def teachers(self) -> tuple[str, ...]:
@@ -87,7 +100,7 @@ class InProcessChannel(TeacherChannel):
             teacher = self._teachers[name]
             start = time.perf_counter()
             try:
-                scores = answer_probe(teacher.model, announcement, teacher.holdout)
+                scores = answer_probe(on_device(teacher.model, self.device), announcement, teacher.holdout)
             except Exception as exc:  # noqa: BLE001 - another party's model failing costs its reply, not the query
                 replies[name] = Failure(f"failed to answer: {type(exc).__name__}: {exc}", sent)
                 continue

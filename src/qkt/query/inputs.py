@@ -1,4 +1,4 @@
-"""What a user hands a query, checked at the entry: local data, config, models.
+"""What a user hands a query, checked at the entry: config and models (local data: :mod:`qkt.inputs`).
 
 Each check refuses what it cannot use with a one-line :class:`~qkt.errors.QKTError`
 instead of failing deep inside the query with a raw exception. The query classes
@@ -9,48 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 from pydantic import ValidationError
 from torch import nn
 
 from ..config import QueryConfig, format_validation_error
 from ..errors import ConfigError, QueryError
-
-
-def as_tensors(local_data: object, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """The querier's ``(inputs, labels)`` as tensors, inputs in the models' floating-point ``dtype``.
-
-    Tensors and NumPy arrays are accepted (arrays are converted; float64 or float16
-    inputs are cast to ``dtype``). Labels are checked with the query
-    (:func:`qkt.query.querier.check_local_data`). This is the one place local data
-    enters a query.
-    """
-    if not (isinstance(local_data, tuple | list) and len(local_data) == 2):
-        raise QueryError(f"local data must be a pair (inputs, labels), not {type(local_data).__name__}"
-                         + (f" of {len(local_data)}" if isinstance(local_data, tuple | list) else ""))
-    x, y = (_tensor(what, a) for what, a in zip(("inputs", "labels"), local_data, strict=True))
-    if not x.is_floating_point():
-        raise QueryError(f"local inputs are {x.dtype}; the models take floating-point inputs, normalised as in training "
-                         "(e.g. x.float() / 255)")
-    if x.ndim < 2:
-        raise QueryError(f"local inputs must be a batch (samples first), not a tensor of shape {tuple(x.shape)}")
-    x = x.to(dtype)
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:  # every model trained on them would be NaN
-        raise QueryError(f"local inputs hold {bad} non-finite value(s) (NaN, or infinite as {dtype})")
-    return x, y
-
-
-def _tensor(what: str, value: object) -> torch.Tensor:
-    if isinstance(value, np.ndarray):
-        try:
-            return torch.as_tensor(value)
-        except TypeError:  # strings, objects, dates: torch holds numbers only
-            raise QueryError(f"local {what} are a NumPy array of {value.dtype}, which torch cannot hold: give numbers") from None
-    if not isinstance(value, torch.Tensor):
-        raise QueryError(f"local {what} must be a torch.Tensor or a NumPy array, not {type(value).__name__}")
-    return value
+from ..inputs import DatasetRows
+from ..training import model_device
 
 
 def as_config(config: QueryConfig | Mapping | None) -> QueryConfig:
@@ -78,7 +44,7 @@ def check_module(who: str, model: object) -> None:
         raise QueryError(f"{who} is {type(model).__name__}, not a torch.nn.Module")
 
 
-def output_size(who: str, model: nn.Module, x: torch.Tensor, own: bool = True) -> int | None:
+def output_size(who: str, model: nn.Module, x: torch.Tensor | DatasetRows, own: bool = True) -> int | None:
     """How many classes ``model`` scores, from its output on two of the inputs ``x``; ``who`` names it in the error.
 
     The output must be a 2-D tensor of logits. If the forward raises, the querier's
@@ -88,7 +54,7 @@ def output_size(who: str, model: nn.Module, x: torch.Tensor, own: bool = True) -
     was_training = model.training
     try:
         with torch.no_grad():
-            out = model.eval()(x[:2])
+            out = model.eval()(x[:2].to(model_device(model), input_dtype(model)))
     except Exception as exc:  # noqa: BLE001 - a user's model: say which one failed and how, not where inside it
         if not own:
             return None

@@ -18,8 +18,9 @@ from torch import nn
 from ..config import QueryConfig
 from ..errors import QKTError
 from ..models import FeaturesHead, block_indices
-from ..training import fast_layout, predict_logits
+from ..training import Amp, predict_logits
 from .light import light_parameters
+from .synth import Mixed
 from .transfer import TransferSet, train_on_transfer
 from .variant import Variant
 
@@ -50,7 +51,7 @@ def stages(config: QueryConfig, variant: Variant) -> list[tuple[int | None, int]
     return [(frozen, epochs) for frozen, epochs in ((config.phase1_frozen_blocks, whole), (None, config.phase1_epochs - whole)) if epochs]
 
 
-def trained_part(model: nn.Module, x: torch.Tensor, head_name: str | None = None,
+def trained_part(model: nn.Module, x: torch.Tensor | Mixed, head_name: str | None = None,
                  frozen_blocks: int | None = None) -> tuple[nn.Module, torch.Tensor, list[nn.Parameter] | None]:
     """What a Phase 1 stage trains, the inputs it trains on, and the parameters to train (None: all of them).
 
@@ -79,13 +80,14 @@ def trained_part(model: nn.Module, x: torch.Tensor, head_name: str | None = None
         if not isinstance(model, FeaturesHead):
             frozen = {id(p) for p in model.features[:start].parameters()}
             return model, x, [p for p in model.parameters() if id(p) not in frozen]
-    # The frozen blocks are a plain Sequential, which predict_logits would not give the fast layout: x gets the model's here.
-    outputs = predict_logits(model.features[:start], fast_layout(x, model))
+    # The frozen blocks are a plain Sequential, which predict_logits would not give the fast layout: x gets the model's.
+    outputs = predict_logits(model.features[:start], x, layout=model)
     return FeaturesHead(model.features[start:], model.head), outputs, None
 
 
 def run_phase1(student: nn.Module, transfer: TransferSet, config: QueryConfig, variant: Variant, num_local: int,
-               num_synthetic: int, head: str | None = None, progress: bool = True) -> tuple[nn.Module, TransferSet]:
+               num_synthetic: int, head: str | None = None, progress: bool = True,
+               amp: Amp | None = None) -> tuple[nn.Module, TransferSet]:
     """Train ``student`` in place through Phase 1's stages; returns the last stage's model and inputs, for Phase 2.
 
     Each stage trains a tail of the last one's (sharing its modules with ``student``, so
@@ -97,5 +99,5 @@ def run_phase1(student: nn.Module, transfer: TransferSet, config: QueryConfig, v
         inputs = replace(inputs, x=x)
         chosen, epoch_size, keep_first = phase1_inputs(inputs, config, variant, num_local, num_local + num_synthetic)
         train_on_transfer(trained, chosen.balanced() if variant.merged else chosen, config, epochs, config.lr, params=params,
-                          epoch_size=epoch_size, keep_first=keep_first, desc="phase 1 (distill)", progress=progress)
+                          epoch_size=epoch_size, keep_first=keep_first, desc="phase 1 (distill)", progress=progress, amp=amp)
     return trained, inputs

@@ -15,31 +15,32 @@ from torch import nn
 
 from ..config import QueryConfig
 from ..models import find_head
-from ..training import EVAL_BATCH_SIZE, fast_layout
+from ..training import EVAL_BATCH_SIZE, Amp, fast_layout, to_model
+from .synth import Mixed
 from .transfer import TransferSet, train_on_transfer
 
 
 @torch.no_grad()
-def head_inputs(model: nn.Module, head: nn.Linear, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
-    """What the head receives for each input: the frozen features, captured by a hook."""
+def head_inputs(model: nn.Module, head: nn.Linear, x: torch.Tensor | Mixed, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+    """What the head receives for each input: the frozen features, captured by a hook, on the model's device."""
     captured: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
     model.eval()
     try:
         for i in range(0, len(x), batch_size):
-            model(fast_layout(x[i : i + batch_size], model))
+            model(fast_layout(to_model(x[i : i + batch_size], model), model))
     finally:
         handle.remove()
     return torch.cat(captured)
 
 
 def refine_head(model: nn.Module, transfer: TransferSet, config: QueryConfig, head_name: str | None = None,
-                progress: bool = True) -> nn.Module:
+                progress: bool = True, amp: Amp | None = None) -> nn.Module:
     """Re-fit only the classification head of ``model`` in place, class-balanced; the features stay untouched."""
     head = find_head(model, head_name)
     features = TransferSet(head_inputs(model, head, transfer.x), transfer.targets, transfer.labels, transfer.weights)
     train_on_transfer(head, features.balanced(), config, config.phase2_epochs, config.head_lr,
-                      desc="phase 2 (head)", progress=progress)
+                      desc="phase 2 (head)", progress=progress, amp=amp)
     return model
 
 

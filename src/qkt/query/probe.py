@@ -16,19 +16,22 @@ import torch
 from torch import nn
 
 from ..errors import QueryError
-from ..training import predict_logits
+from ..training import predict_logits, to_model
 from .synth import BatchNormStatistics, frozen, input_prior
 
 
 def noise_probes(input_shape: Sequence[int], num_samples: int, scales: Sequence[float], seed: int) -> torch.Tensor:
-    """The seeded probe inputs: Gaussian noise at each scale, identical at every teacher for one seed."""
+    """The seeded probe inputs: Gaussian noise at each scale, identical at every teacher for one seed.
+
+    Drawn on the CPU, so that they are the same whichever device a teacher computes on.
+    """
     generator = torch.Generator().manual_seed(seed)
     return torch.cat([scale * torch.randn(num_samples, *input_shape, generator=generator) for scale in scales])
 
 
 def noise_scores(model: nn.Module, probes: torch.Tensor) -> np.ndarray:
     """``s[c]``: mean softmax probability of each class over the probe inputs."""
-    return torch.softmax(predict_logits(model, probes), dim=1).mean(0).numpy()
+    return torch.softmax(predict_logits(model, probes), dim=1).mean(0).cpu().numpy()
 
 
 def statistics_probes(model: nn.Module, probes: torch.Tensor, steps: int, lr: float = 0.1) -> torch.Tensor:
@@ -38,7 +41,7 @@ def statistics_probes(model: nn.Module, probes: torch.Tensor, steps: int, lr: fl
     teacher's own data did, and their mean softmax estimates its label distribution.
     A model without BatchNorm gets its noise probes back unchanged.
     """
-    x = probes.clone().requires_grad_(True)
+    x = to_model(probes, model).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=lr)
     with frozen(model), BatchNormStatistics(model) as stats:
         if not stats.handles:
@@ -57,7 +60,8 @@ def self_scores(model: nn.Module, x_holdout: torch.Tensor, y_holdout: torch.Tens
 
     Exact rather than data-free; the samples never leave the teacher, only the scores do.
     """
-    pred = predict_logits(model, x_holdout).argmax(1)
+    pred = predict_logits(model, x_holdout).argmax(1).cpu()
+    y_holdout = y_holdout.cpu()
     correct = torch.bincount(y_holdout[pred == y_holdout], minlength=num_classes).double()
     total = torch.bincount(y_holdout, minlength=num_classes).double()
     return torch.where(total > 0, correct / total.clamp_min(1), torch.zeros_like(total)).numpy()

@@ -22,7 +22,9 @@ from torch import nn
 
 from ..config import QueryConfig, TrustConfig
 from ..errors import QueryError
+from ..inputs import DatasetRows, LocalData, as_samples
 from ..models import find_head
+from ..training import Amp, model_device, resolve_device
 from . import inputs, probe, trust
 from .channel import TeacherChannel
 from .messages import Announcement, Failure, QueryReport, Reply
@@ -68,7 +70,7 @@ def import_weights(template: nn.Module, arrays: Mapping[str, np.ndarray]) -> nn.
 
 
 def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[float]], masks: Mapping[str, np.ndarray],
-                announcement: Announcement, local_x: torch.Tensor, local_y: torch.Tensor, lam: float,
+                announcement: Announcement, local_x: torch.Tensor | DatasetRows, local_y: torch.Tensor, lam: float,
                 config: TrustConfig, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     """Check each received expert (:mod:`qkt.query.trust`) before learning from it.
 
@@ -96,14 +98,14 @@ def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[
     return kept, distrusted
 
 
-def check_local_data(local_x: torch.Tensor, local_y: torch.Tensor, query_classes: Sequence[int] | int,
+def check_local_data(local_x: torch.Tensor | DatasetRows, local_y: torch.Tensor, query_classes: Sequence[int] | int,
                      num_classes: int) -> tuple[tuple[int, ...], torch.Tensor, list[str]]:
-    """The query's classes sorted and checked, the labels as int64, and a note per query class the querier already holds."""
+    """The query's classes sorted and checked, the labels as int64 on the CPU, and a note per query class the querier already holds."""
     if len(local_x) != len(local_y) or not len(local_x):
         raise QueryError(f"local data must be non-empty inputs and labels of equal length (got {len(local_x)} and {len(local_y)})")
     if local_y.dtype.is_floating_point or local_y.dtype.is_complex or local_y.dtype == torch.bool or local_y.ndim != 1:
         raise QueryError(f"local labels must be a 1-D integer tensor of class indices, not {local_y.dtype} of shape {tuple(local_y.shape)}")
-    local_y = local_y.long()  # the losses take int64 class indices
+    local_y = local_y.long().cpu()  # the losses take int64 class indices; the few label tensors live on the CPU
     if local_y.min() < 0 or local_y.max() >= num_classes:
         raise QueryError(f"local labels must lie in 0..{num_classes - 1}; got {int(local_y.min())}..{int(local_y.max())}")
     query = probe.check_query(query_classes, num_classes)
@@ -114,23 +116,29 @@ def check_local_data(local_x: torch.Tensor, local_y: torch.Tensor, query_classes
 
 
 def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Variant | None = None, head: str | None = None,
-          progress: bool = True) -> tuple[nn.Module, dict[str, float], TransferSet, int]:
-    """Build the transfer set, then Phase 1 and Phase 2 on a copy of ``student``; with each step's seconds."""
+          progress: bool = True, device: torch.device | None = None,
+          amp: Amp | None = None) -> tuple[nn.Module, dict[str, float], TransferSet, int]:
+    """Build the transfer set, then Phase 1 and Phase 2 on a copy of ``student``; with each step's seconds.
+
+    Everything runs on ``device`` (default: the student's), where the copy is returned;
+    ``amp``: mixed precision of the two phases' training steps (:func:`qkt.training.fit`).
+    """
     variant = variant or Variant()
+    device = device or model_device(student)
     seconds: dict[str, float] = {}
-    original = copy.deepcopy(student).eval()
-    new = copy.deepcopy(student)
+    original = copy.deepcopy(student).to(device).eval()
+    new = copy.deepcopy(student).to(device)
     start = time.perf_counter()
     transfer, num_synthetic = build_transfer_set(original, lesson, config, progress)
     seconds["synthesis"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    trained, inputs = run_phase1(new, transfer, config, variant, len(lesson.local_y), num_synthetic, head, progress)
+    trained, inputs = run_phase1(new, transfer, config, variant, len(lesson.local_y), num_synthetic, head, progress, amp)
     seconds["phase1"] = time.perf_counter() - start
 
     start = time.perf_counter()
     if variant.phase2 and not variant.merged and config.phase2_epochs:
-        refine_head(trained, inputs, config, head, progress)
+        refine_head(trained, inputs, config, head, progress, amp)
     if config.head_correction == "weight_aligning":
         own = torch.bincount(lesson.local_y, minlength=int(lesson.local_y.max()) + 1).nonzero().flatten().tolist()
         align_weights(new, lesson.query, [c for c in own if c not in lesson.query], head)
@@ -166,8 +174,9 @@ def _scores(reply: Reply | Failure, query_size: int) -> np.ndarray | str:
 
 
 def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequence[int] | int,
-              local_data: tuple[torch.Tensor, torch.Tensor], config: QueryConfig | Mapping | None = None, *, num_classes: int | None = None,
-              variant: Variant | None = None, head: str | None = None, progress: bool = True) -> tuple[nn.Module, QueryReport]:
+              local_data: LocalData, config: QueryConfig | Mapping | None = None, *, num_classes: int | None = None,
+              variant: Variant | None = None, head: str | None = None, progress: bool = True,
+              device: str | torch.device | None = None, amp: Amp | None = None) -> tuple[nn.Module, QueryReport]:
     """One query, end to end: announce, choose experts, fetch their weights, vet them, learn, report.
 
     Parameters
@@ -177,12 +186,19 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     channel:
         The querier's link to its teachers (:mod:`qkt.query.channel`).
     query_classes, local_data:
-        ``Q``, and the querier's own inputs and labels, as for :func:`qkt.query`.
+        ``Q``, and the querier's own inputs and labels, as for :func:`qkt.query`: two
+        tensors or NumPy arrays, a map-style :class:`~torch.utils.data.Dataset` of
+        (input, label) pairs or a :class:`~torch.utils.data.DataLoader` over one
+        (:mod:`qkt.inputs`). They are read batch by batch, never copied whole.
     config, num_classes:
         The query's settings (a :class:`~qkt.config.QueryConfig` or a mapping of its fields; default: its defaults),
         and ``|C|`` (default: the student's output size).
     variant:
         The engine's switches for an ablation (:mod:`qkt.query.variant`); None is QKT itself.
+    device, amp:
+        Where the querier computes: ``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"`` or a
+        :class:`torch.device` (default: the student's device); the new model is returned
+        there. ``amp`` (``"bf16"`` or ``"fp16"``) trains Phases 1 and 2 in mixed precision.
 
     A teacher that gives no reply is *lost*; one whose weights do not fit or whose claims
     the querier's checks do not support is *distrusted*; both are named in the report and
@@ -191,7 +207,8 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     """
     config, variant = inputs.as_config(config), variant or Variant()
     variant.check(config)
-    local_x, local_y = inputs.as_tensors(local_data, inputs.input_dtype(student))
+    device = resolve_device(device) or model_device(student)
+    local_x, local_y = as_samples(local_data, inputs.input_dtype(student))
     if num_classes is None:
         num_classes = inputs.output_size("the student", student, local_x)
     query, local_y, notes = check_local_data(local_x, local_y, query_classes, num_classes)
@@ -235,7 +252,7 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
             lost[name] = reply.reason
             continue
         try:
-            experts[name] = import_weights(channel.architecture(name), reply.value)
+            experts[name] = import_weights(channel.architecture(name), reply.value).to(device)
         except QueryError as exc:  # one broken teacher must not sink the query
             distrusted[name] = [str(exc)]
     masks = {k: m for k, m in masks.items() if k in experts}
@@ -257,7 +274,7 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
         warnings.warn(note, stacklevel=2)
 
     log.info("learning from %d expert(s): %s", len(masks), ", ".join(map(repr, masks)))
-    model, learn_seconds, transfer, num_synthetic = learn(student, lesson, config, variant, head, progress)
+    model, learn_seconds, transfer, num_synthetic = learn(student, lesson, config, variant, head, progress, device, amp)
     seconds.update(learn_seconds)
     seconds["total"] = sum(seconds.values())
     teacher_seconds: dict[str, float] = {}

@@ -19,22 +19,84 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import InversionConfig
-from ..training import fast_layout, gradients_only_for
+from ..inputs import DatasetRows
+from ..training import fast_layout, gradients_only_for, model_device, take, to_model
 
 
-def with_mixups(x: torch.Tensor, per_input: float, alpha: float, seed: int) -> torch.Tensor:
-    """``x`` followed by ``round(per_input * len(x))`` convex combinations of random pairs of it.
+class Mixed:
+    """Inputs ``parts`` one after the other, then mixups of pairs of them, each made when a batch asks for it.
+
+    Stands where a tensor of all of them would (``len``, indexing by a LongTensor or a
+    slice, ``shape``, :meth:`first`), so the querier's data are never copied whole and the
+    mixups never held: a batch holds the same values the materialised tensor would.
+    Mixup ``k`` is ``weight[k] * x[i[k]] + (1 - weight[k]) * x[j[k]]``, ``x`` the parts
+    concatenated; batches come on ``device``.
+    """
+
+    def __init__(self, parts: Sequence[torch.Tensor | DatasetRows], i: torch.Tensor, j: torch.Tensor, weight: torch.Tensor,
+                 device: torch.device):
+        self.parts, self.i, self.j, self.weight, self.device = list(parts), i, j, weight, device
+        self.num_unmixed = sum(len(p) for p in self.parts)
+
+    def __len__(self) -> int:
+        return self.num_unmixed + len(self.i)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), *self.parts[0].shape[1:]))
+
+    def first(self, n: int) -> Mixed:
+        """The first ``n`` inputs (at least the unmixed ones): the parts and the first mixups."""
+        if n < self.num_unmixed:
+            raise ValueError(f"the first {n} inputs would cut into the {self.num_unmixed} unmixed ones")
+        k = n - self.num_unmixed
+        return Mixed(self.parts, self.i[:k], self.j[:k], self.weight[:k], self.device)
+
+    def _unmixed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` (below ``num_unmixed``) of the parts concatenated."""
+        out, start = None, 0
+        for part in self.parts:
+            inside = (ids >= start) & (ids < start + len(part))
+            if inside.any():
+                rows = take(part, ids[inside] - start, self.device)
+                if out is None:
+                    out = torch.empty((len(ids), *rows.shape[1:]), dtype=rows.dtype, device=self.device)
+                out[inside.to(self.device)] = rows
+            start += len(part)
+        return out if out is not None else take(self.parts[0], ids, self.device)
+
+    def __getitem__(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        ids = torch.arange(len(self))[idx] if isinstance(idx, slice) else idx.cpu()
+        mixed = ids >= self.num_unmixed
+        if not mixed.any():
+            return self._unmixed(ids)
+        k = ids[mixed] - self.num_unmixed
+        a, b = self._unmixed(self.i[k]), self._unmixed(self.j[k])
+        weight = self.weight[k].to(device=self.device, dtype=a.dtype).view(-1, *([1] * (a.ndim - 1)))
+        mixups = weight * a + (1 - weight) * b
+        if mixed.all():
+            return mixups
+        out = torch.empty((len(ids), *a.shape[1:]), dtype=a.dtype, device=self.device)
+        mixed = mixed.to(self.device)
+        out[mixed] = mixups
+        out[~mixed] = self._unmixed(ids[~mixed.cpu()])
+        return out
+
+
+def with_mixups(parts: Sequence[torch.Tensor | DatasetRows], per_input: float, alpha: float, seed: int, device: torch.device) -> Mixed:
+    """The inputs ``parts`` followed by ``round(per_input * n)`` convex combinations of random pairs of them (``n`` inputs in all).
 
     The weights are drawn from Beta(alpha, alpha); everything is reproducible from ``seed``.
+    The mixups are made batch by batch (:class:`Mixed`); ``parts`` may be tensors or
+    rows such as :class:`qkt.inputs.DatasetRows`.
     """
-    num = round(per_input * len(x))
-    if not num:
-        return x
+    n = sum(len(p) for p in parts)
+    num = round(per_input * n)
     rng = np.random.default_rng(seed)
-    i = torch.from_numpy(rng.integers(len(x), size=num))
-    j = torch.from_numpy(rng.integers(len(x), size=num))
-    weight = torch.from_numpy(rng.beta(alpha, alpha, size=num)).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
-    return torch.cat([x, weight * x[i] + (1 - weight) * x[j]])
+    i = torch.from_numpy(rng.integers(n, size=num)) if num else torch.empty(0, dtype=torch.long)
+    j = torch.from_numpy(rng.integers(n, size=num)) if num else torch.empty(0, dtype=torch.long)
+    weight = torch.from_numpy(rng.beta(alpha, alpha, size=num)) if num else torch.empty(0, dtype=torch.float64)
+    return Mixed(parts, i, j, weight, device)
 
 
 def input_prior(x: torch.Tensor, tv_weight: float = 1e-4, l2_weight: float = 1e-5) -> torch.Tensor:
@@ -109,7 +171,7 @@ class BatchNormStatistics:
         self.losses.append(torch.norm(mean - module.running_mean, 2) + torch.norm(var - module.running_var, 2))
 
     def pop(self) -> torch.Tensor:
-        total = torch.stack(self.losses).sum() if self.losses else torch.zeros(())
+        total = torch.stack(self.losses).sum() if self.losses else torch.zeros(())  # a 0-dim CPU tensor adds to a loss on any device
         self.losses = []
         return total
 
@@ -132,12 +194,13 @@ def invert(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthesise inputs that ``model`` classifies as each of ``classes``.
 
-    Returns the inputs and the class each was made for. The model is left unchanged.
+    Returns the inputs and the class each was made for, on the model's device. The model is left unchanged.
     """
     num_per_class = config.samples_per_class if num_per_class is None else num_per_class
-    targets = torch.tensor(list(classes), dtype=torch.long).repeat_interleave(num_per_class)
+    # Drawn on the CPU from a seeded generator, then moved: the same start on every device.
+    targets = torch.tensor(list(classes), dtype=torch.long).repeat_interleave(num_per_class).to(model_device(model))
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(targets), *input_shape, generator=generator).requires_grad_(True)
+    x = to_model(torch.randn(len(targets), *input_shape, generator=generator), model).requires_grad_(True)
     if not len(targets):
         return x.detach(), targets
     optimizer = torch.optim.Adam([x], lr=config.lr)

@@ -19,13 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import QueryConfig
-from ..training import fit, predict_logits
+from ..inputs import DatasetRows
+from ..training import Amp, fit, model_device, predict_logits
 from . import synth
 from .probe import experts_by_class
 
 
 def softmax_outputs(model: nn.Module, x: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Tempered softmax of a frozen model on fixed inputs; computed once per input and reused every epoch."""
+    """Tempered softmax of a frozen model on fixed inputs, batch by batch; computed once per input and reused every epoch.
+
+    Only the ``(N, C)`` outputs are held, never a copy of the inputs.
+    """
     return torch.softmax(predict_logits(model, x) / temperature, dim=1)
 
 
@@ -59,7 +63,7 @@ def combine_targets(
     excess = query_mass.clamp_min(1.0)
     target[:, query] /= excess
     query_mass = query_mass / excess
-    rest = torch.ones(own.shape[1], dtype=torch.bool)
+    rest = torch.ones(own.shape[1], dtype=torch.bool, device=own.device)
     rest[query] = False
     own_rest = own[:, rest]
     target[:, rest] = own_rest / own_rest.sum(1, keepdim=True).clamp_min(1e-12) * (1 - query_mass)
@@ -71,7 +75,9 @@ class TransferSet:
     """The inputs of Phases 1 and 2 with their targets.
 
     ``labels`` are the querier's own labels (``-1`` for synthetic inputs);
-    ``weights`` scale each sample's loss (class balance).
+    ``weights`` scale each sample's loss (class balance). ``x`` is a tensor or inputs
+    made batch by batch (:class:`~qkt.query.synth.Mixed`); the others are tensors on the
+    device of ``targets``.
     """
 
     x: torch.Tensor
@@ -82,8 +88,8 @@ class TransferSet:
     @classmethod
     def querier_first(cls, x: torch.Tensor, targets: torch.Tensor, local_y: torch.Tensor) -> TransferSet:
         """``x`` begins with the querier's ``len(local_y)`` own samples; the inputs after them are unlabelled; equal weights."""
-        labels = torch.cat([local_y, torch.full((len(x) - len(local_y),), -1, dtype=torch.long)])
-        return cls(x, targets, labels, torch.ones(len(x)))
+        labels = torch.cat([local_y.to(targets.device), torch.full((len(x) - len(local_y),), -1, dtype=torch.long, device=targets.device)])
+        return cls(x, targets, labels, torch.ones(len(x), device=targets.device))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -93,7 +99,8 @@ class TransferSet:
 
     def first(self, n: int) -> TransferSet:
         """The first ``n`` inputs: the querier's own and the synthetic ones come before the mixups."""
-        return TransferSet(*(t[:n] for t in self.tensors()))
+        x = self.x.first(n) if isinstance(self.x, synth.Mixed) else self.x[:n]
+        return TransferSet(x, self.targets[:n], self.labels[:n], self.weights[:n])
 
     def balanced(self) -> TransferSet:
         """The same set with weights making every class (label, else argmax target) weigh the same."""
@@ -118,11 +125,11 @@ def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, labels: torch
 
 def train_on_transfer(model: nn.Module, transfer: TransferSet, config: QueryConfig, epochs: int, lr: float,
                       params: Iterable[nn.Parameter] | None = None, epoch_size: int | None = None, keep_first: int = 0,
-                      desc: str | None = None, progress: bool = True) -> nn.Module:
+                      desc: str | None = None, progress: bool = True, amp: Amp | None = None) -> nn.Module:
     """Fit ``model`` (or only ``params``) to the transfer set with :func:`distillation_loss`.
 
     ``epoch_size``: inputs drawn per epoch, the first ``keep_first`` in every one
-    (default: one pass over the transfer set).
+    (default: one pass over the transfer set). ``amp``: mixed precision (:func:`qkt.training.fit`).
     """
 
     def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -131,7 +138,7 @@ def train_on_transfer(model: nn.Module, transfer: TransferSet, config: QueryConf
 
     return fit(model, transfer.tensors(), epochs, lr=lr, batch_size=config.batch_size, weight_decay=0.0,
                seed=config.seed, loss_fn=loss_fn, params=params, epoch_size=epoch_size, keep_first=keep_first, desc=desc,
-               progress=progress)
+               progress=progress, amp=amp)
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,7 @@ class Lesson:
     experts: Mapping[str, nn.Module]
     masks: Mapping[str, np.ndarray]
     query: tuple[int, ...]
-    local_x: torch.Tensor
+    local_x: torch.Tensor | DatasetRows
     local_y: torch.Tensor
     by_class: dict[int, list[str]] = field(init=False)
 
@@ -155,7 +162,11 @@ class Lesson:
 
 
 def build_transfer_set(original: nn.Module, lesson: Lesson, config: QueryConfig, progress: bool = True) -> tuple[TransferSet, int]:
-    """Local data, inversions of the experts and mixups, each with its combined target; and how many inputs are inversions."""
+    """Local data, inversions of the experts and mixups, each with its combined target; and how many inputs are inversions.
+
+    The inputs stay where they are and the mixups are made batch by batch (:class:`~qkt.query.synth.Mixed`);
+    the targets are computed in batches on ``original``'s device.
+    """
     local_x, local_y = lesson.local_x, lesson.local_y
     input_shape = tuple(local_x.shape[1:])
     synthetic = []
@@ -166,10 +177,10 @@ def build_transfer_set(original: nn.Module, lesson: Lesson, config: QueryConfig,
             x, _ = synth.invert(model, classes, input_shape, config.inversion, seed=config.seed * 1000 + i,
                                 num_per_class=per_class, desc=f"inverting expert {name}" if progress else None)
             synthetic.append(x)
-    x_synth = torch.cat(synthetic) if synthetic else local_x[:0]
-    x = torch.cat([local_x, x_synth])
-    x = synth.with_mixups(x, config.mixup, config.mixup_alpha, config.seed)
+    device = model_device(original)
+    x_synth = [torch.cat(synthetic).to(device)] if synthetic else []
+    x = synth.with_mixups([local_x, *x_synth], config.mixup, config.mixup_alpha, config.seed, device)
     own = softmax_outputs(original, x, config.temperature)
-    outputs = {name: softmax_outputs(model, x, config.temperature) for name, model in lesson.experts.items()}
+    outputs = {name: softmax_outputs(model, x, config.temperature).to(device) for name, model in lesson.experts.items()}
     targets = combine_targets(own, outputs, lesson.masks, lesson.query)
-    return TransferSet.querier_first(x, targets, local_y), len(x_synth)
+    return TransferSet.querier_first(x, targets, local_y), sum(len(t) for t in x_synth)

@@ -75,7 +75,7 @@ def shared_class_recall(logits: torch.Tensor, labels: torch.Tensor, known: Seque
     """The expert's recall on the querier's samples of each class both know (the querier's local classes it claims)."""
     counts = np.bincount(labels.numpy(), minlength=num_classes)
     shared = sorted(set(known) & set(local_classes(counts)))
-    pred = logits.argmax(1)
+    pred = logits.argmax(1).cpu()
     return {c: float((pred[labels == c] == c).float().mean()) for c in shared}
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/paper_scale.py                        # every image, on the best device present (CUDA, MPS, else CPU)
     python benchmarks/paper_scale.py --device cuda --fedavg-rounds 200
-    python benchmarks/paper_scale.py --fraction 0.05 --epochs 2 --fedavg-rounds 8 --threads 1 \\
+    python benchmarks/paper_scale.py --fraction 0.05 --epochs 5 --fedavg-rounds 8 --threads 1 --quiet \\
         --output docs/results/paper-scale-reduced.json     # the reduced run committed from a 2-core CPU
 
 Each data set is split over K = 10 parties by Dirichlet α = 0.1 label skew (``qkt bench``'s
@@ -190,7 +190,10 @@ def main() -> int:
     arch, which = resnet18(args.arch)
     print(f"device: {device}; model: {which}")
     started, load = time.perf_counter(), os.getloadavg()
-    results = {name: one_data_set(name, args, arch, device, support) for name in args.datasets}
+    try:
+        results = {name: one_data_set(name, args, arch, device, support) for name in args.datasets}
+    except QKTError as exc:  # e.g. a --fraction so small that no class can be queried
+        raise SystemExit(f"error: {exc}") from None
     table = summary(results)
     print(table)
     out = {"what": "one query with ResNet-18 against FedAvg to the same accuracy (benchmarks/paper_scale.py)",

@@ -107,7 +107,6 @@ def resnet18(input_shape: Sequence[int], num_classes: int, width: int = 64) -> F
 
 
 ARCHITECTURES = {"mlp": mlp, "cnn": cnn, "resnet": resnet, "resnet18": resnet18}
-PACKAGES = ("torchvision", "timm")
 
 
 def _import(module: str, why: str):
@@ -167,6 +166,8 @@ def build_model(arch: str, input_shape: Sequence[int], num_classes: int, **optio
         if arch != "mlp" and len(input_shape) != 3:
             raise QKTError(f"'{arch}' needs image inputs (C, H, W); this data set has feature vectors {tuple(input_shape)}: use 'mlp'")
         return ARCHITECTURES[arch](input_shape, num_classes, **options)
+    if options:
+        raise QKTError(f"options {sorted(options)} are for qkt's own architectures; {arch} takes none")
     model = _factory(arch, input_shape)(num_classes)
     if not isinstance(model, nn.Module):
         raise QKTError(f"{arch} returned a {type(model).__name__}, not a torch.nn.Module")

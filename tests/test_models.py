@@ -10,7 +10,7 @@ from qkt.errors import QKTError
 from qkt.models import build_model, find_head, last_block
 
 
-@pytest.mark.parametrize(("arch", "shape"), [("mlp", (1, 8, 8)), ("mlp", (20,)), ("cnn", (1, 8, 8)), ("cnn", (3, 28, 28)), ("resnet", (3, 32, 32))])
+@pytest.mark.parametrize(("arch", "shape"), [("mlp", (1, 8, 8)), ("mlp", (20,)), ("cnn", (1, 8, 8)), ("cnn", (3, 28, 28)), ("resnet", (3, 32, 32)), ("resnet18", (3, 32, 32))])
 def test_architectures_map_inputs_to_logits(arch, shape):
     model = build_model(arch, shape, 7)
     assert model(torch.randn(4, *shape)).shape == (4, 7)

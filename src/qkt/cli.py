@@ -63,9 +63,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     if not args.name:
         raise QKTError(f"'qkt data {args.action}' needs a data set name: {', '.join(dataset_names())}")
     if args.action == "download":
-        print(f"saved {download(args.name, args.data_root)}")
+        print(f"saved {download(args.name, args.data_root, args.size)}")
         return 0
-    d = load_dataset(args.name, args.data_root, args.data_path)
+    d = load_dataset(args.name, args.data_root, args.data_path, args.size)
     print(f"{d.name}: {len(d.y_train)} train / {len(d.y_test)} test, input {d.input_shape}, {d.num_classes} classes: {', '.join(d.classes)}")
     return 0
 
@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("name", nargs="?", help="data set name (see 'qkt data list')")
     data.add_argument("--data-root", default=None, help="folder with the data files (default $QKT_DATA_ROOT or ./data)")
     data.add_argument("--data-path", default=None, help="an explicit data file for 'info'")
+    data.add_argument("--size", type=positive_int, default=None, help="image side: a MedMNIST file's size (28, 64, 128, 224), or an imagefolder's resize")
     data.set_defaults(func=cmd_data)
 
     from .flower.cli import add_parser as add_flower_parser  # imports no Flower until a flower command runs

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 from .methods import DEFAULT, METHODS
@@ -170,16 +171,29 @@ class FederatedConfig(Section):
     gen_decay: Annotated[Finite, Field(gt=0, le=1)] = Field(0.98, description="FedGen: per-round decay of gen_alpha and gen_beta")
 
 
-Arch = Literal["mlp", "cnn", "resnet"]
+
+
+def _arch_name(value: str) -> str:
+    """A built-in architecture, or a package's model or a user's factory named as ``source:name`` (qkt.models.build_model)."""
+    if value not in ("mlp", "cnn", "resnet", "resnet18") and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+        raise ValueError("choose mlp, cnn, resnet or resnet18, or name a model as torchvision:<name>, timm:<name> or "
+                         "module.path:function")
+    return value
+
+
+Arch = Annotated[str, AfterValidator(_arch_name)]
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
 
 class DataConfig(Section):
     """Which data set: a registry name, or npz with your own file."""
 
-    name: str = Field("digits", description="digits (bundled), cifar10, cifar100, cinic10, a MedMNIST name, or npz (see `qkt data list`)")
+    name: str = Field("digits", description="digits (bundled), cifar10, cifar100, cinic10, a MedMNIST name, imagefolder or npz "
+                                            "(see `qkt data list`)")
     root: str | None = Field(None, description="folder with the data files (default: $QKT_DATA_ROOT or ./data)")
-    path: str | None = Field(None, description="an explicit data file, e.g. your own .npz")
+    path: str | None = Field(None, description="an explicit data file or folder, e.g. your own .npz or imagefolder")
+    size: Positive | None = Field(None, description="image side in pixels: which MedMNIST file (28, 64, 128 or 224; default 28), "
+                                                    "or the size every imagefolder image is resized to")
     max_train: Positive | None = Field(None, description="use a seeded, stratified subset of this many training samples")
     max_test: Positive | None = Field(None, description="use a seeded, stratified subset of this many test samples")
 
@@ -207,7 +221,8 @@ class ScenarioConfig(Section):
 class TrainingConfig(Section):
     """Every party's training of its own model (and the federated baselines' optimiser)."""
 
-    arch: Arch = Field("mlp", description="the querier's model: mlp, cnn or resnet")
+    arch: Arch = Field("mlp", description="the querier's model: mlp, cnn, resnet, resnet18, torchvision:<name>, timm:<name>, "
+                                          "or your own factory as module.path:function (called with num_classes=; docs/models.md)")
     teacher_archs: list[Arch] | None = Field(None, max_length=MAX_ENTRIES, description="architectures of the teachers, cycled over the parties (default: arch)")
     epochs: Positive = 20
     lr: Rate = 1e-3

@@ -150,7 +150,7 @@ def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scen
 
 def load_scenario(config: RunConfig, dataset: DataSet | None = None) -> tuple[DataSet, partition.Scenario]:
     """The data subset of ``config`` and its scenario; ``dataset`` spares loading ``config.data`` again."""
-    dataset = dataset or load_dataset(config.data.name, config.data.root, config.data.path)
+    dataset = dataset or load_dataset(config.data.name, config.data.root, config.data.path, config.data.size)
     dataset = dataset.subsample(config.data.max_train, config.data.max_test, config.partition.seed)
     return dataset, make_scenario(config, dataset)
 

@@ -1,13 +1,14 @@
 """Data sets behind one registry.
 
-``load_dataset(name, data_root=None, path=None)`` returns a :class:`DataSet`.
+``load_dataset(name, data_root=None, path=None, size=None)`` returns a :class:`DataSet`.
 Files are looked up under ``data_root`` (else ``$QKT_DATA_ROOT``, else ``./data``)
 by their official names, or taken from ``path``; nothing is ever downloaded
-unless :func:`download` is called.
+unless :func:`download` is called, which checks the official checksum.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tarfile
@@ -35,30 +36,39 @@ class Source:
     decode: Callable[[Path], dict[str, np.ndarray]]
     where: str
     url: str | None = None
+    md5: str | None = None
     classes: tuple[str, ...] | None = None
     extra: dict = field(default_factory=dict)
 
 
-_CIFAR10_FOLDERS = partial(imagefolder.decode, splits={"train": ("train",), "test": ("test",)})
+SPLIT_FOLDERS = {"train": ("train",), "test": ("test",)}
+_FOLDERS = partial(imagefolder.decode, splits=SPLIT_FOLDERS)
 
 DATASETS: dict[str, Source] = {
     "cifar10": Source(
         ("cifar-10-python.tar.gz", "cifar-10-batches-py", "cifar10-jpeg.tar.xz", "cifar10.tar.gz", "cifar10"),
-        lambda p: cifar.decode_cifar10(p) if _is_cifar_pickle(p) else _CIFAR10_FOLDERS(p),
+        lambda p: cifar.decode_cifar10(p) if _is_cifar_pickle(p, "cifar-10-", "data_batch_1") else _FOLDERS(p),
         "the official cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
         "(or an image folder train/<class>/*, test/<class>/*)",
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a",
     ),
     "cifar100": Source(
-        ("cifar-100-python.tar.gz", "cifar-100-python"),
-        cifar.decode_cifar100,
-        "the official cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html",
+        ("cifar-100-python.tar.gz", "cifar-100-python", "cifar100-jpeg.tar.xz", "cifar100.tar.gz", "cifar100"),
+        lambda p: cifar.decode_cifar100(p) if _is_cifar_pickle(p, "cifar-100-", "meta") else _FOLDERS(p),
+        "the official cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+        "(or an image folder train/<class>/*, test/<class>/* with classes.txt in label order)",
         "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
     ),
     "cinic10": Source(
         ("CINIC-10.tar.gz", "cinic-10.tar.gz", "CINIC-10", "cinic10"),
-        partial(imagefolder.decode, splits={"train": ("train",), "test": ("test",)}),
+        _FOLDERS,
         "CINIC-10.tar.gz (train|valid|test/<class>/*.png) from https://datashare.ed.ac.uk/handle/10283/3192",
+    ),
+    "imagefolder": Source(
+        (), _FOLDERS, "a folder or tar archive of your images as train/<class>/*, test/<class>/* (give it as data.path / "
+                      "--data-path; data.size resizes them to one size)"
     ),
     "npz": Source(
         (), npz.decode, "a .npz you made with x_train, y_train, x_test, y_test (give it as data.path / --data-path)"
@@ -66,9 +76,9 @@ DATASETS: dict[str, Source] = {
 }
 for _name, _classes in medmnist.CLASSES.items():
     DATASETS[_name] = Source(
-        (f"{_name}.npz", f"{_name}_28.npz") + (("bloodcell-28.npz",) if _name == "bloodmnist" else ()),
+        medmnist.file_names(_name, None),
         medmnist.decode,
-        f"the official {_name}.npz of MedMNIST v2 from https://medmnist.com (Zenodo record 10519652)",
+        f"the official {_name}.npz (or {_name}_<size>.npz) of MedMNIST from https://medmnist.com (Zenodo record 10519652)",
         classes=_classes,
     )
 
@@ -77,22 +87,34 @@ def dataset_names() -> list[str]:
     return ["digits", *sorted(DATASETS)]
 
 
-def _is_cifar_pickle(path: Path) -> bool:
-    return path.name.startswith("cifar-10-") or (path.is_dir() and (path / "data_batch_1").exists())
+def _is_cifar_pickle(path: Path, prefix: str, batch: str) -> bool:
+    return path.name.startswith(prefix) or (path.is_dir() and (path / batch).exists())
 
 
-def find_file(name: str, data_root: str | os.PathLike | None = None) -> Path:
-    """The first file of ``name``'s official names present under the data root."""
+def _candidates(name: str, size: int | None) -> tuple[str, ...]:
+    """The file names to look for: a MedMNIST file is named by its image size."""
+    if size is not None and name not in medmnist.CLASSES and name != "imagefolder":
+        raise DataError(f"{name}: data.size picks the file of a MedMNIST data set ({', '.join(map(str, medmnist.SIZES))} "
+                        f"pixels) or resizes an imagefolder; {name} comes in one size")
+    return medmnist.file_names(name, size) if name in medmnist.CLASSES else _source(name).candidates
+
+
+def find_file(name: str, data_root: str | os.PathLike | None = None, size: int | None = None) -> Path:
+    """The first file of ``name``'s official names present under the data root (or, for MedMNIST, the medmnist package's)."""
     source = _source(name)
+    candidates = _candidates(name, size)
     root = resolve_root(data_root)
-    for candidate in source.candidates:
-        if (root / candidate).exists():
-            return root / candidate
-    names = ", ".join(source.candidates) or "(no default name)"
+    roots = [root, medmnist.PACKAGE_ROOT] if name in medmnist.CLASSES else [root]
+    for folder in roots:
+        for candidate in candidates:
+            if (folder / candidate).exists():
+                return folder / candidate
+    names = ", ".join(candidates) or "(no default name)"
+    downloadable = source.url or name in medmnist.CLASSES
     raise DataError(
         f"{name}: no data file under '{root}' (looked for {names}). Get {source.where}, "
         f"then pass --data-root DIR (or set {DATA_ROOT_ENV})"
-        + (f", or run `qkt data download {name} --data-root DIR`." if source.url else ".")
+        + (f", or run `qkt data download {name}{f' --size {size}' if size else ''} --data-root DIR`." if downloadable else ".")
     )
 
 
@@ -102,35 +124,44 @@ def _source(name: str) -> Source:
     return DATASETS[name]
 
 
-def load_dataset(name: str, data_root: str | os.PathLike | None = None, path: str | os.PathLike | None = None) -> DataSet:
+def load_dataset(name: str, data_root: str | os.PathLike | None = None, path: str | os.PathLike | None = None,
+                 size: int | None = None) -> DataSet:
     """Load a registry data set, decoding its file once and caching the arrays.
 
     Parameters
     ----------
     name:
         ``digits``, ``cifar10``, ``cifar100``, ``cinic10``, a MedMNIST name such as
-        ``bloodmnist``, or ``npz`` for a user's own file.
+        ``bloodmnist``, ``imagefolder`` for a user's own image folder, or ``npz`` for a
+        user's own file.
     data_root:
         Folder holding the official files; defaults to ``$QKT_DATA_ROOT`` or ``./data``.
     path:
         An explicit file or folder, which overrides the lookup under ``data_root``.
+    size:
+        Image side in pixels: picks a MedMNIST file of that size (28, 64, 128, 224;
+        default 28), or resizes every image of an ``imagefolder``.
     """
     if name == "digits":
         if path is not None:  # data.name defaults to digits: a forgotten name must not quietly replace the user's file
             raise DataError(f"digits is bundled and reads no file, so '{path}' would be ignored; "
                             "for your own .npz set data.name: npz")
+        if size is not None:
+            raise DataError("digits comes in one size (8×8); data.size applies to MedMNIST and imagefolder data sets")
         return digits.load()
     source = _source(name)
+    _candidates(name, size)
+    decode = partial(imagefolder.decode, splits=SPLIT_FOLDERS, size=size) if name == "imagefolder" else source.decode
     if path is not None:
         file = Path(path).expanduser()
         if not file.exists():
             raise DataError(f"{name}: '{file}' does not exist. Expected {source.where}.")
-    elif name == "npz":
-        raise DataError("npz: give the file with data.path in the config (or --data-path)")
+    elif not source.candidates:
+        raise DataError(f"{name}: give the file or folder with data.path in the config (or --data-path)")
     else:
-        file = find_file(name, data_root)
+        file = find_file(name, data_root, size)
     try:
-        arrays = cached(name, file, source.decode)
+        arrays = cached(name if size is None else f"{name}{size}", file, decode)
     except DataError:
         raise
     except (OSError, EOFError, ValueError, KeyError, tarfile.TarError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
@@ -140,21 +171,44 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, path: st
     return validate_arrays(name, file, arrays, names)
 
 
-def download(name: str, data_root: str | os.PathLike | None = None) -> Path:
-    """Fetch the official file of ``name`` into the data root (only on this explicit call)."""
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(name: str, data_root: str | os.PathLike | None = None, size: int | None = None) -> Path:
+    """Fetch the official file of ``name`` into the data root (only on this explicit call) and check its MD5.
+
+    CIFAR's checksums are those the Toronto page publishes; a MedMNIST file's address
+    and checksum (any ``size`` it ships) come from the ``medmnist`` package. A file
+    whose checksum differs is deleted, never loaded.
+    """
     if name == "digits":
         raise DataError("digits comes with scikit-learn; there is nothing to download")
     source = _source(name)
-    if not source.url:
+    file_name = _candidates(name, size)[0] if source.candidates else None
+    if name in medmnist.CLASSES:
+        url, md5 = medmnist.official_file(name, size)
+    elif source.url:
+        url, md5 = source.url, source.md5
+    else:
         raise DataError(f"{name}: qkt cannot download it; get {source.where}")
     root = resolve_root(data_root)
     root.mkdir(parents=True, exist_ok=True)
-    target = root / source.candidates[0]
+    target = root / file_name
     tmp = target.with_name(target.name + ".part")
     try:
-        urllib.request.urlretrieve(source.url, tmp)
+        urllib.request.urlretrieve(url, tmp)
+        got = _md5(tmp)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise DataError(f"{name}: download from {source.url} failed ({exc})") from None
+        raise DataError(f"{name}: download from {url} failed ({exc})") from None
+    if got != md5:
+        tmp.unlink()
+        raise DataError(f"{name}: the file from {url} has MD5 {got}, not the official {md5}: it was cut short or changed; "
+                        "nothing was saved, try again")
     os.replace(tmp, target)
     return target

@@ -1,4 +1,10 @@
-"""The MedMNIST family from its official ``.npz`` files (``train_images``, ``train_labels``, …)."""
+"""The MedMNIST family from its official ``.npz`` files (``train_images``, ``train_labels``, …).
+
+MedMNIST+ ships each 2D data set at 28, 64, 128 and 224 pixels, as ``<name>.npz`` and
+``<name>_<size>.npz``. Loading needs only the file; downloading asks the ``medmnist``
+package (``pip install 'qkt[medmnist]'``) for each file's address and MD5, and files
+that package downloaded (into ``~/.medmnist``) are found without a data root.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,36 @@ CLASSES: dict[str, tuple[str, ...]] = {
                     "interstitial endothelial cells", "leukocytes", "podocytes", "proximal tubule segments",
                     "thick ascending limb"),
 }
+
+
+SIZES = (28, 64, 128, 224)
+PACKAGE_ROOT = Path.home() / ".medmnist"
+"""Where the medmnist package keeps the files it downloads (its ``DEFAULT_ROOT``)."""
+
+
+def file_names(name: str, size: int | None) -> tuple[str, ...]:
+    """The official file names of MedMNIST data set ``name`` at ``size`` pixels (default 28)."""
+    if size is not None and size not in SIZES:
+        raise DataError(f"{name}: MedMNIST ships {', '.join(map(str, SIZES))}-pixel images, not {size}")
+    if size in (None, 28):
+        return (f"{name}.npz", f"{name}_28.npz") + (("bloodcell-28.npz",) if name == "bloodmnist" else ())
+    return (f"{name}_{size}.npz",)
+
+
+def official_file(name: str, size: int | None) -> tuple[str, str]:
+    """The download address and MD5 of ``name`` at ``size`` pixels, as the medmnist package lists them."""
+    file_names(name, size)
+    try:
+        from medmnist.info import INFO
+    except ImportError as exc:
+        raise DataError(f"{name}: downloading MedMNIST needs the medmnist package, which lists each file's address and "
+                        f"checksum (pip install 'qkt[medmnist]'; {exc}); or get {file_names(name, size)[0]} from "
+                        "https://medmnist.com yourself") from None
+    suffix = "" if size in (None, 28) else f"_{size}"
+    info = INFO.get(name, {})
+    if f"url{suffix}" not in info or f"MD5{suffix}" not in info:
+        raise DataError(f"{name}: the installed medmnist package lists no {file_names(name, size)[0]}")
+    return info[f"url{suffix}"], info[f"MD5{suffix}"]
 
 
 def decode(source: Path) -> dict[str, np.ndarray]:

@@ -37,8 +37,8 @@ def query(
     ----------
     student:
         The querier's trained model; it is not modified. It must map inputs to
-        logits over all classes and expose a classification head (``head``
-        attribute, the submodule named by ``head``, or its last ``nn.Linear``).
+        logits over all classes and have a linear classification head, found by
+        :func:`qkt.models.find_head` (``head``, ``fc``, ``classifier``, …).
     teachers:
         The other parties' trained models, by name (or a list, named ``"0"``,
         ``"1"``, …). Wrap one in :class:`Teacher` to give it held-out data for

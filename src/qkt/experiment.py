@@ -31,9 +31,9 @@ from .data import DataSet, load_dataset
 from .errors import ConfigError, QKTError, QueryError
 from .files import check_output
 from .methods import METHODS
-from .metrics import MethodResult, score
+from .metrics import MethodResult, group_accuracy, score
 from .models import build_model, num_bytes
-from .query import InProcessChannel, TeacherChannel, Variant, run_query
+from .query import InProcessChannel, QueryReport, TeacherChannel, Variant, run_query
 from .query.probe import check_query, expert_masks, experts_by_class
 from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, resolve_device, save_checkpoint
 
@@ -198,8 +198,9 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
         return (torch.bincount(y[pred == y], minlength=len(test_counts)) / torch.bincount(y, minlength=len(test_counts))).double().numpy()
 
     before = evaluate_fixed([student])
-    local_before = score("local", before, 0.0, test_counts, s.query, s.local_classes).local_accuracy
+    local_before = group_accuracy(before, test_counts, s.local_classes)
     unchanged = score("local", before, local_before, test_counts, s.query, s.local_classes)
+    truth = true_experts(world, config)
     all_weights = sum(num_bytes(m) for m in world.teachers.values())
     teachers: TeacherChannel = InProcessChannel(world.teachers)
     if channel is not None:
@@ -245,7 +246,7 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
                                     seconds=report.seconds["total"], teacher_seconds=report.seconds["teachers"],
                                     bytes_sent=report.bytes_sent, bytes_received=report.bytes_received,
                                     details={"experts": reports[method]["experts"], "seconds_per_phase": report.seconds,
-                                             "diagnostics": query_diagnostics(world, config, report, settings.lam)})
+                                             "diagnostics": query_diagnostics(world, report, settings.lam, truth, local_x)})
     if "oracle" in config.methods:
         qkt = results.get("qkt")
         found = None if qkt is None or "failed" in qkt.details else {int(c): v for c, v in qkt.details["experts"].items()}
@@ -266,17 +267,16 @@ def true_experts(world: World, config: RunConfig) -> dict[int, list[str]]:
     return diagnostics.true_experts(counts, s.query, s.querier, config.scenario.min_expert_samples)
 
 
-def query_diagnostics(world: World, config: RunConfig, report, lam: float) -> dict:
-    """How well the probe and the checks found the true experts, and how much the experts lean to ``Q`` on the querier's data."""
+def query_diagnostics(world: World, report: QueryReport, lam: float, truth: dict[int, list[str]], local_x: torch.Tensor) -> dict:
+    """How well the probe and the checks found the true experts (``truth``), and how much the experts lean to ``Q`` on ``local_x``."""
     s = world.scenario
-    truth = true_experts(world, config)
     by_probe = experts_by_class(expert_masks(report.scores, s.query, world.dataset.num_classes, lam), s.query)
     experts = sorted({k for names in report.experts.values() for k in names})
     return {
         "true_experts": {str(c): v for c, v in truth.items()},
         "probe": diagnostics.expert_discovery(by_probe, truth),
         "after_checks": diagnostics.expert_discovery(report.experts, truth),
-        "expert_query_mass": diagnostics.query_mass([world.teachers[k] for k in experts], world.querier_data[0], s.query),
+        "expert_query_mass": diagnostics.query_mass([world.teachers[k] for k in experts], local_x, s.query),
     }
 
 
@@ -295,7 +295,7 @@ def train_oracle(world: World, config: RunConfig, experts: dict[int, list[str]] 
     source = "qkt" if experts else "holders"
     experts = experts or true_experts(world, config)
     y = world.y_train.numpy()
-    extra = [idx for c, names in experts.items() for k in names for idx in [s.parts[int(k)][y[s.parts[int(k)]] == c]]]
+    extra = [s.parts[int(k)][y[s.parts[int(k)]] == c] for c, names in experts.items() for k in names]
     extra_idx = torch.as_tensor(np.concatenate(extra) if extra else np.zeros(0, dtype=np.int64))
     local_x, local_y = world.querier_data
     x = torch.cat([local_x, world.x_train[extra_idx]])

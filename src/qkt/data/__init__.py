@@ -44,22 +44,33 @@ class Source:
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test",)}
 _FOLDERS = partial(imagefolder.decode, splits=SPLIT_FOLDERS)
 
+
+def _cifar_source(
+    classes: int,
+    decode_pickle: Callable[[Path], dict[str, np.ndarray]],
+    extracted: str,
+    marker: str,
+    md5: str,
+    folder_note: str = "",
+) -> Source:
+    """The official pickle archive or its ``extracted`` folder (recognised by name or ``marker`` file), else an image folder."""
+    archive = f"cifar-{classes}-python.tar.gz"
+    return Source(
+        (archive, extracted, f"cifar{classes}-jpeg.tar.xz", f"cifar{classes}.tar.gz", f"cifar{classes}"),
+        lambda p: decode_pickle(p) if _is_cifar_pickle(p, f"cifar-{classes}-", marker) else _FOLDERS(p),
+        f"the official {archive} from https://www.cs.toronto.edu/~kriz/cifar.html "
+        f"(or an image folder train/<class>/*, test/<class>/*{folder_note})",
+        f"https://www.cs.toronto.edu/~kriz/{archive}",
+        md5,
+    )
+
+
 DATASETS: dict[str, Source] = {
-    "cifar10": Source(
-        ("cifar-10-python.tar.gz", "cifar-10-batches-py", "cifar10-jpeg.tar.xz", "cifar10.tar.gz", "cifar10"),
-        lambda p: cifar.decode_cifar10(p) if _is_cifar_pickle(p, "cifar-10-", "data_batch_1") else _FOLDERS(p),
-        "the official cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
-        "(or an image folder train/<class>/*, test/<class>/*)",
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "c58f30108f718f92721af3b95e74349a",
+    "cifar10": _cifar_source(
+        10, cifar.decode_cifar10, "cifar-10-batches-py", "data_batch_1", "c58f30108f718f92721af3b95e74349a"
     ),
-    "cifar100": Source(
-        ("cifar-100-python.tar.gz", "cifar-100-python", "cifar100-jpeg.tar.xz", "cifar100.tar.gz", "cifar100"),
-        lambda p: cifar.decode_cifar100(p) if _is_cifar_pickle(p, "cifar-100-", "meta") else _FOLDERS(p),
-        "the official cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
-        "(or an image folder train/<class>/*, test/<class>/* with classes.txt in label order)",
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        "eb9058c3a382ffc7106e4002c42a8d85",
+    "cifar100": _cifar_source(
+        100, cifar.decode_cifar100, "cifar-100-python", "meta", "eb9058c3a382ffc7106e4002c42a8d85", " with classes.txt in label order"
     ),
     "cinic10": Source(
         ("CINIC-10.tar.gz", "cinic-10.tar.gz", "CINIC-10", "cinic10"),

@@ -221,7 +221,8 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
             results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,
                                     seconds=report.seconds["total"], teacher_seconds=report.seconds["teachers"],
                                     bytes_sent=report.bytes_sent, bytes_received=report.bytes_received,
-                                    details={"experts": reports[method]["experts"], "seconds_per_phase": report.seconds})
+                                    details={"experts": reports[method]["experts"], "distrusted": report.distrusted,
+                                             "seconds_per_phase": report.seconds})
     return results, reports
 
 

@@ -33,6 +33,7 @@ from .metrics import MethodResult, score
 from .models import build_model, num_bytes
 from .query import InProcessChannel, TeacherChannel, Variant, run_query
 from .query.probe import check_query
+from .query.teacher import UNLIMITED, Teacher
 from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, save_checkpoint
 
 
@@ -183,7 +184,8 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
     before = evaluate_fixed([student])
     local_before = score("local", before, 0.0, test_counts, s.query, s.local_classes).local_accuracy
     all_weights = sum(num_bytes(m) for m in world.teachers.values())
-    teachers: TeacherChannel = InProcessChannel(world.teachers)
+    # Simulated teachers: CachedScores has each compute every class's score once, which a real teacher's policy would refuse.
+    teachers: TeacherChannel = InProcessChannel({k: Teacher(m, policy=UNLIMITED) for k, m in world.teachers.items()})
     if channel is not None:
         teachers = channel(teachers)
     results: dict[str, MethodResult] = {}

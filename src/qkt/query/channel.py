@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import QKTError
 from . import privacy
 from .messages import SCORE_BYTES, Announcement, Failure, Reply
-from .teacher import Teacher, answer_probe, export_weights
+from .teacher import Refused, Teacher, answer_probe, export_weights
 
 Scores = Reply[np.ndarray] | Failure
 Weights = Reply[dict[str, np.ndarray]] | Failure
@@ -83,7 +83,10 @@ class InProcessChannel(TeacherChannel):
             teacher = self._teachers[name]
             start = time.perf_counter()
             try:
-                scores = answer_probe(teacher.model, announcement, teacher.holdout)
+                scores = answer_probe(teacher.model, announcement, teacher.holdout, policy=teacher.policy)
+            except Refused as exc:
+                replies[name] = Failure(f"refused: {exc}", sent)
+                continue
             except Exception as exc:  # noqa: BLE001 - another party's model failing costs its reply, not the query
                 replies[name] = Failure(f"failed to answer: {type(exc).__name__}: {exc}", sent)
                 continue

@@ -27,7 +27,7 @@ from .channel import TeacherChannel
 from .messages import Announcement, Failure, QueryReport, Reply
 from .phase1 import run_phase1
 from .phase2 import refine_head
-from .teacher import answer_probe
+from .teacher import UNLIMITED, answer_probe
 from .transfer import Lesson, TransferSet, build_transfer_set
 from .variant import Variant
 
@@ -80,7 +80,7 @@ def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[
     x, y = trust.check_sample(local_x, local_y, config.max_samples, seed)
     kept, distrusted = {}, {}
     for name, model in experts.items():
-        verdict = trust.check_expert(model, scores[name], answer_probe(model, recipe), masks[name], announcement.query, x, y,
+        verdict = trust.check_expert(model, scores[name], answer_probe(model, recipe, policy=UNLIMITED), masks[name], announcement.query, x, y,
                                      lam, config, verify_claims=announcement.probe_kind != "self")
         if verdict.reasons:
             distrusted[name] = verdict.reasons

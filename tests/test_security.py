@@ -71,7 +71,7 @@ def test_honest_experts_pass_the_new_checks(clean):
 
 @pytest.mark.parametrize(("announcement", "says"), [
     (Announcement((-1,), 10, (64,)), "not distinct classes"),
-    (Announcement(tuple(range(10)), 10, (64,)), "names 10 of 10 classes"),
+    (Announcement(tuple(range(10)), 10, (64,)), "names 10 of 10 classes; the teacher answers at most 9"),
     (Announcement((1,), 10, (64,), probe_samples=10**9), "the probe asks for 1000000000 samples"),
     (Announcement((1,), 10, (64,), noise="gaussian"), "unknown noise 'gaussian'"),
 ])

@@ -45,7 +45,7 @@ def policy(node_config: Mapping[str, object]) -> TeacherPolicy:
         return TeacherPolicy(noise=str(node_config.get("qkt-noise", "none")),
                              max_epsilon=float(node_config.get("qkt-max-epsilon", float("inf"))),
                              classes=tuple(int(c) for c in classes.split(",")) if classes else None,
-                             max_query_share=float(node_config.get("qkt-max-query-share", 0.5)))
+                             max_query_share=float(node_config.get("qkt-max-query-share", 1.0)))
     except ValueError as exc:
         raise ConfigError(f"this SuperNode's privacy policy (node config qkt-*) is invalid: {exc}") from None
 

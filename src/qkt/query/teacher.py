@@ -35,8 +35,9 @@ class TeacherPolicy:
         The least privacy a reply must have: with ``noise = "laplace"`` the announcement must
         ask for Laplace noise with ε at most ``max_epsilon``.
     classes:
-        The classes it answers for (None: any); ``max_query_share`` bounds ``|Q| / |C|``, so
-        that no querier learns a teacher's whole label distribution in one reply.
+        The classes it answers for (None: any); ``max_query_share`` bounds ``|Q| / |C|``, and
+        a query never names every class, so that no querier learns a teacher's whole label
+        distribution in one reply.
     max_probe_samples, max_probe_steps, max_probe_scales:
         Bounds on the probe's work: inputs per scale, refinement steps, scales.
     """
@@ -44,7 +45,7 @@ class TeacherPolicy:
     noise: str = "none"
     max_epsilon: float = math.inf
     classes: tuple[int, ...] | None = None
-    max_query_share: float = 0.5
+    max_query_share: float = 1.0
     max_probe_samples: int = 4096
     max_probe_steps: int = 1000
     max_probe_scales: int = 8
@@ -65,9 +66,9 @@ class TeacherPolicy:
         query = list(a.query)
         if not query or len(set(query)) != len(query) or any(not 0 <= c < a.num_classes for c in query):
             raise Refused(f"the query {query} is not distinct classes of 0..{a.num_classes - 1}")
-        if len(query) > max(1, int(self.max_query_share * a.num_classes)):
-            raise Refused(f"the query names {len(query)} of {a.num_classes} classes; the teacher answers at most "
-                          f"{max(1, int(self.max_query_share * a.num_classes))}")
+        most = a.num_classes if math.isinf(self.max_query_share) else max(1, min(a.num_classes - 1, int(self.max_query_share * a.num_classes)))
+        if len(query) > most:
+            raise Refused(f"the query names {len(query)} of {a.num_classes} classes; the teacher answers at most {most}")
         if self.classes is not None and set(query) - set(self.classes):
             raise Refused(f"the teacher does not answer for class(es) {sorted(set(query) - set(self.classes))}")
         if not (0 < a.probe_samples <= self.max_probe_samples and 0 <= a.probe_steps <= self.max_probe_steps
@@ -78,7 +79,7 @@ class TeacherPolicy:
 
 # The querier re-probing weights it received, and simulations whose teachers compute every class's score once
 # (CachedScores): no other party's policy is at stake.
-UNLIMITED = TeacherPolicy(max_query_share=1.0, max_probe_samples=2**62, max_probe_steps=2**62, max_probe_scales=2**62)
+UNLIMITED = TeacherPolicy(max_query_share=math.inf, max_probe_samples=2**62, max_probe_steps=2**62, max_probe_scales=2**62)
 
 
 @dataclass

@@ -186,6 +186,8 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     query, local_y, notes = check_local_data(local_x, local_y, query_classes, num_classes)
     seconds: dict[str, float] = {}
     announcement = Announcement.from_config(query, num_classes, tuple(local_x.shape[1:]), config)
+    if not variant.masks:  # every teacher is asked for its weights: the announcement says so, and each teacher agrees to it
+        announcement = replace(announcement, threshold=0.0)
 
     start = time.perf_counter()
     probe_replies = channel.announce(announcement, channel.teachers)

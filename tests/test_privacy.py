@@ -14,6 +14,7 @@ from qkt.config import DEMO, QueryConfig, parse_config
 from qkt.experiment import build_world
 from qkt.query import Announcement, CachedScores, InProcessChannel, NoisyScores, Recorder, Teacher, answer_probe, run_query
 from qkt.query.privacy import laplace_scale, privatize
+from qkt.query.teacher import UNLIMITED
 from qkt.training import set_threads
 
 FAST = {"probe": {"num_samples": 128, "steps": 30}, "inversion": {"samples_per_class": 64, "steps": 50},
@@ -44,7 +45,7 @@ def test_the_announcement_holds_the_query_and_the_probe_recipe_only(wire):
     world, report, _, announcements = wire
     fields = json.loads(announcements[0])
     assert set(fields) == {"query", "num_classes", "input_shape", "probe_kind", "probe_samples", "probe_steps", "probe_scales",
-                           "probe_seed", "noise", "epsilon"}
+                           "probe_seed", "noise", "epsilon", "threshold"}
     assert fields["query"] == list(world.scenario.query) and len(announcements[0]) < 300
     assert [m["bytes"] for m in report.messages if m["kind"] == "announce"] == [len(announcements[0])] * len(world.teachers)
 
@@ -109,7 +110,8 @@ def test_the_noise_option_is_validated():
 def test_with_noisy_replies_the_trust_checks_drop_the_false_experts_noise_lets_in(wire):
     world, clean, _, _ = wire
     config = CONFIG.query.model_copy(update={"probe": CONFIG.query.probe.model_copy(update={"noise": "laplace", "epsilon": 10.0})})
-    exact = CachedScores(InProcessChannel({k: Teacher(m) for k, m in world.teachers.items()}))
+    # simulated teachers that score every class once: a real one's policy would refuse that
+    exact = CachedScores(InProcessChannel({k: Teacher(m, policy=UNLIMITED) for k, m in world.teachers.items()}))
     false_experts = 0
     for seed in range(3):
         _, report = _query(world, NoisyScores(exact, np.random.default_rng(seed)), config)

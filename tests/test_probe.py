@@ -10,6 +10,7 @@ from torch import nn
 from qkt.errors import QueryError
 from qkt.query import Announcement, answer_probe, select_experts
 from qkt.query.probe import check_query, expert_masks
+from qkt.query.teacher import UNLIMITED
 
 
 def test_threshold_is_lambda_over_classes():
@@ -77,7 +78,7 @@ def test_statistics_probe_recovers_a_trained_teachers_classes():
     keep = (y == 1) | (y == 7)
     teacher = fit(build_model("mlp", d.input_shape, 10), (x[keep], y[keep]), epochs=10, progress=False)
     announcement = Announcement(query=tuple(range(10)), num_classes=10, input_shape=d.input_shape, probe_samples=128, probe_steps=50)
-    scores = answer_probe(teacher, announcement)
+    scores = answer_probe(teacher, announcement, policy=UNLIMITED)  # every class: a real teacher's policy would refuse
     assert set(np.argsort(scores)[-2:]) == {1, 7}
 
 
@@ -85,8 +86,8 @@ def test_batchnorm_without_running_statistics_gets_plain_noise_probes():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16, track_running_stats=False), nn.ReLU(), nn.Linear(16, 4))
     recipe = {"query": (0, 1, 2, 3), "num_classes": 4, "input_shape": (6,), "probe_samples": 16, "probe_steps": 5}
-    statistics = answer_probe(model, Announcement(**recipe))
-    assert np.allclose(statistics, answer_probe(model, Announcement(**recipe, probe_kind="noise")))
+    statistics = answer_probe(model, Announcement(**recipe), policy=UNLIMITED)
+    assert np.allclose(statistics, answer_probe(model, Announcement(**recipe, probe_kind="noise"), policy=UNLIMITED))
 
 
 @pytest.mark.parametrize(("query", "match"), [([], "empty"), ([10], "outside the label space"), ([1, 1], "twice")])

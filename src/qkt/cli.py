@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "runs every ablation on every single-class querier of the first seed.")
     bench.add_argument("--profile", choices=["quick", "full", "ablations"], default="quick", help="how much of the protocol to run (default: %(default)s)")
     bench.add_argument("--dataset", action="append", default=None, help="data set to run (repeatable; default: digits and every data set found under --data-root)")
-    bench.add_argument("--scenario", action="append", default=None, help="run only this scenario (repeatable; default: the profile's)")
+    bench.add_argument("--scenario", action="append", default=None, help="run only this scenario (repeatable; 'liars': every planted liar, alone and beside the honest teachers; default: the profile's)")
     bench.add_argument("--output", type=Path, default=Path("qkt-output/bench"), help="folder for the results and checkpoints (default: %(default)s)")
     bench.add_argument("--data-root", default=None, help="folder with the data files (default $QKT_DATA_ROOT or ./data)")
     bench.add_argument("--methods", nargs="+", default=None, metavar="METHOD",

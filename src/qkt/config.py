@@ -82,6 +82,10 @@ class TrustConfig(Section):
     min_local_agreement: Share = Field(
         0.6, description="least share of the querier's samples of a shared class the expert must label right (catches permuted or garbage models)"
     )
+    min_output_spread: Share = Field(
+        0.02, description="least mean distance (total variation) of the expert's outputs from their mean on the querier's inputs "
+                          "(catches models whose output ignores the input)"
+    )
     max_samples: Positive = Field(1024, description="querier samples the checks look at")
 
 

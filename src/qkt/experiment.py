@@ -35,6 +35,7 @@ from .metrics import MethodResult, group_accuracy, score
 from .models import build_model, num_bytes
 from .query import InProcessChannel, QueryReport, TeacherChannel, Variant, run_query
 from .query.probe import check_query, expert_masks, experts_by_class
+from .query.teacher import UNLIMITED, Teacher
 from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, resolve_device, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,8 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
     unchanged = score("local", before, local_before, test_counts, s.query, s.local_classes)
     truth = true_experts(world, config)
     all_weights = sum(num_bytes(m) for m in world.teachers.values())
-    teachers: TeacherChannel = InProcessChannel(world.teachers)
+    # Simulated teachers: CachedScores has each compute every class's score once, which a real teacher's policy would refuse.
+    teachers: TeacherChannel = InProcessChannel({k: Teacher(m, policy=UNLIMITED) for k, m in world.teachers.items()})
     if channel is not None:
         teachers = channel(teachers)
     results: dict[str, MethodResult] = {}
@@ -245,7 +247,8 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
             results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,
                                     seconds=report.seconds["total"], teacher_seconds=report.seconds["teachers"],
                                     bytes_sent=report.bytes_sent, bytes_received=report.bytes_received,
-                                    details={"experts": reports[method]["experts"], "seconds_per_phase": report.seconds,
+                                    details={"experts": reports[method]["experts"], "distrusted": report.distrusted,
+                                             "seconds_per_phase": report.seconds,
                                              "diagnostics": query_diagnostics(world, report, settings.lam, truth, local_x)})
     if "oracle" in config.methods:
         qkt = results.get("qkt")

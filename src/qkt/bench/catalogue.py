@@ -19,6 +19,7 @@ from .. import partition
 from ..config import RunConfig, parse_config
 from ..data import DataSet
 from ..methods import ABLATIONS, BASELINES, QKT, REFERENCES
+from .liars import KINDS as LIARS
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class BenchScenario:
     query_from_one_teacher: bool = False
     forged_teacher: bool = False
     ablations: bool = False
+    liar: str | None = None  # a planted liar (qkt.bench.liars.KINDS) in place of the false expert's teacher
+    liar_alone: bool = False  # the liar is the only teacher reached
+    methods: tuple[str, ...] | None = None  # the scenario's methods when --methods does not name them (default: the profile's)
 
 
 SCENARIOS = {s.name: s for s in [
@@ -43,7 +47,12 @@ SCENARIOS = {s.name: s for s in [
                   "so several teachers are experts of the same query class", partition="three-holders"),
     BenchScenario("false-expert", "the single-class queries, plus one teacher holding no sample of Q that answers the probe "
                   "claiming full expertise (score 1.0 for every query class)", forged_teacher=True),
+    *[BenchScenario(f"liar-{kind}-{place}", f"the single-class queries; the teacher holding fewest samples of Q is replaced by the planted "
+                    f"'{kind}' liar (qkt.bench.liars), {'the only teacher' if place == 'alone' else 'beside the honest teachers'}",
+                    liar=kind, liar_alone=place == "alone", methods=("local", "qkt"))
+      for kind in LIARS for place in ("alone", "beside")],
 ]}
+GROUPS = {"liars": tuple(name for name, s in SCENARIOS.items() if s.liar)}  # --scenario liars: every planted liar, both ways
 
 
 @dataclass(frozen=True)
@@ -130,8 +139,8 @@ def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed
     raw["scenario"] = {"query_size": multi_query_size(c) if scenario.query_size == "multi" else 1}
     raw["training"] = {**raw.get("training", {}), "seed": seed, **({"device": device} if device else {})}
     raw["query"] = {**raw.get("query", {}), "seed": seed}
-    raw["methods"] = list(methods) if methods else BASELINES + QKT + (
-        ABLATIONS if scenario.ablations and profile.ablations_for(dataset.name) else []) + REFERENCES
+    raw["methods"] = list(methods or scenario.methods or BASELINES + QKT + (
+        ABLATIONS if scenario.ablations and profile.ablations_for(dataset.name) else []) + REFERENCES)
     return parse_config(raw, f"bench {dataset.name}/{scenario.name}")
 
 

@@ -47,6 +47,9 @@ def format_tables(summary: dict) -> str:
                 gain = f"{s['gain_over'][m]:+.1f}" if m in s.get("gain_over", {}) else "—"
                 count = "" if row["queries"] == s["queries"] else f" ({row['queries']} queries)"
                 lines.append(f"| {display(m)}{count} | " + " | ".join(_cell(k, *row[k]) for k in METRICS) + f" | {gain} |")
+            kept_out = [f"{display(m)} in {row['liar_kept_out']} of {row['queries']}" for m, row in s["rows"].items() if "liar_kept_out" in row]
+            if kept_out:
+                lines += ["", "Queries where the lying teacher was kept out (distrusted, or never an expert): " + ", ".join(kept_out) + "."]
             failed = [f"{display(m)} in {row['failed']}" for m, row in s["rows"].items() if row["failed"]]
             if failed:
                 lines += ["", "Queries that failed (no expert found; scored as the querier's unchanged model): " + ", ".join(failed) + "."]

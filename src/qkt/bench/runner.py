@@ -32,7 +32,8 @@ from ..files import atomic_write
 from ..models import build_model
 from ..query import CachedScores, ForgedScores, TeacherChannel
 from ..training import checkpoint_key, load_checkpoint, resolve_device, save_checkpoint
-from .catalogue import PROFILES, SCENARIOS, BenchScenario, Profile, false_expert, querier_queries, run_config
+from .catalogue import GROUPS, PROFILES, SCENARIOS, BenchScenario, Profile, false_expert, querier_queries, run_config
+from .liars import Planted, plant
 from .output import machine, write_outputs
 
 log = logging.getLogger(__name__)
@@ -107,11 +108,16 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
         if scen.removed:  # the querier lost its few samples of Q: retrain it alone, from its own checkpoint if any
             models[q] = experiment.train_parties(config, (x_train, y_train), scen, dataset, checkpoints, False)[q]
         world = experiment.World(dataset, x_train, y_train, x_test, y_test, scen, models, global_models, test_probs)
-        liar = false_expert(scen, dataset.y_train, dataset.num_classes) if scenario.forged_teacher else None
+        liar = false_expert(scen, dataset.y_train, dataset.num_classes) if scenario.forged_teacher or scenario.liar else None
+        rigged = None if liar is None or scenario.liar is None else plant(
+            scenario.liar, models[liar], scen.query, dataset.num_classes, x_train[torch.as_tensor(parts[liar])])
 
-        def channel(inner: TeacherChannel, liar: int | None = liar) -> TeacherChannel:
+        def channel(inner: TeacherChannel, liar: int | None = liar, rigged: torch.nn.Module | None = rigged) -> TeacherChannel:
             cached = CachedScores(inner, probe_cache)
-            return cached if liar is None else ForgedScores(cached, str(liar))
+            if liar is None:
+                return cached
+            # a planted model answers for the liar itself: its replies must not enter the honest teachers' cache
+            return ForgedScores(cached, str(liar)) if rigged is None else Planted(cached, str(liar), rigged, scenario.liar_alone)
 
         results, _ = experiment.run_methods(world, config, progress=False, channel=channel)
         on_record(_record(dataset.name, scenario.name, seed, world, results, liar))
@@ -177,10 +183,11 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     if profile_name not in PROFILES:
         raise QKTError(f"unknown profile '{profile_name}'; choose one of: {', '.join(PROFILES)}")
     profile = PROFILES[profile_name].at_full_size() if whole_dataset else PROFILES[profile_name]
-    scenarios = list(dict.fromkeys(scenarios or ()))  # a name given twice would run, and count, its queries twice
+    # a name given twice would run, and count, its queries twice
+    scenarios = list(dict.fromkeys(n for s in scenarios or () for n in GROUPS.get(s, (s,))))
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
-        raise QKTError(f"unknown scenario(s) {unknown}; choose from: {', '.join(SCENARIOS)}")
+        raise QKTError(f"unknown scenario(s) {unknown}; choose from: {', '.join([*SCENARIOS, *GROUPS])}")
     methods = list(dict.fromkeys(methods or ()))
     datasets = list(dict.fromkeys(datasets or available_datasets(data_root)))
     if "npz" in datasets:

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import diagnostics
-from ..methods import COLLABORATIVE
+from ..methods import COLLABORATIVE, METHODS
 
+QUERY_METHODS = {name for name, m in METHODS.items() if m.runner == "query"}
 METRICS = ["query_accuracy", "local_accuracy", "overall_accuracy", "forgetting", "bytes", "seconds", "teacher_seconds"]
 
 
@@ -34,6 +35,11 @@ def summarize(records: list[dict]) -> dict:
                 rows[m] = {k: mean_std(v) for k, v in values.items()}
                 rows[m]["queries"] = len(results)
                 rows[m]["failed"] = sum("failed" in v["details"] for v in results)
+                liars = [(str(r["false_expert"]), r["methods"][m]) for r in recs if m in r["methods"] and r.get("false_expert") is not None]
+                if liars and m in QUERY_METHODS:
+                    # kept out: distrusted, never made an expert, or the query failed with nobody else to learn from
+                    rows[m]["liar_kept_out"] = sum(all(name not in names for names in v["details"].get("experts", {}).values())
+                                                   for name, v in liars)
             entry = summary.setdefault(ds, {})[name] = {"queries": len(recs), "seeds": sorted({r["seed"] for r in recs}), "rows": rows}
             if "qkt" not in rows:  # a run of baselines alone, to merge with a run of QKT (benchmarks/merge_runs.py)
                 continue

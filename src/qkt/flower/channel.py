@@ -11,7 +11,7 @@ for its own computation. Parties compute on their own machines, so the channel i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -40,12 +40,15 @@ def exchange(grid: Grid, contents: dict[int, RecordDict], kind: str, timeout: fl
     return out
 
 
-def read_probe_replies(replies: dict[int, RecordDict | str], teachers: Sequence[str]
-                       ) -> tuple[dict[str, tuple[np.ndarray, float]], dict[str, int], set[int], dict[str, str]]:
-    """Each teacher's scores and seconds in party order, its node, the querier's own nodes, and the other nodes with why they count for nothing.
+def read_probe_replies(replies: dict[int, RecordDict | str], teachers: Sequence[str], nodes: Mapping[str, int] | None = None
+                       ) -> tuple[dict[str, tuple[np.ndarray | str, float]], dict[str, int], set[int], dict[str, str]]:
+    """Each teacher's scores (or why it refused) and seconds in party order, its node, the querier's own nodes, and the other nodes with why they count for nothing.
 
     A reply that cannot be read, or that names a party which is no teacher of the run
     (an unknown party, or one that already answered), loses its node, not the query.
+    ``nodes`` binds parties to the authenticated SuperNodes that play them (Flower's node
+    ids): a reply naming a bound party from another node is an impostor's, and costs only
+    the impostor its reply.
     """
     scores, node_of, own, strangers = {}, {}, set(), {}
     for node, reply in replies.items():
@@ -57,7 +60,13 @@ def read_probe_replies(replies: dict[int, RecordDict | str], teachers: Sequence[
         except QueryError as exc:
             strangers[f"node {node}"] = str(exc)
             continue
-        if party_scores is None:  # the querier's own SuperNode, in a simulation: not a teacher
+        if nodes and party in nodes and nodes[party] != node:
+            strangers[f"node {node}"] = f"its reply names party '{party}', which is node {nodes[party]}: an impostor"
+            continue
+        refusal = wire.read_refusal(reply)
+        if refusal is not None and party in teachers and party not in scores:
+            scores[party], node_of[party] = (f"refused: {refusal}", 0.0), node
+        elif party_scores is None and refusal is None:  # the querier's own SuperNode, in a simulation: not a teacher
             own.add(node)
         elif party not in teachers or party in scores:
             strangers[f"node {node}"] = f"its reply names party '{party}', which is no teacher of this run or has answered already"
@@ -71,16 +80,20 @@ class FlowerChannel(TeacherChannel):
     """The querier's teachers as Flower SuperNodes reached through ``grid``.
 
     ``teachers`` are the party names of the run other than the querier; ``architecture``
-    builds a blank model of a party's architecture. After the announcement,
+    builds a blank model of a party's architecture; ``nodes`` binds parties to SuperNode ids
+    (:func:`read_probe_replies`). After the announcement,
     ``strangers`` holds the nodes whose replies could not be tied to a teacher, with why.
     """
 
     parallel = True
 
-    def __init__(self, grid: wire.CountingGrid, teachers: Sequence[str], timeout: float, architecture: Callable[[str], nn.Module]):
+    def __init__(self, grid: wire.CountingGrid, teachers: Sequence[str], timeout: float, architecture: Callable[[str], nn.Module],
+                 nodes: Mapping[str, int] | None = None):
         self.grid, self._teachers, self.timeout, self._architecture = grid, tuple(teachers), timeout, architecture
+        self.nodes = dict(nodes or {})
         self.node_of: dict[str, int] = {}
         self.strangers: dict[str, str] = {}
+        self.query_id = ""
 
     @property
     def teachers(self) -> tuple[str, ...]:
@@ -96,15 +109,19 @@ class FlowerChannel(TeacherChannel):
         return sent, received
 
     def announce(self, announcement: Announcement, names: Sequence[str]) -> dict[str, Scores]:
+        self.query_id = wire.query_id(announcement)
         first, nodes = len(self.grid.log), list(self.grid.get_node_ids())
         replies = exchange(self.grid, {n: wire.announce_content(announcement) for n in nodes}, wire.PROBE, self.timeout)
-        scores, self.node_of, _, self.strangers = read_probe_replies(replies, [n for n in names if n in self._teachers])
+        scores, self.node_of, _, self.strangers = read_probe_replies(replies, [n for n in names if n in self._teachers], self.nodes)
         sent, received = self._bytes(first)
         # A teacher that gave no reply cannot be told from the other nodes; each got the same announcement.
         announce_bytes = max(sent.values(), default=0)
         out: dict[str, Scores] = {}
         for name in names:
-            if name in scores:
+            if name in scores and isinstance(scores[name][0], str):
+                node = self.node_of[name]
+                out[name] = Failure(scores[name][0], sent.get(node, 0), received.get(node, 0))
+            elif name in scores:
                 node = self.node_of[name]
                 out[name] = Reply(scores[name][0], scores[name][1], sent.get(node, 0), received.get(node, 0))
             else:
@@ -113,7 +130,7 @@ class FlowerChannel(TeacherChannel):
 
     def fetch_weights(self, names: Sequence[str], half: bool) -> dict[str, Weights]:
         first = len(self.grid.log)
-        request = {self.node_of[k]: RecordDict({"request": ConfigRecord({"half": half})}) for k in names}
+        request = {self.node_of[k]: RecordDict({"request": ConfigRecord({"half": half, "query": self.query_id})}) for k in names}
         replies = exchange(self.grid, request, wire.WEIGHTS, self.timeout)
         sent, received = self._bytes(first)
         out: dict[str, Weights] = {}

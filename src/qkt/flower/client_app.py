@@ -11,16 +11,18 @@ FedProx strategies.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
 from ..baselines.fedavg import round_epochs
 from ..baselines.fedprox import proximal_loss
-from ..query.teacher import answer_probe, export_weights
+from ..errors import ConfigError
+from ..query.messages import Announcement
+from ..query.teacher import Refused, TeacherPolicy, answer_probe, export_weights
 from ..training import cross_entropy_loss, fit, set_threads
 from . import faults, wire
 from .party import Party, Settings, blank_model, load_party, partition_id, read_settings, trained_model
@@ -35,6 +37,34 @@ def _party(context: Context) -> tuple[Party, Settings]:
     return load_party(settings.config, partition_id(context.node_config, settings.config)), settings
 
 
+def policy(node_config: Mapping[str, object]) -> TeacherPolicy:
+    """This party's own privacy policy, from its SuperNode's node config (``qkt-noise``, ``qkt-max-epsilon``,
+    ``qkt-classes`` as "1,4,7", ``qkt-max-query-share``), never from the querier's run config."""
+    try:
+        classes = str(node_config.get("qkt-classes", "")).strip()
+        return TeacherPolicy(noise=str(node_config.get("qkt-noise", "none")),
+                             max_epsilon=float(node_config.get("qkt-max-epsilon", float("inf"))),
+                             classes=tuple(int(c) for c in classes.split(",")) if classes else None,
+                             max_query_share=float(node_config.get("qkt-max-query-share", 1.0)))
+    except ValueError as exc:
+        raise ConfigError(f"this SuperNode's privacy policy (node config qkt-*) is invalid: {exc}") from None
+
+
+def remember_answer(state: RecordDict, announcement: Announcement, scores: Sequence[float]) -> None:
+    """Keep, in the party's run state, which query it last answered and whether its own scores made it an expert."""
+    state["qkt-answered"] = ConfigRecord({"query": wire.query_id(announcement), "expert": announcement.is_expert(scores)})
+
+
+def weights_refusal(state: RecordDict, request: ConfigRecord) -> str | None:
+    """Why this party will not send its weights for ``request``, or None: only for the query it answered last, as an expert."""
+    answered = state["qkt-answered"] if "qkt-answered" in state else None
+    if answered is None or answered["query"] != request.get("query"):
+        return "it answered no announcement of this query"
+    if not answered["expert"]:
+        return "its scores did not make it an expert of the query"
+    return None
+
+
 @app.query("probe")
 def probe(message: Message, context: Context) -> Message:
     """Reply to the announcement with ``s[k, Q]``, computed on this party's own model; the querier's own node abstains."""
@@ -43,13 +73,21 @@ def probe(message: Message, context: Context) -> Message:
         return Message(wire.scores_content(party.name, None), reply_to=message)
     model = trained_model(settings.config, party)
     start = time.perf_counter()
-    scores = answer_probe(model, wire.read_announcement(message.content))
+    announcement = wire.read_announcement(message.content)
+    try:
+        scores = answer_probe(model, announcement, policy=policy(context.node_config))
+    except Refused as exc:
+        return Message(wire.refusal_content(party.name, str(exc)), reply_to=message)
+    remember_answer(context.state, announcement, scores)
     return Message(wire.scores_content(party.name, scores, time.perf_counter() - start), reply_to=message)
 
 
 @app.query("weights")
 def weights(message: Message, context: Context) -> Message:
-    """Send this party's model to the querier, which asked because the probe made it an expert."""
+    """Send this party's model to the querier, for a query this party answered as an expert; refuse otherwise."""
+    refusal = weights_refusal(context.state, message.content["request"])
+    if refusal is not None:
+        return Message(wire.weights_refusal(refusal), reply_to=message)
     party, settings = _party(context)
     model = trained_model(settings.config, party)
     start = time.perf_counter()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,6 +51,9 @@ class Settings:
         SuperNodes to wait for (up to ``reply_timeout``) before announcing the query.
     threads:
         Torch threads of the querier's process (a party sets its own with node config ``threads``).
+    party_nodes:
+        ``party-nodes`` ("1=8214,2=553"): the SuperNode id that plays each party, as the SuperLink
+        authenticated it; a reply naming a party from another node is refused as an impostor's.
     """
 
     config: RunConfig
@@ -58,6 +61,7 @@ class Settings:
     reply_timeout: float
     min_supernodes: int = 0
     threads: int = 1
+    party_nodes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -89,8 +93,12 @@ def read_settings(run_config: Mapping[str, object]) -> Settings:
     if not 0 <= min_supernodes <= parties:  # more would wait out the whole reply-timeout before failing
         raise ConfigError(f"run config 'min-supernodes' is {min_supernodes}: the run has {parties} parties, "
                           f"{parties - 1} besides the querier")
+    try:
+        party_nodes = {str(int(k)): int(v) for k, v in (pair.split("=") for pair in str(run_config.get("party-nodes", "")).split(",") if pair.strip())}
+    except ValueError:
+        raise ConfigError(f"run config 'party-nodes' must read like \"1=8214,2=553\" (party=node id), not {run_config.get('party-nodes')!r}") from None
     return Settings(config, Path(str(run_config.get("output-dir", "qkt-output/flower"))).expanduser(), timeout,
-                    min_supernodes, max(1, int(run_config.get("threads", 1))))
+                    min_supernodes, max(1, int(run_config.get("threads", 1))), party_nodes)
 
 
 def partition_id(node_config: Mapping[str, object], config: RunConfig) -> int:

@@ -49,7 +49,7 @@ def flower_query(grid: wire.CountingGrid, settings: Settings, querier: Party, st
     config, variant = method_settings(settings.config.query, method)
     teachers = [str(k) for k in range(settings.config.partition.num_parties) if k != querier.index]
     channel = FlowerChannel(grid, teachers, settings.reply_timeout,
-                            lambda name: blank_model(settings.config, querier, int(name)))
+                            lambda name: blank_model(settings.config, querier, int(name)), settings.party_nodes)
     model, report = run_query(student, channel, querier.scenario.query, (querier.x, querier.y), config,
                               num_classes=querier.dataset.num_classes, variant=variant, progress=False)
     return model, {**report.to_dict(), "lost": {**report.lost, **channel.strangers}}

@@ -8,6 +8,7 @@ into ``RecordDict`` s and back.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -39,6 +40,28 @@ def scores_content(party: str, scores: np.ndarray | None, seconds: float = 0.0) 
     return RecordDict({"scores": record})
 
 
+def refusal_content(party: str, reason: str) -> RecordDict:
+    """A teacher's refusal of an announcement its own policy does not allow, with why."""
+    return RecordDict({"scores": ConfigRecord({"party": party, "refused": reason})})
+
+
+def weights_refusal(reason: str) -> RecordDict:
+    return RecordDict({"refused": ConfigRecord({"reason": reason})})
+
+
+def query_id(announcement: Announcement) -> str:
+    """The announcement a weights request refers to: the teacher sends weights only for one it answered as an expert."""
+    return hashlib.sha256(announcement.to_bytes()).hexdigest()
+
+
+def read_refusal(content: RecordDict) -> str | None:
+    """Why the replying teacher refused the announcement, or None for an answer."""
+    try:
+        return str(content["scores"]["refused"])
+    except (KeyError, TypeError):
+        return None
+
+
 def read_scores(content: RecordDict) -> tuple[str, np.ndarray | None, float]:
     """The replying party, its scores (``None`` from the querier itself) and the seconds it spent.
 
@@ -62,6 +85,8 @@ def weights_content(arrays: Mapping[str, np.ndarray], seconds: float = 0.0) -> R
 
 
 def read_weights(content: RecordDict) -> tuple[dict[str, np.ndarray], float]:
+    if "refused" in content:
+        raise QueryError(f"refused to send its weights: {content['refused']['reason']}")
     try:
         arrays = {k: a.numpy() for k, a in content["weights"].items()}
         seconds = float(content["cost"]["seconds"]) if "cost" in content else 0.0

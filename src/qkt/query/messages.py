@@ -8,6 +8,7 @@ These objects are the same whatever carries them: a query in one process
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
@@ -32,11 +33,18 @@ class Announcement:
     probe_seed: int = 0
     noise: str = "none"
     epsilon: float = 1.0
+    threshold: float = 0.0  # λ / |C|: the score that makes a teacher an expert, which it checks before sending weights
 
     @classmethod
     def from_config(cls, query: tuple[int, ...], num_classes: int, input_shape: tuple[int, ...], config: QueryConfig) -> Announcement:
         p = config.probe
-        return cls(query, num_classes, input_shape, p.kind, p.num_samples, p.steps, tuple(p.scales), p.seed, p.noise, p.epsilon)
+        return cls(query, num_classes, input_shape, p.kind, p.num_samples, p.steps, tuple(p.scales), p.seed, p.noise, p.epsilon,
+                   config.lam / num_classes)
+
+    def is_expert(self, scores: Sequence[float]) -> bool:
+        """Whether a teacher replying ``scores`` is an expert of this query: a score at the threshold, or above
+        uniform (the querier's fallback for a class nobody reaches it for)."""
+        return any(s >= self.threshold or s > 1.0 / self.num_classes for s in scores)
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()

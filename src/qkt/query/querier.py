@@ -30,7 +30,7 @@ from .channel import TeacherChannel
 from .messages import Announcement, Failure, QueryReport, Reply
 from .phase1 import run_phase1
 from .phase2 import align_weights, refine_head
-from .teacher import answer_probe
+from .teacher import UNLIMITED, answer_probe
 from .transfer import Lesson, TransferSet, build_transfer_set
 from .variant import Variant
 
@@ -86,7 +86,7 @@ def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[
     kept, distrusted = {}, {}
     for name, model in experts.items():
         try:
-            verdict = trust.check_expert(model, scores[name], answer_probe(model, recipe), masks[name], announcement.query, x, y,
+            verdict = trust.check_expert(model, scores[name], answer_probe(model, recipe, policy=UNLIMITED), masks[name], announcement.query, x, y,
                                          lam, config, verify_claims=announcement.probe_kind != "self")
         except Exception as exc:  # noqa: BLE001 - another party's model failing on the checks costs its place, not the query
             distrusted[name] = [f"its model fails on the querier's checks: {type(exc).__name__}: {exc}"]
@@ -215,6 +215,8 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     inputs.check_trainable(student, find_head(student, head))
     seconds: dict[str, float] = {}
     announcement = Announcement.from_config(query, num_classes, tuple(local_x.shape[1:]), config)
+    if not variant.masks:  # every teacher is asked for its weights: the announcement says so, and each teacher agrees to it
+        announcement = replace(announcement, threshold=0.0)
 
     log.info("query %s of %d classes: announcing it to %d teacher(s)", list(query), num_classes, len(channel.teachers))
     start = time.perf_counter()

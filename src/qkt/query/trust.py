@@ -12,10 +12,24 @@ can be checked cheaply at the querier, with no message to anyone:
 3. **agreement on shared classes**: the weights' probe over all of ``C`` says which
    classes the expert knows; on the querier's own labelled samples of those that
    are also its local classes, the expert must be right often enough. A model
-   trained with permuted labels, or garbage, knows classes under wrong names.
+   trained with permuted labels, or garbage, knows classes under wrong names;
+4. **outputs that depend on the input**: on the querier's inputs the expert's softmax
+   must move away from its mean (by ``min_output_spread`` in total variation, on
+   average). A model that says the same thing whatever it is shown carries no
+   knowledge, only its claim;
+5. **two classes at least**: the classes the weights' probe finds, together with those
+   the expert names for a share of the querier's inputs, must be two or more. A model
+   that calls everything the query class (on noise and on the querier's own labelled
+   inputs alike) cannot teach the querier what the query class looks like, only to call
+   everything by it; an honest expert, even one that knows nothing but ``Q``, tells at
+   least two classes apart.
 
-An expert failing 1 or 3 is dropped whole; 2 clears single mask bits, since the
+An expert failing 1, 3, 4 or 5 is dropped whole; 2 clears single mask bits, since the
 weights' own scores are what the querier trusts.
+
+What these checks cannot see: with ``|Q| >= 2``, a model that names a query class for
+every input but still tells the query classes apart looks like an honest expert that
+knows only ``Q`` (``qkt bench``'s ``liar-*`` scenarios measure the planted liars).
 """
 
 from __future__ import annotations
@@ -79,10 +93,25 @@ def shared_class_recall(logits: torch.Tensor, labels: torch.Tensor, known: Seque
     return {c: float((pred[labels == c] == c).float().mean()) for c in shared}
 
 
+MIN_CLASS_SHARE = 0.02  # of the querier's inputs an expert must name a class for, for that class to count as one it tells apart
+
+
+def output_spread(logits: torch.Tensor) -> float:
+    """The mean total-variation distance of each input's softmax from their mean: 0 for a model whose output ignores its input."""
+    probs = torch.softmax(logits.double(), dim=1)
+    return float(0.5 * (probs - probs.mean(0)).abs().sum(1).mean())
+
+
+def told_apart(logits: torch.Tensor, known: Sequence[int]) -> list[int]:
+    """The classes the weights' probe finds, with those the expert names for at least :data:`MIN_CLASS_SHARE` of the inputs."""
+    named = torch.bincount(logits.argmax(1), minlength=logits.shape[1]).double() / max(1, len(logits))
+    return sorted(set(int(c) for c in known) | set(int(c) for c in torch.nonzero(named >= MIN_CLASS_SHARE).flatten()))
+
+
 def check_expert(model: nn.Module, claimed: Sequence[float], full_scores: np.ndarray, mask: np.ndarray,
                  query: Sequence[int], local_x: torch.Tensor, local_y: torch.Tensor, lam: float,
                  config: TrustConfig, verify_claims: bool = True) -> Verdict:
-    """Run the three checks on one received expert.
+    """Run the checks on one received expert.
 
     Parameters
     ----------
@@ -92,7 +121,7 @@ def check_expert(model: nn.Module, claimed: Sequence[float], full_scores: np.nda
         The querier's own data-free probe of the received weights over all of ``C``.
     verify_claims:
         False when ``full_scores`` used another recipe than the reply (the 'self'
-        probe needs the teacher's data): then only checks 1 and 3 run.
+        probe needs the teacher's data): then check 2 does not run.
     local_x, local_y:
         The querier's data the checks look at (see :func:`check_sample`).
     """
@@ -105,6 +134,14 @@ def check_expert(model: nn.Module, claimed: Sequence[float], full_scores: np.nda
     if verify_claims:
         keep, reasons = unsupported_claims(claimed, full_scores[list(query)], mask, query, threshold, config.claim_tolerance)
     known = [int(c) for c in np.flatnonzero(full_scores >= threshold)]
+    spread = output_spread(logits)
+    if spread < config.min_output_spread:
+        return Verdict(np.zeros_like(mask), [f"its outputs hardly depend on the input (they move {spread:.3f} from their mean on the "
+                                             f"querier's inputs, < {config.min_output_spread}): a constant model"])
+    classes = told_apart(logits, known)
+    if len(classes) < 2:
+        return Verdict(np.zeros_like(mask), [f"its weights tell no two classes apart: its probe and the querier's inputs find only "
+                                             f"class(es) {classes}, so it calls everything by its claim"])
     for c, recall in shared_class_recall(logits, local_y, known, num_classes).items():
         if recall < config.min_local_agreement:
             reasons.append(f"its weights claim class {c}, one of the querier's own, but label only {recall:.0%} of the querier's "

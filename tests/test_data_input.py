@@ -42,7 +42,7 @@ class Pairs(Dataset):
 
 def _trained(classes, seed):
     torch.manual_seed(seed)
-    return fit(cnn(IMAGE, C, width=8), _images(classes, 60, seed), epochs=4, seed=seed, progress=False)
+    return fit(cnn(IMAGE, C, width=8), _images(classes, 60, seed), epochs=8, seed=seed, progress=False)
 
 
 @pytest.fixture(scope="module")

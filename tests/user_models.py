@@ -11,8 +11,8 @@ class SmallResNetLike(nn.Module):
     def __init__(self, num_classes: int, channels: int = 1):
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(8, num_classes)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.fc = nn.Linear(32, num_classes)
 
     def forward(self, x):
         return self.fc(self.pool(self.conv(x)))

@@ -83,11 +83,12 @@ def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[
     if recipe.probe_kind == "self":
         recipe = replace(recipe, probe_kind="statistics")
     x, y = trust.check_sample(local_x, local_y, config.max_samples, seed)
+    noise = probe.noise_probes(recipe.input_shape, recipe.probe_samples, recipe.probe_scales, recipe.probe_seed)
     kept, distrusted = {}, {}
     for name, model in experts.items():
         try:
             verdict = trust.check_expert(model, scores[name], answer_probe(model, recipe, policy=UNLIMITED), masks[name], announcement.query, x, y,
-                                         lam, config, verify_claims=announcement.probe_kind != "self")
+                                         lam, config, verify_claims=announcement.probe_kind != "self", probe_x=noise)
         except Exception as exc:  # noqa: BLE001 - another party's model failing on the checks costs its place, not the query
             distrusted[name] = [f"its model fails on the querier's checks: {type(exc).__name__}: {exc}"]
             continue

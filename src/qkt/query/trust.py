@@ -13,12 +13,13 @@ can be checked cheaply at the querier, with no message to anyone:
    classes the expert knows; on the querier's own labelled samples of those that
    are also its local classes, the expert must be right often enough. A model
    trained with permuted labels, or garbage, knows classes under wrong names;
-4. **outputs that depend on the input**: on the querier's inputs the expert's softmax
-   must move away from its mean (by ``min_output_spread`` in total variation, on
-   average). A model that says the same thing whatever it is shown carries no
-   knowledge, only its claim;
+4. **outputs that depend on the input**: on the querier's inputs and the probe's noise
+   inputs the expert's softmax must move away from its mean (by ``min_output_spread``
+   in total variation, on average). A model that says the same thing whatever it is
+   shown carries no knowledge, only its claim. The noise is there because an honest
+   expert may say much the same of every input of classes it never saw;
 5. **two classes at least**: the classes the weights' probe finds, together with those
-   the expert names for a share of the querier's inputs, must be two or more. A model
+   the expert names for a share of those inputs, must be two or more. A model
    that calls everything the query class (on noise and on the querier's own labelled
    inputs alike) cannot teach the querier what the query class looks like, only to call
    everything by it; an honest expert, even one that knows nothing but ``Q``, tells at
@@ -110,7 +111,7 @@ def told_apart(logits: torch.Tensor, known: Sequence[int]) -> list[int]:
 
 def check_expert(model: nn.Module, claimed: Sequence[float], full_scores: np.ndarray, mask: np.ndarray,
                  query: Sequence[int], local_x: torch.Tensor, local_y: torch.Tensor, lam: float,
-                 config: TrustConfig, verify_claims: bool = True) -> Verdict:
+                 config: TrustConfig, verify_claims: bool = True, probe_x: torch.Tensor | None = None) -> Verdict:
     """Run the checks on one received expert.
 
     Parameters
@@ -124,6 +125,8 @@ def check_expert(model: nn.Module, claimed: Sequence[float], full_scores: np.nda
         probe needs the teacher's data): then check 2 does not run.
     local_x, local_y:
         The querier's data the checks look at (see :func:`check_sample`).
+    probe_x:
+        The probe's noise inputs, which checks 4 and 5 look at beside ``local_x``.
     """
     logits = predict_logits(model, local_x)
     if not torch.isfinite(logits).all():
@@ -134,13 +137,14 @@ def check_expert(model: nn.Module, claimed: Sequence[float], full_scores: np.nda
     if verify_claims:
         keep, reasons = unsupported_claims(claimed, full_scores[list(query)], mask, query, threshold, config.claim_tolerance)
     known = [int(c) for c in np.flatnonzero(full_scores >= threshold)]
-    spread = output_spread(logits)
-    if spread < config.min_output_spread:
+    shown = logits if probe_x is None else torch.cat([logits, predict_logits(model, probe_x)])
+    spread = output_spread(shown)
+    if not spread >= config.min_output_spread:  # NaN too: a constant softmax of infinite logits
         return Verdict(np.zeros_like(mask), [f"its outputs hardly depend on the input (they move {spread:.3f} from their mean on the "
-                                             f"querier's inputs, < {config.min_output_spread}): a constant model"])
-    classes = told_apart(logits, known)
+                                             f"querier's and the probe's inputs, < {config.min_output_spread}): a constant model"])
+    classes = told_apart(shown, known)
     if len(classes) < 2:
-        return Verdict(np.zeros_like(mask), [f"its weights tell no two classes apart: its probe and the querier's inputs find only "
+        return Verdict(np.zeros_like(mask), [f"its weights tell no two classes apart: its probe and the inputs it was shown find only "
                                              f"class(es) {classes}, so it calls everything by its claim"])
     for c, recall in shared_class_recall(logits, local_y, known, num_classes).items():
         if recall < config.min_local_agreement:

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("flwr")
 
@@ -22,8 +23,8 @@ from qkt.flower import (  # noqa: E402
     wire,
 )
 from qkt.flower.client_app import train_round  # noqa: E402
-from qkt.flower.federation import run_config  # noqa: E402
-from qkt.flower.party import Settings, blank_model, load_party, partition_id, read_settings  # noqa: E402
+from qkt.flower.federation import querier_settings, run_config  # noqa: E402
+from qkt.flower.party import Settings, blank_model, load_party, partition_id, read_querier_file, read_settings  # noqa: E402
 from qkt.models import build_model  # noqa: E402
 from qkt.query import export_weights, import_weights  # noqa: E402
 from qkt.training import fit  # noqa: E402
@@ -95,23 +96,52 @@ def test_probe_replies_that_do_not_fit_lose_their_node_not_the_query():
 def test_run_config_round_trips_through_toml(tmp_path):
     config = parse_config({"partition": {"num_parties": 7}, "methods": ["local", "qkt", "kd", "fedprox"],
                            "federated": {"local_epochs": 4}, "training": {"epochs": 10}})
-    text = tomli_w.dumps(run_config(config, tmp_path, reply_timeout=30.0), multiline_strings=True)
-    settings = read_settings(tomllib.loads(text))
+    text = tomli_w.dumps(run_config(config, reply_timeout=30.0), multiline_strings=True)
+    settings = read_settings(tomllib.loads(text), querier_settings(config, tmp_path))
     assert settings.config == config
     assert settings.methods == ["local", "qkt", "fedprox"] and settings.skipped == ["kd"]
     assert settings.rounds == 3 and settings.reply_timeout == 30.0 and settings.output_dir == tmp_path.resolve()
+
+
+def test_a_party_receives_the_shared_world_and_none_of_the_queriers_own_settings(tmp_path):
+    config = parse_config({"partition": {"num_parties": 5}, "methods": ["local", "qkt"],
+                           "query": {"lam": 1.7, "trust": {"min_output_spread": 0.2}}})
+    flower_config = run_config(config, reply_timeout=30.0)
+    text = tomli_w.dumps(flower_config, multiline_strings=True)
+    assert str(tmp_path) not in text and "output-dir" not in flower_config
+    assert set(yaml.safe_load(flower_config["qkt-config"])) <= {"data", "partition", "scenario", "training", "federated"}
+    party = read_settings(tomllib.loads(text))  # what a ClientApp reads
+    assert party.config.partition == config.partition and party.config.query != config.query
+
+
+def test_the_querier_reads_its_own_settings_from_its_file(tmp_path, monkeypatch):
+    config = parse_config({"methods": ["local", "qkt"], "query": {"lam": 1.7}})
+    path = tmp_path / "querier.yaml"
+    path.write_text(yaml.safe_dump(querier_settings(config, tmp_path / "out")))
+    monkeypatch.setenv("QKT_QUERIER_CONFIG", str(path))
+    settings = read_settings(run_config(config), read_querier_file())
+    assert settings.config == config and settings.output_dir == (tmp_path / "out").resolve()
+    path.write_text("query: {}\nseed: 3\n")
+    with pytest.raises(ConfigError, match="takes query, methods, output-dir"):
+        read_querier_file()
 
 
 @pytest.mark.parametrize(("run", "message"), [
     ({"qkt-config": "partition: [unclosed"}, "not valid YAML"),
     ({"qkt-config": "partition: {num_partys: 3}"}, "num_partys: unknown key"),
     ({"reply-timeout": 0.0}, "must be positive"),
-    ({"qkt-config": "query: {probe: {kind: self}}"}, "held-out data"),
+    ({"qkt-config": "query: {lam: 2.0}"}, "holds query, which every party would receive"),
+    ({"qkt-config": "methods: [qkt]\noutput: x"}, "holds methods, output"),
     ({"qkt-config": "partition: {num_parties: 4}", "min-supernodes": 5}, "'min-supernodes' is 5: the run has 4 parties"),
 ])
 def test_bad_run_config_names_the_key(run, message):
     with pytest.raises(ConfigError, match=message):
         read_settings(run)
+
+
+def test_a_querier_file_that_cannot_work_is_refused():
+    with pytest.raises(ConfigError, match="held-out data"):
+        read_settings({}, {"query": {"probe": {"kind": "self"}}})
 
 
 def test_a_supernode_must_match_the_partition():
@@ -157,15 +187,19 @@ def test_a_partition_that_cannot_work_fails_before_flower_starts(tmp_path, capsy
 
 
 def test_the_data_root_reaches_every_party_as_an_absolute_path(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # run-config writes querier.yaml here
     assert main(["flower", "run-config", "--data-root", "data"]) == 0
     assert read_settings(tomllib.loads(capsys.readouterr().out)).config.data.root == str(tmp_path.resolve() / "data")
 
 
 def test_cli_prints_a_run_config_flwr_accepts(tmp_path, capsys):
-    assert main(["flower", "run-config", "--parties", "5", "--output", str(tmp_path), "--min-supernodes", "4"]) == 0
-    settings = read_settings(tomllib.loads(capsys.readouterr().out))
-    assert settings.config.partition.num_parties == 5 and settings.min_supernodes == 4
+    querier = tmp_path / "querier.yaml"
+    argv = ["run-config", "--parties", "5", "--output", str(tmp_path), "--min-supernodes", "4", "--querier-file", str(querier)]
+    assert main(["flower", *argv]) == 0
+    out, err = capsys.readouterr()
+    settings = read_settings(tomllib.loads(out), read_querier_file(querier))
+    assert settings.config.partition.num_parties == 5 and settings.min_supernodes == 4 and settings.output_dir == tmp_path.resolve()
+    assert str(tmp_path) not in out and "QKT_QUERIER_CONFIG" in err
 
 
 def test_qkt_core_never_imports_flower():

@@ -16,7 +16,7 @@ pytest.importorskip("flwr")
 from qkt.cli import main  # noqa: E402
 from qkt.config import parse_config  # noqa: E402
 from qkt.experiment import run  # noqa: E402
-from qkt.flower.federation import LocalFederation, read_results, run_config  # noqa: E402
+from qkt.flower.federation import LocalFederation, querier_settings, read_results, run_config  # noqa: E402
 from qkt.flower.party import load_party  # noqa: E402
 from qkt.partition import class_counts  # noqa: E402
 from qkt.training import set_threads  # noqa: E402
@@ -47,7 +47,7 @@ def deploy(tmp_path, config, faults=None, reply_timeout=120.0, secure=False, int
             federation.add_supernode(k, config.partition.num_parties, **({"qkt_fault": faults[k]} if k in faults else {}))
         rogue = federation.add_supernode(teachers[0], config.partition.num_parties, registered=False) if intruder else None
         options = {"min_supernodes": len(teachers), "reply_timeout": reply_timeout}
-        federation.run(run_config(config, tmp_path / "out", **options), timeout=600)
+        federation.run(run_config(config, **options), querier_settings(config, tmp_path / "out"), timeout=600)
         refused = rogue.wait(60) if rogue else None
     return read_results(tmp_path / "out"), teachers, refused
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..config import DEMO, load_config, parse_config
 from ..console import add_verbosity, non_negative_int, positive_float, print_run
 from ..errors import QKTError
+from ..files import atomic_write
 
 
 def _require_flower() -> None:
@@ -59,14 +60,19 @@ def cmd_app_dir(args: argparse.Namespace) -> int:
 def cmd_run_config(args: argparse.Namespace) -> int:
     _require_flower()
     import tomli_w
+    import yaml
 
-    from .federation import run_config
-    from .party import read_settings
+    from .federation import querier_settings, run_config
+    from .party import QUERIER_ENV, read_settings
 
-    options = {"reply_timeout": args.reply_timeout, "min_supernodes": args.min_supernodes}
-    flower_config = run_config(_config(args), args.output, **options)
-    read_settings(flower_config)  # what the app would refuse at start is refused here
+    config = _config(args)
+    flower_config = run_config(config, reply_timeout=args.reply_timeout, min_supernodes=args.min_supernodes)
+    querier = querier_settings(config, args.output)
+    read_settings(flower_config, querier)  # what the app would refuse at start is refused here
+    atomic_write(args.querier_file, yaml.safe_dump(querier, sort_keys=False).encode())
     sys.stdout.write(tomli_w.dumps(flower_config, multiline_strings=True))
+    print(f"wrote {args.querier_file}: the query, methods and output folder, which no party receives; "
+          f"the querier's SuperLink reads it from ${QUERIER_ENV}={args.querier_file.resolve()}", file=sys.stderr)
     return 0
 
 
@@ -95,8 +101,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                   description="Print the folder of qkt's Flower app (its pyproject.toml names the ServerApp and ClientApp), for `flwr run \"$(qkt flower app-dir)\" <superlink> --run-config run.toml`.")
     app_dir.set_defaults(func=cmd_app_dir)
 
-    run_config = commands.add_parser("run-config", help="print a run config (TOML) for `flwr run ... --run-config run.toml`",
-                                     description="Print the Flower run config of a `qkt run` config (TOML): what the querier and every party read when `flwr run` starts the app on a SuperLink. See docs/flower.md.")
+    run_config = commands.add_parser("run-config", help="print a run config (TOML) for `flwr run ... --run-config run.toml` and write the querier's own file",
+                                     description="Print the Flower run config of a `qkt run` config (TOML): the world every party receives when `flwr run` "
+                                                 "starts the app (data, partition, scenario, training, federated). The querier's own settings (query, methods, "
+                                                 "output folder) go to --querier-file, which the ServerApp reads from $QKT_QUERIER_CONFIG on the querier's "
+                                                 "machine and no party receives. See docs/flower.md.")
     common(run_config)
+    run_config.add_argument("--querier-file", type=Path, default=Path("querier.yaml"),
+                            help="where to write the querier's own settings (default: %(default)s)")
     run_config.add_argument("--min-supernodes", type=non_negative_int, default=0, help="SuperNodes to wait for before the query starts (default: %(default)s)")
     run_config.set_defaults(func=cmd_run_config)

@@ -24,6 +24,7 @@ import yaml
 from ..config import RunConfig
 from ..errors import QKTError
 from ..experiment import load_scenario
+from .party import QUERIER_ENV, SHARED_SECTIONS
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 CONNECTION = "qkt-local"
@@ -105,10 +106,15 @@ class LocalFederation:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    @property
+    def querier_file(self) -> Path:
+        """The querier's own settings for the next run, read by the ServerApp the SuperLink starts (``$QKT_QUERIER_CONFIG``)."""
+        return self.workdir / "querier.yaml"
+
+    def spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen:
         """Start a process in its own session (so it is stopped with its children), logging to ``<name>.log``."""
         with open(self.workdir / f"{name}.log", "wb") as out:
-            process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+            process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**self.env, **env}, start_new_session=True)
         self.processes[name] = process
         return process
 
@@ -153,7 +159,7 @@ class LocalFederation:
         # No internet here and qkt is already installed: never let Flower `uv sync` an app's dependencies.
         args = ["flower-superlink", *security, "--host", "127.0.0.1", "--port", str(self.port),
                 "--disable-runtime-dependency-installation"]
-        process = self.spawn("superlink", args + (["--simulation"] if self.simulation else []))
+        process = self.spawn("superlink", args + (["--simulation"] if self.simulation else []), **{QUERIER_ENV: str(self.querier_file)})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -180,8 +186,10 @@ class LocalFederation:
                 "--node-config", " ".join(f"{k}={v}" for k, v in options.items())]
         return self.spawn(name, args)
 
-    def run(self, run_config: Mapping[str, object], timeout: float, num_supernodes: int | None = None) -> str:
-        """``flwr run`` the qkt app with ``run_config`` and wait until the run ends; return its streamed log."""
+    def run(self, run_config: Mapping[str, object], querier: Mapping[str, object], timeout: float,
+            num_supernodes: int | None = None) -> str:
+        """``flwr run`` the qkt app with ``run_config`` (every party's) and ``querier`` (the ServerApp's own); return the streamed log."""
+        self.querier_file.write_text(yaml.safe_dump(dict(querier), sort_keys=False))
         path = self.workdir / "run.toml"
         path.write_text(tomli_w.dumps(dict(run_config), multiline_strings=True))
         args = ["flwr", "run", str(APP_DIR), CONNECTION, "--run-config", str(path), "--stream"]
@@ -217,10 +225,16 @@ class LocalFederation:
             process.wait()
         self.processes.clear()
 
-def run_config(config: RunConfig, output: Path, **options: object) -> dict[str, object]:
-    """The Flower run config for ``config``: the qkt config as YAML, the output folder, and app options (``reply_timeout=…``)."""
-    return {"qkt-config": yaml.safe_dump(config.model_dump(exclude_defaults=True), sort_keys=False), "output-dir": str(Path(output).resolve()),
-            **{k.replace("_", "-"): v for k, v in options.items()}}
+def run_config(config: RunConfig, **options: object) -> dict[str, object]:
+    """The Flower run config, which every party receives: the world they share (``qkt-config``) and app options (``reply_timeout=…``)."""
+    world = {k: v for k, v in config.model_dump(exclude_defaults=True).items() if k in SHARED_SECTIONS}
+    return {"qkt-config": yaml.safe_dump(world, sort_keys=False), **{k.replace("_", "-"): v for k, v in options.items()}}
+
+
+def querier_settings(config: RunConfig, output: Path) -> dict[str, object]:
+    """What only the querier's ServerApp reads (``$QKT_QUERIER_CONFIG``): its query settings, its methods and its output folder."""
+    return {"query": config.query.model_dump(exclude_defaults=True), "methods": list(config.methods),
+            "output-dir": str(Path(output).resolve())}
 
 
 def read_results(output: Path) -> dict:
@@ -244,5 +258,6 @@ def simulate(config: RunConfig, output: Path, timeout: float = 3600.0, **options
     logs = output / "flower-logs"
     logs.mkdir(parents=True, exist_ok=True)
     with LocalFederation(logs, simulation=True) as federation:
-        federation.run(run_config(config, output, **options), timeout, num_supernodes=config.partition.num_parties)
+        federation.run(run_config(config, **options), querier_settings(config, output), timeout,
+                       num_supernodes=config.partition.num_parties)
     return read_results(output)

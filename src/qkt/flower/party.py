@@ -1,7 +1,10 @@
 """One party of a Flower federation: the run's settings, and the party's own data and model.
 
 Every process of the app (the querier's ServerApp, each SuperNode's ClientApp)
-reads the same run config. A party derives the benchmark's partition from the
+receives the same Flower run config, so it carries only the world every party shares
+(data, partition, scenario, training, federated). The querier's own settings (the
+query, the methods, its output folder) stay on its machine, in the file named by
+``QKT_QUERIER_CONFIG`` that only the ServerApp reads. A party derives the benchmark's partition from the
 shared data set and keeps only its own share (``partition-id`` in its node
 config), exactly as :func:`qkt.experiment.build_world` does in one process, so
 a query over Flower and the in-process run of the same seed see the same data
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +35,10 @@ from ..models import build_model
 from ..partition import Scenario
 from ..training import checkpoint_key, fit, load_checkpoint, save_checkpoint
 
+QUERIER_ENV = "QKT_QUERIER_CONFIG"
+SHARED_SECTIONS = ("data", "partition", "scenario", "training", "federated")
+QUERIER_KEYS = ("query", "methods", "output-dir")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -39,11 +47,11 @@ class Settings:
     Attributes
     ----------
     config:
-        The qkt experiment (``qkt-config``: the YAML of a ``qkt run`` config). Of its
-        ``methods``, the app runs those in :mod:`qkt.methods` marks ``flower``; FedAvg and FedProx
-        take ``federated.local_epochs`` and ``federated.prox_mu`` from it.
+        The qkt experiment: the shared world of ``qkt-config`` with, at the querier, its own
+        ``query`` and ``methods``. Of the methods, the app runs those :mod:`qkt.methods` marks
+        ``flower``; FedAvg and FedProx take ``federated.local_epochs`` and ``federated.prox_mu``.
     output_dir:
-        Where the querier writes ``results.json``, ``results.md`` and the chart.
+        Where the querier writes ``results.json``, ``results.md`` and the chart (its file's ``output-dir``).
     reply_timeout:
         Seconds the querier waits for the replies of one exchange; a party that
         has not answered by then is reported as lost.
@@ -78,14 +86,25 @@ class Settings:
         return num_rounds(self.config.training.epochs, self.config.federated.local_epochs)
 
 
-def read_settings(run_config: Mapping[str, object]) -> Settings:
-    """Validate a Flower run config; raise :class:`~qkt.errors.ConfigError` naming the bad key."""
+def read_settings(run_config: Mapping[str, object], querier: Mapping[str, object] | None = None) -> Settings:
+    """Validate a Flower run config and, at the querier, its own settings; raise :class:`~qkt.errors.ConfigError` naming the bad key.
+
+    ``querier`` holds ``query``, ``methods`` and ``output-dir`` (:func:`read_querier_file`);
+    a party reads the run config alone and gets the defaults, which it never uses.
+    """
     text = str(run_config.get("qkt-config", ""))
     try:
         raw = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"run config 'qkt-config' is not valid YAML: {exc}") from None
-    config = parse_config(raw, "run config 'qkt-config'")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"run config 'qkt-config' must be a mapping of config sections, not {type(raw).__name__}")
+    private = sorted(set(raw) - set(SHARED_SECTIONS))
+    if private:  # every party receives the run config: the querier's trust thresholds would tell a liar what to pass
+        raise ConfigError(f"run config 'qkt-config' holds {', '.join(private)}, which every party would receive; it takes only "
+                          f"{', '.join(SHARED_SECTIONS)}: the query and methods go in the querier's own file (${QUERIER_ENV})")
+    querier = dict(querier or {})
+    config = parse_config({**raw, **{k: querier[k] for k in ("query", "methods") if k in querier}}, "run config 'qkt-config'")
     timeout = float(run_config.get("reply-timeout", 600.0))
     if timeout <= 0:
         raise ConfigError(f"run config 'reply-timeout' must be positive, not {timeout:g}")
@@ -97,8 +116,23 @@ def read_settings(run_config: Mapping[str, object]) -> Settings:
         party_nodes = {str(int(k)): int(v) for k, v in (pair.split("=") for pair in str(run_config.get("party-nodes", "")).split(",") if pair.strip())}
     except ValueError:
         raise ConfigError(f"run config 'party-nodes' must read like \"1=8214,2=553\" (party=node id), not {run_config.get('party-nodes')!r}") from None
-    return Settings(config, Path(str(run_config.get("output-dir", "qkt-output/flower"))).expanduser(), timeout,
+    return Settings(config, Path(str(querier.get("output-dir", "qkt-output/flower"))).expanduser(), timeout,
                     min_supernodes, max(1, int(run_config.get("threads", 1))), party_nodes)
+
+
+def read_querier_file(path: str | os.PathLike | None = None) -> dict[str, object]:
+    """The querier's own settings (``query``, ``methods``, ``output-dir``) from ``path``, else from ``$QKT_QUERIER_CONFIG``; {} if neither is set."""
+    path = path if path is not None else os.environ.get(QUERIER_ENV)
+    if not path:
+        return {}
+    try:
+        settings = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"the querier's settings file {path} (${QUERIER_ENV}) cannot be read: {exc}") from None
+    if not isinstance(settings, dict) or set(settings) - set(QUERIER_KEYS):
+        unknown = sorted(set(settings) - set(QUERIER_KEYS)) if isinstance(settings, dict) else settings
+        raise ConfigError(f"the querier's settings file {path} takes {', '.join(QUERIER_KEYS)}, not {unknown}")
+    return settings
 
 
 def partition_id(node_config: Mapping[str, object], config: RunConfig) -> int:

@@ -32,7 +32,7 @@ from ..report import write_outputs
 from ..training import per_class_accuracy, set_threads
 from . import wire
 from .channel import FlowerChannel
-from .party import Party, Settings, blank_model, load_party, read_settings, trained_model
+from .party import Party, Settings, blank_model, load_party, read_querier_file, read_settings, trained_model
 
 app = ServerApp()
 log = logging.getLogger(__name__)
@@ -138,8 +138,8 @@ def log_with_flower() -> None:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """The querier's entry point under ``flwr run``: run, then write the outputs to ``output-dir``."""
-    settings = read_settings(context.run_config)
+    """The querier's entry point under ``flwr run``: run, then write the outputs to its file's ``output-dir``."""
+    settings = read_settings(context.run_config, read_querier_file())
     set_threads(settings.threads)
     log_with_flower()
     try:

@@ -210,9 +210,9 @@ def test_qkt_core_never_imports_flower():
 
 
 def test_flower_commands_say_how_to_install_flower(monkeypatch, capsys):
-    import qkt.flower.cli
+    import qkt.cli.flower
 
-    monkeypatch.setattr(qkt.flower.cli.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(qkt.cli.flower.importlib.util, "find_spec", lambda name: None)
     assert main(["flower", "simulate"]) == 2
     assert 'pip install "qkt[flower]"' in capsys.readouterr().err
 

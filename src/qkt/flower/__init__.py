@@ -7,5 +7,7 @@
 - :mod:`~qkt.flower.federation`: a SuperLink and SuperNodes on this machine, and ``flwr run``;
 - :mod:`~qkt.flower.faults`: rehearsed failures of a teacher.
 
+The `qkt flower` commands are in :mod:`qkt.cli.flower`.
+
 Importing this package needs ``pip install "qkt[flower]"``; qkt's core never imports it.
 """

@@ -1,4 +1,8 @@
-"""The ``qkt`` command: a thin layer over :mod:`qkt.experiment` and :mod:`qkt.data`."""
+"""The ``qkt`` command: a thin layer over :mod:`qkt.experiment` and :mod:`qkt.data`.
+
+The command line is the only part of qkt that prints: :mod:`.console` holds what the
+commands print and their argument types, :mod:`.flower` the ``qkt flower`` commands.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,14 @@ import time
 import warnings
 from pathlib import Path
 
-from .config import DEMO, RunConfig, commented_yaml, load_config, parse_config
+from ..config import DEMO, RunConfig, commented_yaml, load_config, parse_config
+from ..errors import QKTError
 from .console import add_verbosity, configure_logging, positive_int, print_run
-from .errors import QKTError
 
 
 def _run(config: RunConfig, output: Path | None, quiet: bool, resume: bool = True, device: str | None = None) -> int:
-    from .experiment import run
-    from .training import set_threads
+    from ..experiment import run
+    from ..training import set_threads
 
     if device is not None:
         config = config.model_copy(update={"training": config.training.model_copy(update={"device": device})})
@@ -53,7 +57,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import dataset_names, download, load_dataset
+    from ..data import dataset_names, download, load_dataset
 
     if args.data_path and args.action != "info":
         raise QKTError(f"--data-path names a file for 'qkt data info' to read; 'qkt data {args.action}' does not read one")
@@ -71,9 +75,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
-    from .files import check_output
-    from .training import set_threads
+    from ..bench import run_bench
+    from ..files import check_output
+    from ..training import set_threads
 
     check_output(args.output)
     set_threads(args.threads)
@@ -147,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--size", type=positive_int, default=None, help="image side: a MedMNIST file's size (28, 64, 128, 224), or an imagefolder's resize")
     data.set_defaults(func=cmd_data)
 
-    from .flower.cli import add_parser as add_flower_parser  # imports no Flower until a flower command runs
+    from .flower import add_parser as add_flower_parser  # imports no Flower until a flower command runs
 
     add_flower_parser(sub)
     return parser
@@ -167,6 +171,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: {hint}" if hint else "interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

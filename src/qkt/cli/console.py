@@ -12,8 +12,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from .partition import format_holdings
-from .report import describe_scenario, format_table
+from ..partition import format_holdings
+from ..report import describe_scenario, format_table
 
 T = TypeVar("T", int, float)
 

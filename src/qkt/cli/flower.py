@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from ..config import DEMO, load_config, parse_config
-from ..console import add_verbosity, non_negative_int, positive_float, print_run
 from ..errors import QKTError
 from ..files import atomic_write
+from .console import add_verbosity, non_negative_int, positive_float, print_run
 
 
 def _require_flower() -> None:
@@ -36,7 +36,7 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .federation import simulate
+    from ..flower.federation import simulate
 
     _require_flower()
     config = _config(args)
@@ -51,7 +51,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_app_dir(args: argparse.Namespace) -> int:
-    from .federation import APP_DIR
+    from ..flower.federation import APP_DIR
 
     print(APP_DIR)
     return 0
@@ -62,8 +62,8 @@ def cmd_run_config(args: argparse.Namespace) -> int:
     import tomli_w
     import yaml
 
-    from .federation import querier_settings, run_config
-    from .party import QUERIER_ENV, read_settings
+    from ..flower.federation import querier_settings, run_config
+    from ..flower.party import QUERIER_ENV, read_settings
 
     config = _config(args)
     flower_config = run_config(config, reply_timeout=args.reply_timeout, min_supernodes=args.min_supernodes)

@@ -230,3 +230,21 @@ def test_a_failed_start_stops_what_it_had_started(tmp_path, monkeypatch):
     with pytest.raises(QKTError, match="did not listen"), LocalFederation(tmp_path):
         pass
     assert started[0].poll() is not None  # no SuperLink outlives a failed start
+
+
+def test_a_flower_party_keeps_out_what_in_process_training_keeps_out_and_scores_itself_on_it():
+    from qkt.experiment import load_scenario, training_shares
+    from qkt.query.messages import Announcement
+    from qkt.query.teacher import answer_probe
+
+    config = parse_config({"partition": {"num_parties": 4, "alpha": 0.2, "holdout": 0.1}, "training": {"epochs": 1},
+                           "query": {"probe": {"kind": "self"}}})
+    dataset, scenario = load_scenario(config)
+    shares, held = training_shares(config, dataset, scenario)
+    teacher = next(k for k in range(4) if k != scenario.querier)
+    party = load_party(config, teacher)
+    assert len(party.training[1]) == len(shares[teacher]) and len(party.holdout[1]) == len(held[teacher])
+    assert len(party.y) == len(scenario.parts[teacher])  # the whole share stays the party's data
+    announcement = Announcement.from_config(scenario.query, dataset.num_classes, dataset.input_shape, config.query)
+    scores = answer_probe(blank_model(config, party), announcement, party.holdout)
+    assert scores.shape == (len(scenario.query),)

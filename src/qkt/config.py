@@ -60,7 +60,7 @@ class ProbeConfig(Section):
     kind: Literal["statistics", "noise", "self"] = Field(
         "statistics",
         description="'statistics': noise refined to match each teacher's BatchNorm statistics; 'noise': plain Gaussian probes; "
-        "'self': teachers score themselves on held-out data (Python API only: qkt.Teacher(model, holdout=...))",
+        "'self': teachers score themselves on held-out data (partition.holdout; in the Python API qkt.Teacher(model, holdout=...))",
     )
     steps: NonNegative = Field(100, description="refinement steps of the 'statistics' probe")
     num_samples: Positive = Field(512, description="probe inputs per noise scale")
@@ -209,6 +209,9 @@ class PartitionConfig(Section):
     kind: Literal["dirichlet", "k_classes"] = Field("dirichlet", description="label skew: Dirichlet(alpha) shares per class, or k classes per party")
     alpha: Rate = Field(0.1, description="Dirichlet concentration: smaller is more skewed")
     classes_per_party: Positive = Field(2, description="k of k_classes")
+    holdout: Annotated[Finite, Field(ge=0, lt=1)] = Field(
+        0.0, description="share of each party's samples of each class kept out of its own training, for query.probe.kind 'self' "
+                         "to score itself on (0.1 is a usual choice)")
     seed: NonNegative = 0
 
 
@@ -258,10 +261,9 @@ class RunConfig(Section):
     def _query_fits(self) -> RunConfig:
         if self.scenario.querier is not None and self.scenario.querier >= self.partition.num_parties:
             raise ValueError(f"scenario.querier={self.scenario.querier} but there are only {self.partition.num_parties} parties")
-        if self.query.probe.kind == "self":
-            raise ValueError("query.probe.kind 'self' needs each teacher's held-out data, which qkt run, qkt bench and the "
-                             "Flower app do not set aside; use 'statistics' or 'noise', or the Python API with "
-                             "qkt.Teacher(model, holdout=...)")
+        if self.query.probe.kind == "self" and not self.partition.holdout:
+            raise ValueError("query.probe.kind 'self' needs each teacher's held-out data: set partition.holdout (e.g. 0.1), "
+                             "the share of its samples each party keeps out of its training to score itself on")
         return self
 
 

@@ -63,6 +63,8 @@ class World:
     y_test: torch.Tensor
     scenario: partition.Scenario
     models: list[nn.Module]
+    # Each party's samples kept out of its training (partition.holdout), which the 'self' probe scores it on.
+    holdouts: list[np.ndarray] = field(default_factory=list)
     # Federated baselines train one global model per partition; a benchmark shares them across its queriers.
     global_models: dict[str, FederatedResult] = field(default_factory=dict)
     # Test-set outputs of models that no query changes (parties, global models), computed once and shared.
@@ -76,6 +78,13 @@ class World:
     @property
     def teachers(self) -> dict[str, nn.Module]:
         return {str(k): m for k, m in enumerate(self.models) if k != self.scenario.querier}
+
+    def held_out(self, party: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The samples party ``party`` kept out of its training, or None when it kept none."""
+        if not self.holdouts or not len(self.holdouts[party]):
+            return None
+        idx = torch.as_tensor(self.holdouts[party])
+        return self.x_train[idx], self.y_train[idx]
 
 
 def make_partition(config: RunConfig, labels: np.ndarray) -> list[np.ndarray]:
@@ -123,12 +132,18 @@ def training_settings(training: TrainingConfig, device: torch.device) -> dict:
     return settings
 
 
+def training_shares(config: RunConfig, dataset: DataSet, scenario: partition.Scenario) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each party's samples it trains on, and those it keeps out (``partition.holdout`` of each class) for the 'self' probe."""
+    return partition.hold_out(dataset.y_train, scenario.parts, config.partition.holdout, config.partition.seed)
+
+
 def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scenario, dataset: DataSet,
                   checkpoints: Path | None, progress: bool, resume: bool = True) -> list[nn.Module]:
-    """Train every party's model on its own data and checkpoint it; with ``resume``, reuse a checkpoint of the same party."""
+    """Train every party's model on its own training share and checkpoint it; with ``resume``, reuse a checkpoint of the same party."""
     x_train, y_train = world_data
     t = config.training
     device = resolve_device(t.device)
+    shares, _ = training_shares(config, dataset, scenario)
     models = []
     log.info("training the %d parties' models (%s, %d epochs), or reusing their checkpoints", len(scenario.parts), t.arch, t.epochs)
     bar = tqdm(range(len(scenario.parts)), desc="local training", unit="party", disable=not progress)
@@ -136,7 +151,7 @@ def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scen
         arch = party_arch(config, k, scenario.querier)
         torch.manual_seed(t.seed * 1000 + k)
         model = build_model(arch, dataset.input_shape, dataset.num_classes).to(device)
-        idx = scenario.parts[k]
+        idx = shares[k]
         key = checkpoint_key(dataset.name, dataset.digest, arch, training_settings(t, device), idx)
         path = checkpoints / f"party{k}-{arch}-{key}.pt" if checkpoints else None
         if path is None or not (resume and load_checkpoint(model, path)):
@@ -162,7 +177,7 @@ def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bo
     dataset, scenario = load_scenario(config, dataset)
     x_train, y_train, x_test, y_test = dataset.normalized()
     models = train_parties(config, (x_train, y_train), scenario, dataset, checkpoints, progress, resume)
-    return World(dataset, x_train, y_train, x_test, y_test, scenario, models)
+    return World(dataset, x_train, y_train, x_test, y_test, scenario, models, training_shares(config, dataset, scenario)[1])
 
 
 T = TypeVar("T")
@@ -204,7 +219,8 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
     truth = true_experts(world, config)
     all_weights = sum(num_bytes(m) for m in world.teachers.values())
     # Simulated teachers: CachedScores has each compute every class's score once, which a real teacher's policy would refuse.
-    teachers: TeacherChannel = InProcessChannel({k: Teacher(m, policy=UNLIMITED) for k, m in world.teachers.items()})
+    teachers: TeacherChannel = InProcessChannel({k: Teacher(m, holdout=world.held_out(int(k)), policy=UNLIMITED)
+                                                 for k, m in world.teachers.items()})
     if channel is not None:
         teachers = channel(teachers)
     results: dict[str, MethodResult] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,3 +163,24 @@ def format_holdings(counts: np.ndarray, querier: int | None = None, query: tuple
     if query:
         rows.append("(q = querier, * = query class)")
     return "\n".join(rows)
+
+
+def hold_out(labels: np.ndarray, parts: Sequence[np.ndarray], share: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Split each party's samples into those it trains on and those it keeps out, ``share`` of each class it holds.
+
+    A class held at least twice keeps one sample out or more, so a party's held-out set
+    covers every class it could be an expert of; ``share = 0`` keeps nothing out. Each
+    party draws from its own seeded stream, so its split does not move when another
+    party's samples change (a querier losing its few samples of ``Q``).
+    """
+    if share <= 0:
+        return list(parts), [part[:0] for part in parts]
+    train, held = [], []
+    for k, part in enumerate(parts):
+        rng = np.random.default_rng([seed, k])
+        out = [members[:max(1, round(share * len(members)))] for c in np.unique(labels[part])
+               if len(members := rng.permutation(part[labels[part] == c])) >= 2]
+        kept_out = np.sort(np.concatenate(out)) if out else part[:0]
+        train.append(part[~np.isin(part, kept_out)])
+        held.append(kept_out)
+    return train, held

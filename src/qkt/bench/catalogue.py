@@ -21,6 +21,8 @@ from ..data import DataSet
 from ..methods import ABLATIONS, BASELINES, QKT, REFERENCES
 from .liars import KINDS as LIARS
 
+SELF_PROBE_HOLDOUT = 0.1
+
 
 @dataclass(frozen=True)
 class BenchScenario:
@@ -36,6 +38,7 @@ class BenchScenario:
     liar: str | None = None  # a planted liar (qkt.bench.liars.KINDS) in place of the false expert's teacher
     liar_alone: bool = False  # the liar is the only teacher reached
     methods: tuple[str, ...] | None = None  # the scenario's methods when --methods does not name them (default: the profile's)
+    self_probe: bool = False  # each party keeps SELF_PROBE_HOLDOUT of each class out of its training and scores itself on it
 
 
 SCENARIOS = {s.name: s for s in [
@@ -51,6 +54,8 @@ SCENARIOS = {s.name: s for s in [
                     f"'{kind}' liar (qkt.bench.liars), {'the only teacher' if place == 'alone' else 'beside the honest teachers'}",
                     liar=kind, liar_alone=place == "alone", methods=("local", "qkt"))
       for kind in LIARS for place in ("alone", "beside")],
+    BenchScenario("self-probe", f"the single-class queries with the 'self' probe: each party keeps {SELF_PROBE_HOLDOUT:.0%} of each class "
+                  "out of its training and scores itself on it", self_probe=True),
 ]}
 GROUPS = {"liars": tuple(name for name, s in SCENARIOS.items() if s.liar)}  # --scenario liars: every planted liar, both ways
 
@@ -139,6 +144,9 @@ def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed
     raw["scenario"] = {"query_size": multi_query_size(c) if scenario.query_size == "multi" else 1}
     raw["training"] = {**raw.get("training", {}), "seed": seed, **({"device": device} if device else {})}
     raw["query"] = {**raw.get("query", {}), "seed": seed}
+    if scenario.self_probe:
+        raw["partition"]["holdout"] = SELF_PROBE_HOLDOUT
+        raw["query"]["probe"] = {**raw["query"].get("probe", {}), "kind": "self"}
     raw["methods"] = list(methods or scenario.methods or BASELINES + QKT + (
         ABLATIONS if scenario.ablations and profile.ablations_for(dataset.name) else []) + REFERENCES)
     return parse_config(raw, f"bench {dataset.name}/{scenario.name}")

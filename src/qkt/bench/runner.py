@@ -107,7 +107,9 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
         models = list(base_models)
         if scen.removed:  # the querier lost its few samples of Q: retrain it alone, from its own checkpoint if any
             models[q] = experiment.train_parties(config, (x_train, y_train), scen, dataset, checkpoints, False)[q]
-        world = experiment.World(dataset, x_train, y_train, x_test, y_test, scen, models, global_models, test_probs)
+        world = experiment.World(dataset, x_train, y_train, x_test, y_test, scen, models,
+                                 holdouts=experiment.training_shares(config, dataset, scen)[1], global_models=global_models,
+                                 test_probs=test_probs)
         liar = false_expert(scen, dataset.y_train, dataset.num_classes) if scenario.forged_teacher or scenario.liar else None
         rigged = None if liar is None or scenario.liar is None else plant(
             scenario.liar, models[liar], scen.query, dataset.num_classes, x_train[torch.as_tensor(parts[liar])])

@@ -75,7 +75,7 @@ def probe(message: Message, context: Context) -> Message:
     start = time.perf_counter()
     announcement = wire.read_announcement(message.content)
     try:
-        scores = answer_probe(model, announcement, policy=policy(context.node_config))
+        scores = answer_probe(model, announcement, party.holdout, policy=policy(context.node_config))
     except Refused as exc:
         return Message(wire.refusal_content(party.name, str(exc)), reply_to=message)
     remember_answer(context.state, announcement, scores)

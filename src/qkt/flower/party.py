@@ -29,7 +29,7 @@ from ..config import RunConfig, parse_config
 from ..data import DataSet
 from ..data.base import cache_dir
 from ..errors import ConfigError
-from ..experiment import load_scenario, party_arch
+from ..experiment import load_scenario, party_arch, training_shares
 from ..methods import METHODS
 from ..models import build_model
 from ..partition import Scenario
@@ -148,7 +148,12 @@ def partition_id(node_config: Mapping[str, object], config: RunConfig) -> int:
 
 @dataclass
 class Party:
-    """One party's share of the world: its own training data and, once trained, its own model."""
+    """One party's share of the world: its own data, the part of it it trains on, and the test set.
+
+    ``x, y`` are the whole share (the querier's data for its query; a FedAvg client's
+    data); its own model trains on ``training``, the share less the samples it keeps out
+    (``partition.holdout``), which are ``holdout`` and which the 'self' probe scores it on.
+    """
 
     index: int
     dataset: DataSet
@@ -156,6 +161,8 @@ class Party:
     x: torch.Tensor
     y: torch.Tensor
     test: tuple[torch.Tensor, torch.Tensor]
+    training: tuple[torch.Tensor, torch.Tensor]
+    holdout: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def name(self) -> str:
@@ -174,12 +181,14 @@ def _world(data_and_partition: str) -> tuple[DataSet, Scenario, tuple[torch.Tens
 
 
 def load_party(config: RunConfig, index: int | None = None) -> Party:
-    """Party ``index`` (default: the querier of the run's scenario), holding only its own training share."""
+    """Party ``index`` (default: the querier of the run's scenario), holding only its own share, split as in-process training splits it."""
     key = json.dumps({k: getattr(config, k).model_dump() for k in ("data", "partition", "scenario")}, sort_keys=True)
     dataset, scenario, (x_train, y_train, x_test, y_test) = _world(key)
     index = scenario.querier if index is None else index
-    own = torch.as_tensor(scenario.parts[index])
-    return Party(index, dataset, scenario, x_train[own], y_train[own], (x_test, y_test))
+    shares, held = (idx[index] for idx in training_shares(config, dataset, scenario))
+    own, trains, keeps_out = (torch.as_tensor(idx) for idx in (scenario.parts[index], shares, held))
+    holdout = (x_train[keeps_out], y_train[keeps_out]) if len(keeps_out) else None
+    return Party(index, dataset, scenario, x_train[own], y_train[own], (x_test, y_test), (x_train[trains], y_train[trains]), holdout)
 
 
 def blank_model(config: RunConfig, party: Party, index: int | None = None) -> nn.Module:
@@ -197,7 +206,7 @@ def trained_model(config: RunConfig, party: Party) -> nn.Module:
                          t.model_dump(), party.index)
     path = cache_dir() / "flower-parties" / f"party{party.index}-{key}.pt"
     if not load_checkpoint(model, path):
-        fit(model, (party.x, party.y), t.epochs, t.lr, t.batch_size, t.weight_decay,
+        fit(model, party.training, t.epochs, t.lr, t.batch_size, t.weight_decay,
             seed=t.seed * 1000 + party.index, augment=t.augment, progress=False)
         save_checkpoint(model, path)
     return model.eval()

@@ -30,7 +30,7 @@ class BenchScenario:
 
     name: str
     description: str
-    query_size: str = "single"  # "single": |Q| = 1; "multi": |Q| = 3 for 10 classes, scaled with |C|
+    query_size: str | int = "single"  # "single": |Q| = 1; "multi": |Q| = 3 for 10 classes, scaled with |C|; or |Q| itself
     partition: str = "dirichlet"  # "dirichlet" (SPEC §5), "one-holder" or "three-holders" (k classes per party)
     query_from_one_teacher: bool = False
     forged_teacher: bool = False
@@ -44,6 +44,7 @@ class BenchScenario:
 SCENARIOS = {s.name: s for s in [
     BenchScenario("single", "Dirichlet(α) label skew; |Q| = 1 drawn among classes the querier holds < 10 samples of (SPEC §5)", ablations=True),
     BenchScenario("multi", "as single, |Q| = 3 for 10 classes (scaled with |C|)", query_size="multi"),
+    *[BenchScenario(f"multi-{size}", f"as single, |Q| = {size} (CIFAR-100's multi-class queries)", query_size=size) for size in (5, 10)],
     BenchScenario("one-teacher-many-classes", "every class held by one party (|C|/2 parties × 2 classes); Q = both classes of one other party, "
                   "so one teacher is the expert of several query classes", partition="one-holder", query_from_one_teacher=True),
     BenchScenario("many-teachers-one-class", "|C| parties × 3 classes, every class held by 3 parties; |Q| = 1, "
@@ -107,13 +108,15 @@ _IMAGES = {
 }
 _DIGITS = {"training": {"arch": "mlp", "epochs": 30}}
 _STANDARD = ("single", "multi")
+_MANY_CLASSES = ("single", "multi-5", "multi-10")  # 0.3 × 100 classes would ask for 30 at once
+_REVIEWERS = ("one-teacher-many-classes", "many-teachers-one-class", "false-expert")
 PROFILES = {
-    "quick": Profile(seeds=1, max_queriers=2, scenarios={"default": _STANDARD},
+    "quick": Profile(seeds=1, max_queriers=2, scenarios={"default": _STANDARD, "cifar100": _MANY_CLASSES},
                      settings={"digits": _DIGITS, "default": _IMAGES}),
     # SPEC §5: every eligible party queries once per seed, three seeds. The first seed's first two
     # queriers are 'quick''s, so a full run resumes from a quick one in the same folder.
     # On images the ablations run in 'quick' (the first seed) only: each costs as much as a query.
-    "full": Profile(seeds=3, max_queriers=None, scenarios={"digits": tuple(SCENARIOS), "default": _STANDARD},
+    "full": Profile(seeds=3, max_queriers=None, scenarios={"digits": _STANDARD + _REVIEWERS, "default": _STANDARD, "cifar100": _MANY_CLASSES},
                     settings={"digits": _DIGITS, "default": _IMAGES}, ablations={"digits": True, "default": False}),
     # The ablations on every querier of the first seed of 'full' (whose trained parties it shares).
     "ablations": Profile(seeds=1, max_queriers=None, scenarios={"default": ("single",)},
@@ -141,7 +144,7 @@ def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed
         raw["partition"] = {"num_parties": c // 2, "kind": "k_classes", "classes_per_party": 2, "seed": seed}
     elif scenario.partition == "three-holders":
         raw["partition"] = {"num_parties": c, "kind": "k_classes", "classes_per_party": 3, "seed": seed}
-    raw["scenario"] = {"query_size": multi_query_size(c) if scenario.query_size == "multi" else 1}
+    raw["scenario"] = {"query_size": {"single": 1, "multi": multi_query_size(c)}.get(scenario.query_size, scenario.query_size)}
     raw["training"] = {**raw.get("training", {}), "seed": seed, **({"device": device} if device else {})}
     raw["query"] = {**raw.get("query", {}), "seed": seed}
     if scenario.self_probe:

@@ -1,6 +1,11 @@
 """Is one method's accuracy different from QKT's, query by query? Paired statistics over bench.json files.
 
     python benchmarks/paired.py docs/results/bench/whole-first-epoch-*/bench.json --method qkt_whole_first_epoch
+    python benchmarks/paired.py new/bench.json --method qkt --against-run old/bench.json   # one method, two versions
+
+With ``--against-run``, the reference is ``--against`` as another run recorded it for the
+same query (data set, scenario, seed, querier and ``Q``): the same method before and after
+a change of qkt, on the same parties.
 
 Every query of ``qkt bench`` runs each method on the same parties, so the fair comparison is
 the difference per query: its mean, a bootstrap 95% interval of that mean and the Wilcoxon
@@ -19,14 +24,20 @@ import numpy as np
 from scipy.stats import bootstrap, wilcoxon
 
 
-def differences(paths: list[Path], method: str, against: str, metric: str) -> dict[str, np.ndarray]:
-    """``method`` minus ``against`` per query, in points, keyed by 'dataset scenario'."""
+def query_key(record: dict) -> tuple:
+    return record["dataset"], record["scenario"], record["seed"], record["querier"], tuple(record["query"])
+
+
+def differences(paths: list[Path], method: str, against: str, metric: str, against_run: Path | None = None) -> dict[str, np.ndarray]:
+    """``method`` minus ``against`` (of the same record, or of ``against_run``'s record of the same query) per query, in points."""
+    reference = None if against_run is None else {query_key(r): r["methods"] for r in json.loads(against_run.read_text())["records"]}
     groups: dict[str, list[float]] = {}
     for path in paths:
         for record in json.loads(path.read_text())["records"]:
             runs = record["methods"]
-            if method in runs and against in runs:
-                groups.setdefault(f"{record['dataset']} {record['scenario']}", []).append(100 * (runs[method][metric] - runs[against][metric]))
+            base = runs if reference is None else reference.get(query_key(record), {})
+            if method in runs and against in base:
+                groups.setdefault(f"{record['dataset']} {record['scenario']}", []).append(100 * (runs[method][metric] - base[against][metric]))
     return {k: np.array(v) for k, v in groups.items()}
 
 
@@ -45,13 +56,15 @@ def main() -> None:
     parser.add_argument("--method", required=True, help="the method to compare, e.g. qkt_whole_first_epoch")
     parser.add_argument("--against", default="qkt", help="the reference method (default: qkt)")
     parser.add_argument("--metric", default="overall_accuracy", choices=["overall_accuracy", "query_accuracy", "local_accuracy"])
+    parser.add_argument("--against-run", type=Path, default=None,
+                        help="bench.json of another run whose --against is the reference, matched query by query")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     args = parser.parse_args()
-    groups = differences(args.bench_json, args.method, args.against, args.metric)
+    groups = differences(args.bench_json, args.method, args.against, args.metric, args.against_run)
     if not groups:
         parser.error(f"no query ran both {args.method} and {args.against}")
     rng = np.random.default_rng(args.seed)
-    print(f"{args.method} - {args.against}, {args.metric}:")
+    print(f"{args.method} - {args.against}{'' if args.against_run is None else f' of {args.against_run}'}, {args.metric}:")
     for name, diff in groups.items():
         print(f"  {name:24s} {summary(diff, rng)}")
     print(f"  {'all':24s} {summary(np.concatenate(list(groups.values())), rng)}")

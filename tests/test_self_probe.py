@@ -35,14 +35,14 @@ def test_each_party_keeps_a_share_of_every_class_it_holds_twice_out_of_training(
     labels = np.array([0] * 20 + [1] * 10 + [2] * 1 + [3] * 40)
     parts = [np.arange(0, 31), np.arange(31, 71)]
     train, held = hold_out(labels, parts, 0.1, seed=0)
-    for part, t, h in zip(parts, train, held):
+    for part, t, h in zip(parts, train, held, strict=True):
         assert not np.intersect1d(t, h).size and np.array_equal(np.sort(np.concatenate([t, h])), part)
     assert np.bincount(labels[held[0]], minlength=4).tolist() == [2, 1, 0, 0]  # the class held once stays in training
     assert np.bincount(labels[held[1]], minlength=4).tolist() == [0, 0, 0, 4]
     # another party's samples changing (a querier losing its few samples of Q) leaves this party's split alone
     assert np.array_equal(hold_out(labels, [parts[0][:-5], parts[1]], 0.1, seed=0)[1][1], held[1])
     untouched, nothing = hold_out(labels, parts, 0.0, seed=0)
-    assert all(t is p for t, p in zip(untouched, parts)) and not any(len(h) for h in nothing)
+    assert all(t is p for t, p in zip(untouched, parts, strict=True)) and not any(len(h) for h in nothing)
 
 
 def test_the_self_probe_needs_a_holdout():

@@ -289,7 +289,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS, help="data sets to measure (default: all)")
     parser.add_argument("--accuracy", nargs="*", default=["digits", "npz"], choices=DATASETS,
                         help="data sets on which QKT runs for each λ (default: digits npz; none: discovery only)")
-    parser.add_argument("--accuracy-queries", type=int, default=None, help="on image data sets, QKT on the first N queries of a seed only, as the quick profile's 2 (default: all)")
+    parser.add_argument("--accuracy-queries", type=int, default=None, help="where the parties train the CNN (the image data sets but digits), QKT on the first N queries of a seed only, "
+                             "as the quick profile runs 2 (default: all)")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="probe kinds (default: all)")
     parser.add_argument("--data-root", default=os.environ.get("QKT_DATA_ROOT"), help="folder of the data files (default: $QKT_DATA_ROOT)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the results go (default: docs/results/discovery)")
@@ -326,7 +327,7 @@ def main() -> None:
                 write()
             if name in args.accuracy:
                 world = Seed(world_config(profile, dataset, "statistics", seed, args.data_root, path), dataset, args.work / "checkpoints")
-                if dataset.is_image:
+                if world.config.training.arch == "cnn":  # a query there takes minutes
                     world.queries = world.queries[:args.accuracy_queries]
                 with tqdm(total=len(world.queries) * len(LAMBDAS), desc=f"{name} seed {seed}: QKT per λ", unit="run") as bar:
                     for scenario in world.queries:

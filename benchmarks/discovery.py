@@ -16,8 +16,9 @@ of the class; ``diagnostics.expert_discovery``). No query is trained for this pa
 
 For the data sets given to ``--accuracy`` QKT itself runs (``experiment.run_methods``,
 methods Local and QKT, the default probe) for each λ on every query: its overall
-accuracy, forgetting and the queries that found no expert (scored as the querier's
-unchanged model, as the bench scores them).
+accuracy, forgetting and the queries that failed: no expert found, or every expert
+distrusted by the querier's checks (scored as the querier's unchanged model, as the
+bench scores them).
 
 ``npz`` is a synthetic tabular set made here, deterministically, with scikit-learn:
 ``make_classification(n_samples=8000, n_features=20, n_informative=12, n_redundant=4,
@@ -187,7 +188,7 @@ def mean(values: list) -> float | None:
 
 def summarize(discovery: list[dict], accuracy: list[dict], lambdas: tuple[float, ...]) -> tuple[list[dict], list[dict]]:
     """Per data set, probe kind and λ: mean precision (over queries that found an expert), mean recall, queries without one;
-    per data set and λ: QKT's mean overall accuracy, forgetting and failed queries."""
+    per data set and λ: QKT's mean overall accuracy, forgetting and failed queries (no expert, or every expert distrusted)."""
     found_rows = []
     for name in dict.fromkeys(r["dataset"] for r in discovery):
         for kind in dict.fromkeys(r["probe"] for r in discovery if r["dataset"] == name):
@@ -225,9 +226,10 @@ def markdown(found_rows: list[dict], accuracy_rows: list[dict], lambdas: tuple[f
             cells = [f"{fmt(r['precision'])} / {fmt(r['recall'])}" + (f", {r['no_expert']} none" if r["no_expert"] else "") for r in sel]
             lines.append(f"| {name} | {kind} | {sel[0]['queries']} | {fmt(sel[0]['true_experts'], '.1f')} | " + " | ".join(cells) + " |")
     if accuracy_rows:
-        lines += ["", "QKT (statistics probe) for each λ on every query: mean overall accuracy (Local's beside it), forgetting in "
-                  "points, and the queries that found no expert (scored as the querier's unchanged model).", "",
-                  "| data set | λ | queries | Local overall | QKT overall | QKT query acc | forgetting | no expert |",
+        lines += ["", "QKT (statistics probe) for each λ: mean overall accuracy (Local's beside it), forgetting in points, and "
+                  "the queries that failed, finding no expert or only experts the querier's checks distrust (scored as the "
+                  "querier's unchanged model, as the bench scores them).", "",
+                  "| data set | λ | queries | Local overall | QKT overall | QKT query acc | forgetting | failed |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in accuracy_rows:
             lines.append(f"| {r['dataset']} | {r['lambda']:g} | {r['queries']} | {fmt(r['local_overall_accuracy'], '.3f')} | "

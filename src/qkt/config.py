@@ -141,6 +141,17 @@ class QueryConfig(Section):
         "none", description="after Phase 2, 'weight_aligning' rescales the head's rows of the query classes to the mean norm of "
                             "the rows of the querier's own classes (Zhao et al. 2020), so that neither group's logits dominate"
     )
+    expert_depth: Literal["none", "agreement"] = Field(
+        "none", description="'agreement': each expert's say on the query classes of a transfer input is weighted by how well it "
+                            "knows the class the input is made of (its agreement with the querier's labels on the querier's "
+                            "own classes; 1 on the query classes it is an expert in); where it knows nothing, the querier's "
+                            "own output stands in, so an expert says nothing about inputs of classes it never saw"
+    )
+    gate: Literal["none", "query_mass"] = Field(
+        "none", description="'query_mass': the result keeps the original model and routes an input to the query-trained one "
+                            "only where that one puts more than a threshold of its probability on the query classes; the "
+                            "threshold best separates the querier's own inputs from the synthetic query-class inputs"
+    )
     lr: Rate = Field(1e-3, description="Adam learning rate of Phase 1")
     head_lr: Rate = Field(5e-3, description="Adam learning rate of Phase 2 (the head alone)")
     batch_size: BatchSize = Field(64, description="mini-batch of Phases 1 and 2")

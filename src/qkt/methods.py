@@ -69,6 +69,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("kd", "KD (all teachers)", "kd", collaborative=True),
     Method("oracle", "Oracle (experts' data)", "oracle"),
     _qkt("qkt_weight_aligning", "QKT, weight aligning", {"head_correction": "weight_aligning"}, lever=True),
+    _qkt("qkt_out_of_depth", "QKT, experts out of their depth", {"expert_depth": "agreement"}, lever=True),
+    _qkt("qkt_gated", "QKT, gated to the original", {"gate": "query_mass"}, lever=True),
     _qkt("qkt", "QKT", ablation=False),
     _qkt("qkt_light", "QKT Light", {"light": True}, ablation=False),
     _qkt("qkt_no_masks", "QKT, no masks", variant={"masks": False}),

@@ -27,6 +27,7 @@ from ..models import find_head
 from ..training import Amp, model_device, resolve_device
 from . import inputs, probe, trust
 from .channel import TeacherChannel
+from .gate import gate
 from .messages import Announcement, Failure, QueryReport, Reply
 from .phase1 import run_phase1
 from .phase2 import align_weights, refine_head
@@ -121,6 +122,9 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Vari
           amp: Amp | None = None) -> tuple[nn.Module, dict[str, float], TransferSet, int]:
     """Build the transfer set, then Phase 1 and Phase 2 on a copy of ``student``; with each step's seconds.
 
+    With ``config.gate``, the result is a :class:`~qkt.query.gate.GatedModel` of a copy of
+    ``student`` and the trained copy; fitting its gate counts in Phase 2's seconds.
+
     Everything runs on ``device`` (default: the student's), where the copy is returned;
     ``amp``: mixed precision of the two phases' training steps (:func:`qkt.training.fit`).
     """
@@ -143,8 +147,11 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Vari
     if config.head_correction == "weight_aligning":
         own = torch.bincount(lesson.local_y, minlength=int(lesson.local_y.max()) + 1).nonzero().flatten().tolist()
         align_weights(new, lesson.query, [c for c in own if c not in lesson.query], head)
+    result = new.eval()
+    if config.gate == "query_mass":
+        result = gate(original, new, transfer.x, len(lesson.local_y), num_synthetic, lesson.query, transfer.targets.shape[1])
     seconds["phase2"] = time.perf_counter() - start
-    return new.eval(), seconds, transfer, num_synthetic
+    return result, seconds, transfer, num_synthetic
 
 
 def _wall(measured: float, replies: Mapping[str, Reply | Failure], parallel: bool) -> float:

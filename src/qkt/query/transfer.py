@@ -38,6 +38,7 @@ def combine_targets(
     experts: Mapping[str, torch.Tensor],
     masks: Mapping[str, np.ndarray],
     query: Sequence[int],
+    depth: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The distillation target of SPEC §2, class by class.
 
@@ -49,6 +50,11 @@ def combine_targets(
         ``(N, C)`` probabilities of each teacher whose model was received.
     masks:
         ``masks[k][j]`` is True iff teacher ``k`` is an expert in ``query[j]``.
+    depth:
+        Optional ``(N,)`` weight in ``[0, 1]`` per expert (:func:`expert_depth`): how far
+        each input lies within what the expert knows. An expert's probability of ``c``
+        then counts for that share, the querier's own for the rest. None: every expert
+        counts fully.
 
     For ``c`` in the query the target is the mean of the experts' probabilities of
     ``c`` (the querier's own if ``c`` has no expert); the remaining mass is shared
@@ -57,7 +63,8 @@ def combine_targets(
     query = list(query)
     target = torch.zeros_like(own)
     for j, c in enumerate(query):
-        speakers = [experts[k][:, c] for k, m in masks.items() if m[j] and k in experts]
+        speakers = [experts[k][:, c] if depth is None else depth[k] * experts[k][:, c] + (1 - depth[k]) * own[:, c]
+                    for k, m in masks.items() if m[j] and k in experts]
         target[:, c] = torch.stack(speakers).mean(0) if speakers else own[:, c]
     query_mass = target[:, query].sum(1, keepdim=True)
     excess = query_mass.clamp_min(1.0)
@@ -68,6 +75,51 @@ def combine_targets(
     own_rest = own[:, rest]
     target[:, rest] = own_rest / own_rest.sum(1, keepdim=True).clamp_min(1e-12) * (1 - query_mass)
     return target
+
+
+def origins(classes: torch.Tensor, x: synth.Mixed, num_classes: int) -> torch.Tensor:
+    """``(N, C)``: the class each transfer input is made of, from how it was made.
+
+    ``classes`` holds, for the unmixed inputs of ``x``, the querier's label of each own
+    input and the class each synthetic input was inverted for; a mixup is made of its
+    two inputs in the proportions of its weight.
+    """
+    unmixed = F.one_hot(classes.cpu(), num_classes).float()
+    weight = x.weight.float()[:, None]
+    return torch.cat([unmixed, weight * unmixed[x.i] + (1 - weight) * unmixed[x.j]])
+
+
+def expert_depth(origin: torch.Tensor, local_y: torch.Tensor, experts: Mapping[str, torch.Tensor],
+                 masks: Mapping[str, np.ndarray], query: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Per expert and transfer input, how far the input lies within what the expert knows, in ``[0, 1]``.
+
+    Parameters
+    ----------
+    origin:
+        ``(N, C)`` class each input is made of (:func:`origins`).
+    local_y:
+        The querier's labels of its own inputs, the first ``len(local_y)`` of the ``N``.
+    experts:
+        ``(N, C)`` probabilities of each expert on the same inputs.
+    masks, query:
+        As for :func:`combine_targets`.
+
+    An expert knows one of the querier's classes as far as it agrees with the querier's
+    labels on the querier's own inputs of it (the share it labels alike); it knows a query
+    class iff its mask bit is set. An input's weight is that knowledge averaged over the
+    classes it is made of (``origin``): an expert's query-class opinion of an input of a
+    class it never saw then counts for nothing.
+    """
+    n, num_classes = len(local_y), origin.shape[1]
+    held = torch.bincount(local_y, minlength=num_classes)
+    query = list(query)
+    depth = {}
+    for name, probs in experts.items():
+        agree = probs[:n].argmax(1).cpu() == local_y
+        known = torch.bincount(local_y[agree], minlength=num_classes) / held.clamp_min(1)
+        known[query] = torch.as_tensor(masks[name], dtype=known.dtype)
+        depth[name] = (origin @ known.to(origin)).clamp(0, 1)
+    return depth
 
 
 @dataclass
@@ -169,18 +221,23 @@ def build_transfer_set(original: nn.Module, lesson: Lesson, config: QueryConfig,
     """
     local_x, local_y = lesson.local_x, lesson.local_y
     input_shape = tuple(local_x.shape[1:])
-    synthetic = []
+    synthetic, made_for = [], [local_y]
     if config.inversion.enabled and config.inversion.samples_per_class:
         for i, (name, model) in enumerate(lesson.experts.items()):
             classes = [c for c, names in lesson.by_class.items() if name in names]
             per_class = max(1, config.inversion.samples_per_class // max(len(lesson.by_class[c]) for c in classes))
-            x, _ = synth.invert(model, classes, input_shape, config.inversion, seed=config.seed * 1000 + i,
+            x, y = synth.invert(model, classes, input_shape, config.inversion, seed=config.seed * 1000 + i,
                                 num_per_class=per_class, desc=f"inverting expert {name}" if progress else None)
             synthetic.append(x)
+            made_for.append(y.cpu())
     device = model_device(original)
     x_synth = [torch.cat(synthetic).to(device)] if synthetic else []
     x = synth.with_mixups([local_x, *x_synth], config.mixup, config.mixup_alpha, config.seed, device)
     own = softmax_outputs(original, x, config.temperature)
     outputs = {name: softmax_outputs(model, x, config.temperature).to(device) for name, model in lesson.experts.items()}
-    targets = combine_targets(own, outputs, lesson.masks, lesson.query)
+    depth = None
+    if config.expert_depth == "agreement":
+        origin = origins(torch.cat(made_for), x, own.shape[1]).to(device)
+        depth = expert_depth(origin, local_y, outputs, lesson.masks, lesson.query)
+    targets = combine_targets(own, outputs, lesson.masks, lesson.query, depth)
     return TransferSet.querier_first(x, targets, local_y), sum(len(t) for t in x_synth)

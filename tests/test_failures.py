@@ -66,7 +66,7 @@ def test_bench_tables_count_failed_queries_and_say_they_score_as_local():
     assert row["overall_accuracy"][0] == pytest.approx(0.7)  # the failed query counts as Local's 0.5
     tables = format_tables(summary)
     assert "| QKT (1 of 2 failed) |" in tables
-    assert "QKT in 1 of 2. A failed query leaves the querier its own model, so it scores as Local" in tables
+    assert "QKT in 1 of 2. A failed query leaves the querier its own model, so the means above count it as Local" in tables
     assert "(1 of 2 failed, scored as Local)" in format_headline(summary)
     rows = {r["method"]: r for r in csv.DictReader(io.StringIO(format_csv(summary)))}
     assert {m: r["failed_queries"] for m, r in rows.items()} == {"local": "0", "ensemble": "0", "qkt": "1"}

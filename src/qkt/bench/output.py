@@ -58,7 +58,8 @@ def format_tables(summary: dict) -> str:
             failed = [f"{display(m)} in {row['failed']} of {row['queries']}" for m, row in s["rows"].items() if row.get("failed")]
             if failed:
                 lines += ["", "Queries that failed (no expert found, or every expert distrusted or lost): " + ", ".join(failed)
-                          + ". A failed query leaves the querier its own model, so it scores as Local in the means above."]
+                          + ". A failed query leaves the querier its own model, so the means above count it as Local: Local's "
+                          "accuracies, no bytes and no seconds (what its probe cost before it failed is not recorded)."]
             against = (f"QKT vs the mean of the collaborative methods that ran ({', '.join(display(m) for m in COLLABORATIVE if m in s['gain_over'])}): "
                        f"{s['gain_over_collaborative_mean']:+.1f} points; vs the best of them ({display(s['best_collaborative'])}): "
                        f"{s['gain_over_best_collaborative']:+.1f} points; " if "best_collaborative" in s else "")

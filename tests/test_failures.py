@@ -83,7 +83,7 @@ def test_bench_tables_show_a_method_that_cannot_run_as_n_a_with_its_reason_and_l
     assert "fedavg" not in s["gain_over"] and s["best_collaborative"] == "ensemble"
     assert s["gain_over_collaborative_mean"] == pytest.approx(100 * (0.85 - 0.6))
     tables = format_tables(summary)
-    assert f"| FedAvg | n/a: {reason} |" in tables and "nan" not in tables
+    assert f"| FedAvg | n/a — {reason} |" in tables and "nan" not in tables
     assert "collaborative methods that ran (Ensemble)" in tables
     rows = {r["method"]: r for r in csv.DictReader(io.StringIO(format_csv(summary)))}
     assert rows["fedavg"]["not_applicable"] == reason and rows["fedavg"]["overall_accuracy_mean"] == ""

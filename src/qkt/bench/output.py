@@ -45,7 +45,7 @@ def format_tables(summary: dict) -> str:
                       "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for m, row in s["rows"].items():
                 if "not_applicable" in row:
-                    lines.append(f"| {display(m)} | n/a: {row['not_applicable']} |" + " — |" * len(METRICS))
+                    lines.append(f"| {display(m)} | n/a — {row['not_applicable']} |" + " — |" * len(METRICS))
                     continue
                 gain = f"{s['gain_over'][m]:+.1f}" if m in s.get("gain_over", {}) else "—"
                 count = [f"{row['queries']} queries"] if row["queries"] != s["queries"] else []

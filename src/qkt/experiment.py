@@ -120,6 +120,18 @@ def party_arch(config: RunConfig, party: int, querier: int) -> str:
     return config.training.arch if party == querier or not archs else archs[party % len(archs)]
 
 
+def federated_not_applicable(config: RunConfig, num_parties: int, querier: int | None = None) -> str | None:
+    """Why one global model (FedAvg, FedProx, FedGen) cannot stand for the parties, or None if they share one architecture.
+
+    ``querier`` None: whichever party queries (it keeps ``training.arch``, the teachers cycle through ``training.teacher_archs``).
+    """
+    queriers = range(num_parties) if querier is None else [querier]
+    archs = sorted({party_arch(config, k, q) for q in queriers for k in range(num_parties)})
+    if len(archs) < 2:
+        return None
+    return f"one global model needs one architecture; the parties use {', '.join(archs)}"
+
+
 def training_settings(training: TrainingConfig, device: torch.device) -> dict:
     """What names a party's checkpoint: the training settings, with the device and mixed precision only where they are not the CPU's defaults.
 
@@ -225,10 +237,13 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
         teachers = channel(teachers)
     results: dict[str, MethodResult] = {}
     reports: dict[str, dict] = {}
+    not_applicable = federated_not_applicable(config, len(s.parts), s.querier)
     for method in config.methods:
         log.info("running %s", method)
         runner = METHODS[method].runner
-        if runner == "local":
+        if runner == "federated" and not_applicable:  # a row saying why, not a silent gap in the tables
+            results[method] = MethodResult(method, *[float("nan")] * 4, details={"not_applicable": not_applicable})
+        elif runner == "local":
             results[method] = unchanged
         elif runner == "oracle":
             continue  # after QKT, whose experts it learns from
@@ -257,7 +272,7 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
                                               num_classes=world.dataset.num_classes, variant=variant, progress=progress,
                                               amp=config.training.amp)
             except QueryError as exc:  # a failed query leaves the querier with its own model: score that, say why
-                results[method] = score(method, before, local_before, test_counts, s.query, s.local_classes, details={"failed": str(exc)})
+                results[method] = score(method, before, local_before, test_counts, s.query, s.local_classes, details={"failed": str(exc), "scored_as": "local"})
                 continue
             reports[method] = report.to_dict()
             results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,

@@ -39,12 +39,20 @@ class BenchScenario:
     liar_alone: bool = False  # the liar is the only teacher reached
     methods: tuple[str, ...] | None = None  # the scenario's methods when --methods does not name them (default: the profile's)
     self_probe: bool = False  # each party keeps SELF_PROBE_HOLDOUT of each class out of its training and scores itself on it
+    teacher_archs: tuple[str, ...] | None = None  # the teachers' models, cycled over the parties; the querier keeps the profile's
+    headline: str | None = None  # its row's name in the headline table; None: not in the headline
 
 
+MIXED = ("cnn", "resnet", "mlp")  # qkt's small CNN, its CIFAR-style ResNet-8 and an MLP on the pixels
 SCENARIOS = {s.name: s for s in [
-    BenchScenario("single", "Dirichlet(α) label skew; |Q| = 1 drawn among classes the querier holds < 10 samples of (SPEC §5)", ablations=True),
-    BenchScenario("multi", "as single, |Q| = 3 for 10 classes (scaled with |C|)", query_size="multi"),
-    *[BenchScenario(f"multi-{size}", f"as single, |Q| = {size} (CIFAR-100's multi-class queries)", query_size=size) for size in (5, 10)],
+    BenchScenario("single", "Dirichlet(α) label skew; |Q| = 1 drawn among classes the querier holds < 10 samples of (SPEC §5)", ablations=True,
+                  headline="single-class"),
+    BenchScenario("multi", "as single, |Q| = 3 for 10 classes (scaled with |C|)", query_size="multi", headline="multi-class"),
+    *[BenchScenario(f"multi-{size}", f"as single, |Q| = {size} (CIFAR-100's multi-class queries)", query_size=size,
+                    headline=f"multi-class, |Q| = {size}") for size in (5, 10)],
+    BenchScenario("mixed-architectures", f"as single, with teachers of different models: they cycle through {', '.join(MIXED)} over the "
+                  "parties, the querier keeps the profile's; one global model needs one architecture, so FedAvg, FedProx and FedGen "
+                  "cannot run", teacher_archs=MIXED, headline="mixed architectures, single-class"),
     BenchScenario("one-teacher-many-classes", "every class held by one party (|C|/2 parties × 2 classes); Q = both classes of one other party, "
                   "so one teacher is the expert of several query classes", partition="one-holder", query_from_one_teacher=True),
     BenchScenario("many-teachers-one-class", "|C| parties × 3 classes, every class held by 3 parties; |Q| = 1, "
@@ -145,7 +153,8 @@ def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed
     elif scenario.partition == "three-holders":
         raw["partition"] = {"num_parties": c, "kind": "k_classes", "classes_per_party": 3, "seed": seed}
     raw["scenario"] = {"query_size": {"single": 1, "multi": multi_query_size(c)}.get(scenario.query_size, scenario.query_size)}
-    raw["training"] = {**raw.get("training", {}), "seed": seed, **({"device": device} if device else {})}
+    raw["training"] = {**raw.get("training", {}), "seed": seed, **({"device": device} if device else {}),
+                       **({"teacher_archs": list(scenario.teacher_archs)} if scenario.teacher_archs else {})}
     raw["query"] = {**raw.get("query", {}), "seed": seed}
     if scenario.self_probe:
         raw["partition"]["holdout"] = SELF_PROBE_HOLDOUT

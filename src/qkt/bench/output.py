@@ -44,16 +44,23 @@ def format_tables(summary: dict) -> str:
                       "| method | query acc | local acc | overall acc | forgetting | bytes | seconds | teachers' s | Δ overall |",
                       "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for m, row in s["rows"].items():
+                if "not_applicable" in row:
+                    lines.append(f"| {display(m)} | n/a — {row['not_applicable']} |" + " — |" * len(METRICS))
+                    continue
                 gain = f"{s['gain_over'][m]:+.1f}" if m in s.get("gain_over", {}) else "—"
-                count = "" if row["queries"] == s["queries"] else f" ({row['queries']} queries)"
-                lines.append(f"| {display(m)}{count} | " + " | ".join(_cell(k, *row[k]) for k in METRICS) + f" | {gain} |")
+                count = [f"{row['queries']} queries"] if row["queries"] != s["queries"] else []
+                count += [f"{row['failed']} of {row['queries']} failed"] if row["failed"] else []
+                lines.append(f"| {display(m)}{' (' + '; '.join(count) + ')' if count else ''} | "
+                             + " | ".join(_cell(k, *row[k]) for k in METRICS) + f" | {gain} |")
             kept_out = [f"{display(m)} in {row['liar_kept_out']} of {row['queries']}" for m, row in s["rows"].items() if "liar_kept_out" in row]
             if kept_out:
                 lines += ["", "Queries where the lying teacher was kept out (distrusted, or never an expert): " + ", ".join(kept_out) + "."]
-            failed = [f"{display(m)} in {row['failed']}" for m, row in s["rows"].items() if row["failed"]]
+            failed = [f"{display(m)} in {row['failed']} of {row['queries']}" for m, row in s["rows"].items() if row.get("failed")]
             if failed:
-                lines += ["", "Queries that failed (no expert found; scored as the querier's unchanged model): " + ", ".join(failed) + "."]
-            against = (f"QKT vs the mean of the collaborative methods ({', '.join(display(m) for m in COLLABORATIVE if m in s['rows'])}): "
+                lines += ["", "Queries that failed (no expert found, or every expert distrusted or lost): " + ", ".join(failed)
+                          + ". A failed query leaves the querier its own model, so the means above count it as Local: Local's "
+                          "accuracies, no bytes and no seconds (what its probe cost before it failed is not recorded)."]
+            against = (f"QKT vs the mean of the collaborative methods that ran ({', '.join(display(m) for m in COLLABORATIVE if m in s['gain_over'])}): "
                        f"{s['gain_over_collaborative_mean']:+.1f} points; vs the best of them ({display(s['best_collaborative'])}): "
                        f"{s['gain_over_best_collaborative']:+.1f} points; " if "best_collaborative" in s else "")
             forgets = f"QKT forgets {s['qkt_forgetting_points']:.1f} points." if "qkt_forgetting_points" in s else "QKT did not run."
@@ -94,14 +101,15 @@ def format_headline(summary: dict) -> str:
              "| oracle's gain recovered |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for ds, scenarios in summary.items():
-        for name in ("single", "multi"):
-            if name not in scenarios or "best_collaborative" not in scenarios[name]:
+        for name, scenario in SCENARIOS.items():
+            if scenario.headline is None or name not in scenarios or "best_collaborative" not in scenarios[name]:
                 continue
             s = scenarios[name]
             rows = s["rows"]
             mean_collab = rows["qkt"]["overall_accuracy"][0] - s["gain_over_collaborative_mean"] / 100
             best = s["best_collaborative"]
-            lines.append(f"| {ds} | {'single-class' if name == 'single' else 'multi-class'} | {rows['qkt']['overall_accuracy'][0]:.3f} | "
+            failed = f" ({rows['qkt']['failed']} of {rows['qkt']['queries']} failed, scored as Local)" if rows["qkt"]["failed"] else ""
+            lines.append(f"| {ds} | {scenario.headline} | {rows['qkt']['overall_accuracy'][0]:.3f}{failed} | "
                          f"{mean_collab:.3f} | {rows[best]['overall_accuracy'][0]:.3f} ({display(best)}) | "
                          f"{s['gain_over_collaborative_mean']:+.1f} | {s['gain_over_best_collaborative']:+.1f} | "
                          f"{s['qkt_forgetting_points']:.1f} pts | {_share(s.get('recovered_share', {}).get('of_means'))} |")
@@ -112,33 +120,49 @@ def format_csv(summary: dict) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["dataset", "scenario", "queries", "method"] + [f"{m}_{k}" for m in METRICS for k in ("mean", "std")]
-                    + ["qkt_gain_overall_points"])
+                    + ["qkt_gain_overall_points", "failed_queries", "not_applicable"])
     for ds, scenarios in summary.items():
         for name, s in scenarios.items():
             for m, row in s["rows"].items():
+                if "not_applicable" in row:
+                    writer.writerow([ds, name, s["queries"], m] + [""] * (2 * len(METRICS) + 2) + [row["not_applicable"]])
+                    continue
                 writer.writerow([ds, name, s["queries"], m] + [f"{v:.6g}" for k in METRICS for v in row[k]]
-                                + [f"{s['gain_over'][m]:.3f}" if m in s.get("gain_over", {}) else ""])
+                                + [f"{s['gain_over'][m]:.3f}" if m in s.get("gain_over", {}) else "", row["failed"], ""])
     return buffer.getvalue()
 
 
 def plot(summary: dict, path: Path) -> None:
-    """Overall accuracy (mean ± std) of every method, one panel per data set, one bar group per scenario."""
+    """Overall accuracy (mean ± std) of every method, one panel per data set, one bar group per scenario.
+
+    A method that cannot run in a scenario has no bar but "n/a"; one whose queries failed in part is hatched.
+    """
     datasets = list(summary)
     fig, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.6 * len(datasets)), squeeze=False)
+    hatched = False
     for ax, ds in zip(axes[:, 0], datasets, strict=True):
         scenarios = list(summary[ds])
         methods = list(dict.fromkeys(m for s in scenarios for m in summary[ds][s]["rows"]))
         width = 0.85 / len(methods)
         for i, m in enumerate(methods):
-            means = [summary[ds][s]["rows"].get(m, {}).get("overall_accuracy", (np.nan, 0))[0] for s in scenarios]
-            stds = [summary[ds][s]["rows"].get(m, {}).get("overall_accuracy", (0, 0))[1] for s in scenarios]
-            ax.bar(np.arange(len(scenarios)) + (i - (len(methods) - 1) / 2) * width, means, width, yerr=stds,
-                   label=display(m), capsize=2)
+            rows = [summary[ds][s]["rows"].get(m, {}) for s in scenarios]
+            means = [row.get("overall_accuracy", (np.nan, 0))[0] for row in rows]
+            stds = [row.get("overall_accuracy", (0, 0))[1] for row in rows]
+            x = np.arange(len(scenarios)) + (i - (len(methods) - 1) / 2) * width
+            bars = ax.bar(x, means, width, yerr=stds, label=display(m), capsize=2)
+            for bar, row, at in zip(bars, rows, x, strict=True):
+                if row.get("failed"):
+                    bar.set_hatch("//")
+                    hatched = True
+                if "not_applicable" in row:
+                    ax.text(at, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
         ax.set_xticks(np.arange(len(scenarios)), scenarios, fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("overall accuracy")
         ax.set_title(ds, fontsize=10)
     axes[0, 0].legend(ncol=6, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 1.35), frameon=False)
+    if hatched:
+        fig.text(0.01, 0.005, "hatched: some of the method's queries failed and score as Local (the querier keeps its model)", fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
 

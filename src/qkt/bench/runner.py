@@ -93,8 +93,9 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
     log.info("%s, scenario %s, seed %d: %d quer%s to run", dataset.name, scenario.name, seed, len(pairs), "y" if len(pairs) == 1 else "ies")
     whole = partition.Scenario(-1, (), (), tuple(parts), 0)
     base_models = experiment.train_parties(config, (x_train, y_train), whole, dataset, checkpoints, progress)
+    one_model = experiment.federated_not_applicable(config, len(parts)) is None  # else their rows say n/a and why
     global_models = {m: global_model(m, config, dataset, (x_train, y_train), parts, checkpoints, progress)
-                     for m in FEDERATED if m in config.methods}
+                     for m in FEDERATED if m in config.methods and one_model}
     test_probs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared: fixed models are evaluated once per seed
     # A teacher's probe scores do not depend on the query: each computes them once for every query of the seed,
     # and each query is charged the seconds they took.
@@ -105,7 +106,8 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
         scen = partition.make_scenario(dataset.y_train, parts, q, s.query_size, seed, dataset.num_classes,
                                        s.max_query_samples, s.min_expert_samples, query)
         models = list(base_models)
-        if scen.removed:  # the querier lost its few samples of Q: retrain it alone, from its own checkpoint if any
+        # the querier lost its few samples of Q, or keeps training.arch among teachers of others: retrain it alone, from its own checkpoint if any
+        if scen.removed or experiment.party_arch(config, q, q) != experiment.party_arch(config, q, whole.querier):
             models[q] = experiment.train_parties(config, (x_train, y_train), scen, dataset, checkpoints, False)[q]
         world = experiment.World(dataset, x_train, y_train, x_test, y_test, scen, models,
                                  holdouts=experiment.training_shares(config, dataset, scen)[1], global_models=global_models,

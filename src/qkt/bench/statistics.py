@@ -29,11 +29,16 @@ def summarize(records: list[dict]) -> dict:
             methods = list(dict.fromkeys(m for r in recs for m in r["methods"]))
             rows = {}
             for m in methods:
-                results = [r["methods"][m] for r in recs if m in r["methods"]]  # a resumed run may add methods
+                ran = [r["methods"][m] for r in recs if m in r["methods"]]  # a resumed run may add methods
+                results = [v for v in ran if "not_applicable" not in v["details"]]
+                if not results:  # e.g. one global model across parties of different architectures
+                    rows[m] = {"queries": len(ran), "not_applicable": ran[0]["details"]["not_applicable"]}
+                    continue
                 values = {k: [v[k] for v in results] for k in METRICS if k != "bytes"}
                 values["bytes"] = [v["bytes_sent"] + v["bytes_received"] for v in results]
                 rows[m] = {k: mean_std(v) for k, v in values.items()}
                 rows[m]["queries"] = len(results)
+                # a failed query leaves the querier its own model: experiment.run_methods scores it as Local
                 rows[m]["failed"] = sum("failed" in v["details"] for v in results)
                 liars = [(str(r["false_expert"]), r["methods"][m]) for r in recs if m in r["methods"] and r.get("false_expert") is not None]
                 if liars and m in QUERY_METHODS:
@@ -44,12 +49,13 @@ def summarize(records: list[dict]) -> dict:
             if "qkt" not in rows:  # a run of baselines alone, to merge with a run of QKT (benchmarks/merge_runs.py)
                 continue
             qkt = rows["qkt"]["overall_accuracy"][0]
-            entry.update(gain_over={m: 100 * (qkt - rows[m]["overall_accuracy"][0]) for m in methods if m != "qkt"},
+            scored = [m for m in methods if "not_applicable" not in rows[m]]
+            entry.update(gain_over={m: 100 * (qkt - rows[m]["overall_accuracy"][0]) for m in scored if m != "qkt"},
                          qkt_forgetting_points=100 * rows["qkt"]["forgetting"][0])
             if "oracle" in rows and "local" in rows:
                 entry["recovered_share"] = recovered_share(rows, [r["methods"]["qkt"] for r in recs if "qkt" in r["methods"]])
             entry["diagnostics"] = discovery([r["methods"]["qkt"] for r in recs if "qkt" in r["methods"]])
-            collaborative = [m for m in COLLABORATIVE if m in rows]
+            collaborative = [m for m in COLLABORATIVE if m in scored]
             if collaborative:  # a run of chosen methods (--methods) may have none
                 best = max(collaborative, key=lambda m: rows[m]["overall_accuracy"][0])
                 entry.update({

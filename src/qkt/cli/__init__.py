@@ -30,7 +30,7 @@ def _run(config: RunConfig, output: Path | None, quiet: bool, resume: bool = Tru
     print_run(summary, output, started)
     failed = {k: v["details"]["failed"] for k, v in summary["methods"].items() if "failed" in v.get("details", {})}
     for method, reason in failed.items():
-        print(f"error: {method} failed (its row shows the querier unchanged): {reason}", file=sys.stderr)
+        print(f"error: {method} failed (the querier keeps its own model): {reason}", file=sys.stderr)
     return 2 if failed else 0
 
 

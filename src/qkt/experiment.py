@@ -63,7 +63,7 @@ class World:
     y_test: torch.Tensor
     scenario: partition.Scenario
     models: list[nn.Module]
-    # Federated baselines train one global model per partition; a benchmark shares them across its queriers.
+    # Federated rows' global models, by Method.global_model (rows may share one); a benchmark shares them across its queriers.
     global_models: dict[str, FederatedResult] = field(default_factory=dict)
     # Test-set outputs of models that no query changes (parties, global models), computed once and shared.
     test_probs: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)

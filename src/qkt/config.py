@@ -174,6 +174,10 @@ class FederatedConfig(Section):
     """
 
     local_epochs: Positive = Field(1, description="local epochs per round (McMahan et al. 2017 use 1-5); rounds = training.epochs / local_epochs")
+    converged_rounds: Positive = Field(40, description="rounds of local_epochs of the baselines at their strength (fedavg_converged, "
+                                                       "fedprox_converged, fedavg_finetune); 40, as benchmarks/perf_query.py: on the "
+                                                       "benchmark's 6,000 CIFAR-10 images FedAvg first reaches its 40-round accuracy "
+                                                       "in round 23 (docs/performance.md)")
     prox_mu: Weight = Field(0.01, description="FedProx μ (Li et al. 2020 pick from 0.001-1; 0.01 is their best under label skew)")
     gen_noise_dim: Positive = Field(32, description="FedGen: noise dimension of the generator (Zhu et al. 2021)")
     gen_hidden: Positive = Field(256, description="FedGen: hidden width of the generator")

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import diagnostics, partition
-from .baselines import train_global
+from .baselines import fine_tune, train_global
 from .baselines.fedavg import FederatedResult
 from .baselines.kd import distill_all
 from .config import QueryConfig, RunConfig, TrainingConfig, format_validation_error
@@ -65,7 +65,7 @@ class World:
     models: list[nn.Module]
     # Each party's samples kept out of its training (partition.holdout), which the 'self' probe scores it on.
     holdouts: list[np.ndarray] = field(default_factory=list)
-    # Federated baselines train one global model per partition; a benchmark shares them across its queriers.
+    # Federated rows' global models, by Method.global_model (rows may share one); a benchmark shares them across its queriers.
     global_models: dict[str, FederatedResult] = field(default_factory=dict)
     # Test-set outputs of models that no query changes (parties, global models), computed once and shared.
     test_probs: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
@@ -251,13 +251,24 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
             results[method] = score(method, evaluate_fixed(world.models), local_before,
                                     test_counts, s.query, s.local_classes, bytes_received=all_weights)
         elif runner == "federated":
-            if method not in world.global_models:
-                world.global_models[method] = train_global(method, config, world.dataset.input_shape, world.dataset.num_classes,
-                                                           world.x_train, world.y_train, s.parts, progress)
-            g = world.global_models[method]
-            results[method] = score(method, evaluate_fixed([g.model]), local_before, test_counts, s.query, s.local_classes,
-                                    seconds=g.seconds, bytes_sent=g.bytes_sent, bytes_received=g.bytes_received,
-                                    details={"rounds": g.rounds})
+            spec = METHODS[method]
+            if spec.global_model not in world.global_models:  # rows that share a global model train it once
+                world.global_models[spec.global_model] = train_global(spec.global_model, config, world.dataset.input_shape,
+                                                                      world.dataset.num_classes, world.x_train, world.y_train,
+                                                                      s.parts, progress)
+            g = world.global_models[spec.global_model]
+            per_round = config.federated.local_epochs
+            details = {"rounds": g.rounds, "budget": f"{g.rounds} rounds of {per_round} local epoch{'s' * (per_round > 1)}"}
+            if spec.finetune:
+                model, seconds = _timed(fine_tune, g.model, (local_x, local_y), config.training, config.training.seed * 1000 + s.querier)
+                accuracy = evaluate(model)
+                details.update(finetune_epochs=config.training.epochs,
+                               budget=f"{details['budget']} + {config.training.epochs} epochs of fine-tuning")
+            else:
+                accuracy, seconds = evaluate_fixed([g.model]), 0.0
+            results[method] = score(method, accuracy, local_before, test_counts, s.query, s.local_classes,
+                                    seconds=g.seconds + seconds, bytes_sent=g.bytes_sent, bytes_received=g.bytes_received,
+                                    details=details)
         elif runner == "kd":
             model, seconds = _timed(distill_all, student, list(world.teachers.values()), local_x, local_y, config.query, progress,
                                     config.training.amp)

@@ -28,7 +28,14 @@ class Method:
         or ``oracle`` (a reference, not a competitor: the querier's model trained on its
         own data plus the real samples of ``Q`` held by the experts the query found).
     collaborative:
-        One of the existing ways of collaborating that QKT's headline is compared with.
+        One of the existing ways of collaborating, at the parties' own training budget, whose
+        mean QKT's headline is compared with. The baselines at their strength (a bigger
+        budget) are not: the headline compares QKT with the best of every baseline row.
+    algorithm, rounds, finetune:
+        A federated row's algorithm (``fedavg``, ``fedprox``, ``fedgen``); its rounds,
+        ``equal`` (``training.epochs`` local epochs in all, the parties' own budget) or
+        ``converged`` (``federated.converged_rounds`` rounds); and whether the querier
+        then fine-tunes the global model on its own data for ``training.epochs``.
     settings:
         ``QueryConfig`` values this method sets over the run's (QKT Light, ablations).
     variant:
@@ -51,6 +58,19 @@ class Method:
     ablation: bool = False
     lever: bool = False
     flower: bool = False
+    algorithm: str | None = None
+    rounds: Literal["equal", "converged"] = "equal"
+    finetune: bool = False
+
+    @property
+    def global_model(self) -> str:
+        """The federated row whose global model this one scores or fine-tunes: rows that share it train it once."""
+        return f"{self.algorithm}_converged" if self.rounds == "converged" else str(self.algorithm)
+
+    @property
+    def strong(self) -> bool:
+        """A baseline at its strength: a bigger budget than the parties' own training."""
+        return self.rounds == "converged" or self.finetune
 
 
 def _qkt(name: str, display: str, settings: Mapping[str, object] | None = None, variant: Mapping[str, object] | None = None,
@@ -62,9 +82,13 @@ def _qkt(name: str, display: str, settings: Mapping[str, object] | None = None, 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("local", "Local", "local", flower=True),
-    Method("fedavg", "FedAvg", "federated", collaborative=True, flower=True),
-    Method("fedprox", "FedProx", "federated", collaborative=True, flower=True),
-    Method("fedgen", "FedGen", "federated", collaborative=True),
+    Method("fedavg", "FedAvg", "federated", collaborative=True, flower=True, algorithm="fedavg"),
+    Method("fedprox", "FedProx", "federated", collaborative=True, flower=True, algorithm="fedprox"),
+    Method("fedgen", "FedGen", "federated", collaborative=True, algorithm="fedgen"),
+    Method("fedavg_converged", "FedAvg, converged", "federated", algorithm="fedavg", rounds="converged"),
+    Method("fedprox_converged", "FedProx, converged", "federated", algorithm="fedprox", rounds="converged"),
+    # The personalised baseline: the converged global model, fine-tuned by the querier as its party trained its own.
+    Method("fedavg_finetune", "FedAvg, converged + fine-tune", "federated", algorithm="fedavg", rounds="converged", finetune=True),
     Method("ensemble", "Ensemble", "ensemble", collaborative=True),
     Method("kd", "KD (all teachers)", "kd", collaborative=True),
     Method("oracle", "Oracle (experts' data)", "oracle"),
@@ -84,7 +108,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _qkt("qkt_whole_first_epoch", "QKT, whole student in Phase 1's first epoch only", {"phase1_frozen_blocks": 0}, {"whole_epochs": 1}),
 ]}
 
-BASELINES = [m for m, method in METHODS.items() if method.runner not in ("query", "oracle")]
+BASELINES = [m for m, method in METHODS.items() if method.runner not in ("query", "oracle") and not method.strong]
+STRONG_BASELINES = [m for m, method in METHODS.items() if method.strong]
 REFERENCES = [m for m, method in METHODS.items() if method.runner == "oracle"]
 QKT = [m for m, method in METHODS.items() if method.runner == "query" and not (method.ablation or method.lever)]
 LEVERS = [m for m, method in METHODS.items() if method.lever]

@@ -18,7 +18,7 @@ import numpy as np
 from .. import partition
 from ..config import RunConfig, parse_config
 from ..data import DataSet
-from ..methods import ABLATIONS, BASELINES, QKT, REFERENCES
+from ..methods import ABLATIONS, BASELINES, QKT, REFERENCES, STRONG_BASELINES
 from .liars import KINDS as LIARS
 
 SELF_PROBE_HOLDOUT = 0.1
@@ -82,6 +82,8 @@ class Profile:
     scenarios: dict[str, tuple[str, ...]]
     settings: dict[str, dict] = field(default_factory=dict)
     ablations: dict[str, bool] = field(default_factory=lambda: {"default": True})  # in the scenarios that have them
+    # fedavg_converged, fedprox_converged, fedavg_finetune: 40 rounds each cost 8x the 5-round rows (~15 min per seed on CIFAR)
+    strong_baselines: bool = False
 
     def config(self, dataset: str) -> dict:
         return copy.deepcopy(self.settings.get(dataset, self.settings["default"]))
@@ -125,7 +127,8 @@ PROFILES = {
     # queriers are 'quick''s, so a full run resumes from a quick one in the same folder.
     # On images the ablations run in 'quick' (the first seed) only: each costs as much as a query.
     "full": Profile(seeds=3, max_queriers=None, scenarios={"digits": _STANDARD + _REVIEWERS, "default": _STANDARD, "cifar100": _MANY_CLASSES},
-                    settings={"digits": _DIGITS, "default": _IMAGES}, ablations={"digits": True, "default": False}),
+                    settings={"digits": _DIGITS, "default": _IMAGES}, ablations={"digits": True, "default": False},
+                    strong_baselines=True),
     # The ablations on every querier of the first seed of 'full' (whose trained parties it shares).
     "ablations": Profile(seeds=1, max_queriers=None, scenarios={"default": ("single",)},
                          settings={"digits": _DIGITS, "default": _IMAGES}),
@@ -159,7 +162,7 @@ def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed
     if scenario.self_probe:
         raw["partition"]["holdout"] = SELF_PROBE_HOLDOUT
         raw["query"]["probe"] = {**raw["query"].get("probe", {}), "kind": "self"}
-    raw["methods"] = list(methods or scenario.methods or BASELINES + QKT + (
+    raw["methods"] = list(methods or scenario.methods or BASELINES + (STRONG_BASELINES if profile.strong_baselines else []) + QKT + (
         ABLATIONS if scenario.ablations and profile.ablations_for(dataset.name) else []) + REFERENCES)
     return parse_config(raw, f"bench {dataset.name}/{scenario.name}")
 

@@ -23,12 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import experiment, partition
-from ..baselines import FEDERATED, train_global
+from ..baselines import federated_training, train_global
 from ..baselines.fedavg import FederatedResult
 from ..config import RunConfig
 from ..data import DATASETS, DataSet, find_file, load_dataset
 from ..errors import DataError, QKTError
 from ..files import atomic_write
+from ..methods import METHODS
 from ..models import build_model
 from ..query import CachedScores, ForgedScores, TeacherChannel
 from ..training import checkpoint_key, load_checkpoint, resolve_device, save_checkpoint
@@ -52,10 +53,11 @@ def available_datasets(data_root: str | os.PathLike | None = None) -> list[str]:
 
 def global_model(method: str, config: RunConfig, dataset: DataSet, tensors: tuple[torch.Tensor, torch.Tensor],
                  parts: list[np.ndarray], checkpoints: Path, progress: bool) -> FederatedResult:
-    """Train (or reload) the global model of a federated baseline for one partition and seed."""
+    """Train (or reload) the global model of federated row ``method`` (e.g. ``fedavg``, ``fedavg_converged``) for one partition and seed."""
     device = resolve_device(config.training.device)
-    key = checkpoint_key(method, dataset.name, dataset.digest, experiment.training_settings(config.training, device),
-                         config.federated.model_dump(), *parts)
+    # The row's own local-epoch budget names it, so the rows at the parties' budget keep their checkpoints whatever converged_rounds is.
+    key = checkpoint_key(method, dataset.name, dataset.digest, experiment.training_settings(federated_training(config, method), device),
+                         config.federated.model_dump(exclude={"converged_rounds"}), *parts)
     path, meta = checkpoints / f"global-{method}-{key}.pt", checkpoints / f"global-{method}-{key}.json"
     if meta.exists():
         info = json.loads(meta.read_text())
@@ -94,8 +96,8 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
     whole = partition.Scenario(-1, (), (), tuple(parts), 0)
     base_models = experiment.train_parties(config, (x_train, y_train), whole, dataset, checkpoints, progress)
     one_model = experiment.federated_not_applicable(config, len(parts)) is None  # else their rows say n/a and why
-    global_models = {m: global_model(m, config, dataset, (x_train, y_train), parts, checkpoints, progress)
-                     for m in FEDERATED if m in config.methods and one_model}
+    needed = dict.fromkeys(METHODS[m].global_model for m in config.methods if METHODS[m].runner == "federated" and one_model)
+    global_models = {g: global_model(g, config, dataset, (x_train, y_train), parts, checkpoints, progress) for g in needed}
     test_probs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared: fixed models are evaluated once per seed
     # A teacher's probe scores do not depend on the query: each computes them once for every query of the seed,
     # and each query is charged the seconds they took.

@@ -40,6 +40,9 @@ def summarize(records: list[dict]) -> dict:
                 rows[m]["queries"] = len(results)
                 # a failed query leaves the querier its own model: experiment.run_methods scores it as Local
                 rows[m]["failed"] = sum("failed" in v["details"] for v in results)
+                budgets = sorted({v["details"]["budget"] for v in results if "budget" in v["details"]})
+                if budgets:  # a federated row's rounds
+                    rows[m]["budget"] = "; ".join(budgets)
                 liars = [(str(r["false_expert"]), r["methods"][m]) for r in recs if m in r["methods"] and r.get("false_expert") is not None]
                 if liars and m in QUERY_METHODS:
                     # kept out: distrusted, never made an expert, or the query failed with nobody else to learn from
@@ -63,9 +66,12 @@ def summarize(records: list[dict]) -> dict:
                     "best_collaborative": best,
                     "gain_over_best_collaborative": 100 * (qkt - rows[best]["overall_accuracy"][0]),
                 })
+            # Every row QKT competes with, at any budget: not QKT's own variants, not the oracle (a reference with the experts' data).
+            baselines = [m for m in scored if m in METHODS and METHODS[m].runner not in ("query", "oracle")]
+            if baselines:
+                best = max(baselines, key=lambda m: rows[m]["overall_accuracy"][0])
+                entry.update(best_row=best, gain_over_best_row=100 * (qkt - rows[best]["overall_accuracy"][0]))
     return summary
-
-
 
 
 def recovered_share(rows: dict, qkt_results: list[dict]) -> dict:

@@ -125,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="compare QKT with federated, distillation and ensemble methods (SPEC §4, §5)",
                            description="Run every method on every eligible querier of each scenario and seed; write tables "
-                                       "(markdown, CSV), bench.json and a chart. 'quick' takes minutes, 'full' hours, 'ablations' "
-                                       "runs every ablation on every single-class querier of the first seed.")
+                                       "(markdown, CSV), bench.json and a chart. 'quick' takes minutes, 'full' hours and adds the baselines at "
+                                       "their strength (fedavg_converged, fedprox_converged, fedavg_finetune: federated.converged_rounds "
+                                       "rounds, 40, against the parties' 5 epochs; name them in --methods to run them in 'quick'), "
+                                       "'ablations' runs every ablation on every single-class querier of the first seed.")
     bench.add_argument("--profile", choices=["quick", "full", "ablations"], default="quick", help="how much of the protocol to run (default: %(default)s)")
     bench.add_argument("--dataset", action="append", default=None, help="data set to run (repeatable; default: digits and every data set found under --data-root)")
     bench.add_argument("--scenario", action="append", default=None, help="run only this scenario (repeatable; 'liars': every planted liar, alone and beside the honest teachers; default: the profile's)")

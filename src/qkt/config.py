@@ -324,6 +324,7 @@ def format_validation_error(err: ValidationError, source: str, shown: int = 10) 
     lines = [f"{source}: {err.error_count()} invalid setting(s)"]
     if err.error_count() > shown:
         lines[0] += f", the first {shown}:"
+    said: set[str] = set()  # a long list of choices (every method) is worth reading once
     for e in err.errors()[:shown]:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
@@ -333,7 +334,8 @@ def format_validation_error(err: ValidationError, source: str, shown: int = 10) 
             lines.append(f"  - {key}: unknown key; {hint}")
         else:
             value = "" if e["type"] == "missing" else f" (got {_shown(e.get('input'))})"
-            lines.append(f"  - {key}: {e['msg']}{value}")
+            lines.append(f"  - {key}: {'as above' if e['msg'] in said else e['msg']}{value}")
+            said.add(e["msg"])
     return "\n".join(lines)
 
 

@@ -36,7 +36,15 @@ from .models import build_model, num_bytes
 from .query import InProcessChannel, QueryReport, TeacherChannel, Variant, run_query
 from .query.probe import check_query, expert_masks, experts_by_class
 from .query.teacher import UNLIMITED, Teacher
-from .training import checkpoint_key, fit, load_checkpoint, per_class_accuracy, predict_logits, resolve_device, save_checkpoint
+from .training import (
+    checkpoint_key,
+    load_checkpoint,
+    per_class_accuracy,
+    predict_logits,
+    resolve_device,
+    save_checkpoint,
+    train_as_party,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +176,7 @@ def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scen
         path = checkpoints / f"party{k}-{arch}-{key}.pt" if checkpoints else None
         if path is None or not (resume and load_checkpoint(model, path)):
             tensor_idx = torch.as_tensor(idx)
-            fit(model, (x_train[tensor_idx], y_train[tensor_idx]), t.epochs, t.lr, t.batch_size, t.weight_decay,
-                seed=t.seed * 1000 + k, augment=t.augment, progress=False, amp=t.amp)
+            train_as_party(model, (x_train[tensor_idx], y_train[tensor_idx]), t, seed=t.seed * 1000 + k)
             if path is not None:
                 save_checkpoint(model, path)
         models.append(model.eval())
@@ -355,8 +362,7 @@ def train_oracle(world: World, config: RunConfig, experts: dict[int, list[str]] 
     def balanced_loss(net: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return F.cross_entropy(net(batch[0]), batch[1], weight=balance)
 
-    fit(model, (x, y_all), t.epochs, t.lr, t.batch_size, t.weight_decay, seed=t.seed * 1000 + s.querier,
-        loss_fn=balanced_loss, augment=t.augment, progress=False)
+    train_as_party(model, (x, y_all), t, seed=t.seed * 1000 + s.querier, loss_fn=balanced_loss)
     seconds = time.perf_counter() - start
     details = {"experts": {str(c): v for c, v in experts.items()}, "experts_from": source, "query_samples": len(extra_idx),
                "bytes": int(world.x_train[extra_idx].numel() * world.x_train.element_size())}

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from tqdm.auto import tqdm
 from .errors import QKTError
 from .files import atomic_file
 from .models import FeaturesHead
+
+if TYPE_CHECKING:
+    from .config import TrainingConfig
 
 BatchLoss = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
 Amp = Literal["bf16", "fp16"]
@@ -226,6 +229,15 @@ def fit(
             bar.set_postfix(loss=f"{total / max(len(order), 1):.3f}")
     model.eval()
     return model
+
+
+def train_as_party(model: nn.Module, tensors: tuple[torch.Tensor, ...], training: TrainingConfig, seed: int,
+                   epochs: int | None = None, loss_fn: BatchLoss = cross_entropy_loss) -> nn.Module:
+    """:func:`fit` as every party trains in qkt: ``training``'s epochs (or ``epochs``), optimiser, batch,
+    augmentation and mixed precision, no progress bar; one place, so that in-process runs, Flower and
+    the baselines train alike."""
+    return fit(model, tensors, training.epochs if epochs is None else epochs, training.lr, training.batch_size,
+               training.weight_decay, seed=seed, loss_fn=loss_fn, augment=training.augment, progress=False, amp=training.amp)
 
 
 def take(rows: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 from ..config import RunConfig, TrainingConfig
 from ..methods import METHODS
 from ..models import build_model
-from ..training import fit
+from ..training import train_as_party
 from .fedavg import FedAvg, FederatedResult
 from .fedgen import FedGen
 from .fedprox import FedProx
@@ -49,6 +49,5 @@ def fine_tune(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], trainin
     Personalised FedAvg's last step: the querier adapts the global model to its own data.
     """
     tuned = copy.deepcopy(model).train()
-    fit(tuned, data, training.epochs, training.lr, training.batch_size, training.weight_decay, seed=seed,
-        augment=training.augment, progress=False, amp=training.amp)
+    train_as_party(tuned, data, training, seed)
     return tuned.eval()

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..config import FederatedConfig, TrainingConfig
 from ..models import num_bytes
-from ..training import BatchLoss, cross_entropy_loss, fit, resolve_device
+from ..training import BatchLoss, cross_entropy_loss, resolve_device, train_as_party
 
 Party = tuple[torch.Tensor, torch.Tensor]
 
@@ -125,8 +125,8 @@ class FedAvg:
             local_models = []
             for k, (x, y) in enumerate(parties):
                 local = copy.deepcopy(global_model)
-                fit(local, (x, y), epochs, t.lr, t.batch_size, t.weight_decay, seed=t.seed * 1000 + r * 100 + k,
-                    loss_fn=self.local_loss(global_model, k, r), augment=t.augment, progress=False, amp=t.amp)
+                train_as_party(local, (x, y), t, seed=t.seed * 1000 + r * 100 + k, epochs=epochs,
+                               loss_fn=self.local_loss(global_model, k, r))
                 local_models.append(local)
             global_model.load_state_dict(average_states([m.state_dict() for m in local_models], sizes))
             self.after_round(global_model, local_models, r)

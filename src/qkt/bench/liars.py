@@ -1,4 +1,4 @@
-"""Planted liars: teachers whose weights are rigged to be taken as experts of the query (issue 44, item 1).
+"""Planted liars: teachers whose weights are rigged to be taken as experts of the query.
 
 Each liar is built from an honest teacher's trained model and sends weights of it,
 but its outputs say the query classes ``Q`` where they should not:

@@ -23,7 +23,7 @@ from ..baselines.fedprox import proximal_loss
 from ..errors import ConfigError
 from ..query.messages import Announcement
 from ..query.teacher import Refused, TeacherPolicy, answer_probe, export_weights
-from ..training import cross_entropy_loss, fit, set_threads
+from ..training import cross_entropy_loss, set_threads, train_as_party
 from . import faults, wire
 from .party import Party, Settings, blank_model, load_party, partition_id, read_settings, trained_model
 
@@ -109,9 +109,8 @@ def train_round(settings: Settings, party: Party, global_state: Mapping[str, tor
     model = blank_model(settings.config, party, party.scenario.querier)
     model.load_state_dict(global_state)
     anchor = [p.detach().clone() for p in model.parameters()]
-    fit(model, (party.x, party.y), round_epochs(t.epochs, local_epochs, server_round - 1), t.lr, t.batch_size, t.weight_decay,
-        seed=t.seed * 1000 + party.index + server_round, augment=t.augment, progress=False,
-        loss_fn=proximal_loss(anchor, mu) if mu else cross_entropy_loss)
+    train_as_party(model, (party.x, party.y), t, seed=t.seed * 1000 + party.index + server_round,
+                   epochs=round_epochs(t.epochs, local_epochs, server_round - 1), loss_fn=proximal_loss(anchor, mu) if mu else cross_entropy_loss)
     return model
 
 

@@ -33,7 +33,7 @@ from ..experiment import load_scenario, party_arch, training_shares
 from ..methods import METHODS
 from ..models import build_model
 from ..partition import Scenario
-from ..training import checkpoint_key, fit, load_checkpoint, save_checkpoint
+from ..training import checkpoint_key, load_checkpoint, save_checkpoint, train_as_party
 
 QUERIER_ENV = "QKT_QUERIER_CONFIG"
 SHARED_SECTIONS = ("data", "partition", "scenario", "training", "federated")
@@ -206,7 +206,6 @@ def trained_model(config: RunConfig, party: Party) -> nn.Module:
                          t.model_dump(), party.index)
     path = cache_dir() / "flower-parties" / f"party{party.index}-{key}.pt"
     if not load_checkpoint(model, path):
-        fit(model, party.training, t.epochs, t.lr, t.batch_size, t.weight_decay,
-            seed=t.seed * 1000 + party.index, augment=t.augment, progress=False)
+        train_as_party(model, party.training, t, seed=t.seed * 1000 + party.index)
         save_checkpoint(model, path)
     return model.eval()

@@ -1,4 +1,4 @@
-"""A gate between the querier's original model and the query-trained one (issue 42, a lever against forgetting).
+"""A gate between the querier's original model and the query-trained one, a lever against forgetting.
 
 The query-trained model learns ``Q`` but forgets part of the querier's own classes. The
 gated result keeps both: an input goes to the new model only where that model puts more

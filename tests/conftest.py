@@ -47,7 +47,8 @@ def data_root(_isolated_cache, monkeypatch) -> Path:
         monkeypatch.setenv("QKT_CACHE_DIR", USER_CACHE)
     root = shared_data_root()
     if root is None:
-        pytest.skip("real data files not found: set QKT_DATA_ROOT to the folder holding cifar10-jpeg.tar.xz and bloodcell-28.npz")
+        pytest.skip("real data files not found: set QKT_DATA_ROOT to the folder holding the shared data sets "
+                    "(cifar10-jpeg.tar.xz, bloodcell-28.npz, cifar100-jpeg.tar.xz, pathmnist.npz)")
     return root
 
 

@@ -14,11 +14,11 @@ pytest.importorskip("flwr")
 import tomli_w  # noqa: E402  (comes with flwr)
 from flwr.app import ConfigRecord, RecordDict  # noqa: E402
 
+from qkt import training  # noqa: E402
 from qkt.cli import main  # noqa: E402
 from qkt.config import parse_config  # noqa: E402
 from qkt.errors import ConfigError, QKTError, QueryError  # noqa: E402
 from qkt.flower import (  # noqa: E402
-    client_app,  # noqa: E402
     faults,
     wire,
 )
@@ -162,7 +162,7 @@ def test_a_flower_client_keeps_the_local_epoch_budget_over_its_rounds(tmp_path, 
         trained.append(epochs)
         return fit(model, data, epochs, *args, **kwargs)
 
-    monkeypatch.setattr(client_app, "fit", recording_fit)
+    monkeypatch.setattr(training, "fit", recording_fit)  # train_as_party trains through it
     state = blank_model(config, party, party.scenario.querier).state_dict()
     for server_round in range(1, settings.rounds + 1):
         model = train_round(settings, party, state, server_round, config.federated.local_epochs)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qkt import diagnostics, experiment, partition
+from qkt import diagnostics, experiment, partition, training
 from qkt.config import DEMO, parse_config
 from qkt.training import set_threads
 
@@ -21,13 +21,13 @@ def world():
 
 def _fit_inputs(world, monkeypatch, experts):
     seen = {}
-    real_fit = experiment.fit
+    real_fit = training.fit
 
     def recording_fit(model, tensors, *args, **kwargs):
         seen["x"], seen["y"] = tensors
         return real_fit(model, tensors, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "fit", recording_fit)
+    monkeypatch.setattr(training, "fit", recording_fit)  # train_as_party trains through it
     _, (_, details) = experiment.train_oracle(world, CONFIG, experts)
     return seen, details
 

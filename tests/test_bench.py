@@ -20,7 +20,7 @@ from qkt.cli import main
 from qkt.config import QueryConfig
 from qkt.data import load_dataset
 from qkt.errors import QKTError
-from qkt.methods import ABLATIONS, BASELINES, METHODS, QKT, REFERENCES, display
+from qkt.methods import ABLATIONS, BASELINES, COLLABORATIVE, METHODS, QKT, REFERENCES, display
 
 EVERY_METHOD = BASELINES + QKT + ABLATIONS + REFERENCES
 WITHOUT_ABLATIONS = BASELINES + QKT + REFERENCES
@@ -79,6 +79,16 @@ def test_every_table_says_how_much_of_the_oracle_gain_qkt_recovers_and_how_it_fo
     table = (quick_digits / "bench.md").read_text()
     assert table.count("QKT recovers") == 2 and table.count("Expert discovery against the parties holding Q") == 2
     assert "oracle's gain recovered" in (quick_digits / "headline.md").read_text()
+
+
+def test_tables_count_the_queries_where_qkt_is_above_every_collaborative_method(quick_digits):
+    state = json.loads((quick_digits / "bench.json").read_text())
+    for name, scenario in state["summary"]["digits"].items():
+        records = [r["methods"] for r in state["records"] if r["scenario"] == name]
+        above = sum(all(m["qkt"]["overall_accuracy"] > m[c]["overall_accuracy"] for c in COLLABORATIVE if c in m)
+                    for m in records)
+        assert scenario["queries_above_every_collaborative"] == [above, len(records)], name
+        assert f"above every one of them on {above} of {len(records)} queries" in (quick_digits / "bench.md").read_text()
 
 
 def test_resume_keeps_finished_queries(quick_digits, monkeypatch):

@@ -67,7 +67,9 @@ def format_tables(summary: dict) -> str:
                           "accuracies, no bytes and no seconds (what its probe cost before it failed is not recorded)."]
             against = (f"QKT vs the mean of the collaborative methods that ran ({', '.join(display(m) for m in COLLABORATIVE if m in s['gain_over'])}): "
                        f"{s['gain_over_collaborative_mean']:+.1f} points; vs the best of them ({display(s['best_collaborative'])}): "
-                       f"{s['gain_over_best_collaborative']:+.1f} points; " if "best_collaborative" in s else "")
+                       f"{s['gain_over_best_collaborative']:+.1f} points, and above every one of them on "
+                       f"{s['queries_above_every_collaborative'][0]} of {s['queries_above_every_collaborative'][1]} queries; "
+                       if "best_collaborative" in s else "")
             if "best_row" in s:
                 against += (f"vs the best of every baseline row, at any budget ({label(s['best_row'], s['rows'][s['best_row']])}): "
                             f"{s['gain_over_best_row']:+.1f} points; ")

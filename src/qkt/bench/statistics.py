@@ -65,6 +65,7 @@ def summarize(records: list[dict]) -> dict:
                     "gain_over_collaborative_mean": 100 * (qkt - float(np.mean([rows[m]["overall_accuracy"][0] for m in collaborative]))),
                     "best_collaborative": best,
                     "gain_over_best_collaborative": 100 * (qkt - rows[best]["overall_accuracy"][0]),
+                    "queries_above_every_collaborative": queries_above(recs, "qkt", collaborative),
                 })
             # Every row QKT competes with, at any budget: not QKT's own variants, not the oracle (a reference with the experts' data).
             baselines = [m for m in scored if m in METHODS and METHODS[m].runner not in ("query", "oracle")]
@@ -72,6 +73,13 @@ def summarize(records: list[dict]) -> dict:
                 best = max(baselines, key=lambda m: rows[m]["overall_accuracy"][0])
                 entry.update(best_row=best, gain_over_best_row=100 * (qkt - rows[best]["overall_accuracy"][0]))
     return summary
+
+
+def queries_above(records: list[dict], method: str, others: Sequence[str]) -> list[int]:
+    """On how many queries ``method``'s overall accuracy is above that of every one of ``others`` that ran on the query, of how many."""
+    compared = [r["methods"] for r in records if method in r["methods"] and any(m in r["methods"] for m in others)]
+    above = sum(all(v[method]["overall_accuracy"] > v[m]["overall_accuracy"] for m in others if m in v) for v in compared)
+    return [above, len(compared)]
 
 
 def recovered_share(rows: dict, qkt_results: list[dict]) -> dict:

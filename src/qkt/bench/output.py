@@ -109,8 +109,9 @@ def format_headline(summary: dict) -> str:
     """The paper-style headline, per data set and query kind: QKT's overall accuracy against the collaborative methods at the
     parties' budget (their mean and best), and against the best baseline row at any budget (e.g. FedAvg run to convergence)."""
     lines = ["| data set | queries | QKT overall acc | mean of collaborative | best collaborative | QKT − mean | QKT − best "
-             "| best of all rows (its budget) | QKT − best row | QKT forgetting | oracle's gain recovered |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| queries QKT is above every collaborative | best of all rows (its budget) | QKT − best row | QKT forgetting (oracle's) "
+             "| oracle's gain recovered |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for ds, scenarios in summary.items():
         for name, scenario in SCENARIOS.items():
             if scenario.headline is None or name not in scenarios or "best_collaborative" not in scenarios[name]:
@@ -119,13 +120,15 @@ def format_headline(summary: dict) -> str:
             rows = s["rows"]
             mean_collab = rows["qkt"]["overall_accuracy"][0] - s["gain_over_collaborative_mean"] / 100
             best = s["best_collaborative"]
+            oracle_forgets = f" ({100 * rows['oracle']['forgetting'][0]:.1f})" if "forgetting" in rows.get("oracle", {}) else ""
             failed = f" ({rows['qkt']['failed']} of {rows['qkt']['queries']} failed, scored as Local)" if rows["qkt"]["failed"] else ""
             lines.append(f"| {ds} | {scenario.headline} | {rows['qkt']['overall_accuracy'][0]:.3f}{failed} | "
                          f"{mean_collab:.3f} | {rows[best]['overall_accuracy'][0]:.3f} ({label(best, rows[best])}) | "
                          f"{s['gain_over_collaborative_mean']:+.1f} | {s['gain_over_best_collaborative']:+.1f} | "
+                         f"{'{} of {}'.format(*s['queries_above_every_collaborative'])} | "
                          f"{rows[s['best_row']]['overall_accuracy'][0]:.3f} ({label(s['best_row'], rows[s['best_row']])}) | "
                          f"{s['gain_over_best_row']:+.1f} | "
-                         f"{s['qkt_forgetting_points']:.1f} pts | {_share(s.get('recovered_share', {}).get('of_means'))} |")
+                         f"{s['qkt_forgetting_points']:.1f} pts{oracle_forgets} | {_share(s.get('recovered_share', {}).get('of_means'))} |")
     return "\n".join(lines) if len(lines) > 2 else "No collaborative method ran (qkt bench --methods)."
 
 

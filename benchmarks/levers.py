@@ -5,7 +5,7 @@
 Reads a ``qkt bench`` run (or one joined by ``benchmarks/merge_runs.py``) holding Local,
 QKT, the oracle and any of the levers (``qkt.methods.LEVERS``). Per method, over every
 query: the mean query, local and overall accuracy; forgetting, over all queries and over
-the multi-class ones; the share of the oracle's gain over Local recovered (of the means);
+those asking for several classes; the share of the oracle's gain over Local recovered (of the means);
 on how many queries its overall accuracy is above every collaborative method that ran;
 the paired difference from QKT in overall accuracy (mean and bootstrap 95 % interval,
 ``benchmarks/paired.py``); and its learning seconds (synthesis and Phases 1 and 2: the
@@ -48,7 +48,8 @@ def table(records: list[dict], path: Path, rng: np.random.Generator) -> list[str
             low, high = interval(diff, rng)
             paired = f"{diff.mean():+.1f} ({low:+.1f} to {high:+.1f})"
         learning = "—" if reference else f"{np.mean([sum(r['methods'][m]['details'].get('seconds_per_phase', {}).get(k, 0) for k in LEARNING) for r in records]):.1f}"
-        forgetting_multi = f"{100 * np.mean([r['methods'][m]['forgetting'] for r in records if r['scenario'].startswith('multi')]):+.1f}"
+        several = [r["methods"][m]["forgetting"] for r in records if len(r["query"]) > 1]
+        forgetting_multi = f"{100 * np.mean(several):+.1f}" if several else "—"
         lines.append(f"| {display(m)} | {mean(m, 'query_accuracy'):.3f} | {mean(m, 'local_accuracy'):.3f} | {mean(m, 'overall_accuracy'):.3f} | "
                      f"{100 * mean(m, 'forgetting'):+.1f} | {forgetting_multi} | {share} | {above_cell} | {paired} | {learning} |")
     return lines

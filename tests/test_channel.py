@@ -129,7 +129,7 @@ def test_a_querys_seconds_include_its_teachers_replies(world):
         warnings.simplefilter("ignore")
         _, report = query(student, slow, [2, 3], local, FAST, progress=False)
     assert report.teacher_seconds["a"] >= 0.3 and report.teacher_seconds["b"] >= 0.1
-    assert report.seconds["probe"] >= max(report.teacher_seconds.values())
+    assert report.seconds["probe"] >= 0.3  # the slowest teacher's reply; its teacher_seconds add sending its weights
     assert report.seconds["total"] >= report.seconds["probe"] + report.seconds["transfer"]
     assert report.seconds["teachers"] == pytest.approx(sum(report.teacher_seconds.values()))
     # The replies ran one after the other here; the wall time counts only the slowest of them.

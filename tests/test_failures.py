@@ -42,6 +42,8 @@ def test_a_query_that_finds_no_expert_is_named_as_failed_in_the_printed_table_an
     summary = json.loads((output / "results.json").read_text())
     details = summary["methods"]["qkt"]["details"]
     assert details["failed"].startswith(f"no expert found for class {RARE}") and details["scored_as"] == "local"
+    failed = summary["methods"]["qkt"]  # the announcement went out and every teacher answered: that cost is counted
+    assert failed["bytes_sent"] > 0 and failed["bytes_received"] > 0 and failed["seconds"] > 0 and failed["teacher_seconds"] > 0
     assert (output / "per_class_accuracy.png").stat().st_size > 0
 
 

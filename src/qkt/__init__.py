@@ -15,11 +15,11 @@ one, the Flower app's, or one of your own. Progress is logged to the ``qkt`` log
 import logging
 
 from .config import QueryConfig, RunConfig
-from .errors import ConfigError, DataError, QKTError, QueryError
+from .errors import ConfigError, DataError, QKTError, QueryError, QueryFailed
 from .query import InProcessChannel, QueryReport, Teacher, TeacherChannel, query, run_query
 
 __all__ = ["query", "run_query", "InProcessChannel", "TeacherChannel", "QueryConfig", "QueryReport", "RunConfig", "Teacher",
-           "QKTError", "ConfigError", "DataError", "QueryError"]
+           "QKTError", "ConfigError", "DataError", "QueryError", "QueryFailed"]
 __version__ = "0.1.0"
 
 # qkt logs its progress through the "qkt" logger (qkt.query, qkt.bench, ...); showing it is the application's choice

@@ -20,3 +20,16 @@ class ConfigError(QKTError):
 
 class QueryError(QKTError):
     """A query cannot be run as asked (bad classes, no expert, bad teacher)."""
+
+
+class QueryFailed(QueryError):
+    """A query whose exchange ran but left nobody to learn from: no teacher answered, none is an expert, or none is trusted.
+
+    The querier keeps its own model. ``seconds`` (per step, with ``total`` and the
+    teachers' compute in ``teachers``), ``bytes_sent`` and ``bytes_received`` are what the
+    exchange cost it before it stopped.
+    """
+
+    def __init__(self, message: str, seconds: dict[str, float], bytes_sent: int, bytes_received: int):
+        super().__init__(message)
+        self.seconds, self.bytes_sent, self.bytes_received = seconds, bytes_sent, bytes_received

@@ -28,7 +28,7 @@ from .baselines.fedavg import FederatedResult
 from .baselines.kd import distill_all
 from .config import QueryConfig, RunConfig, TrainingConfig, format_validation_error
 from .data import DataSet, load_dataset
-from .errors import ConfigError, QKTError, QueryError
+from .errors import ConfigError, QKTError, QueryError, QueryFailed
 from .files import check_output
 from .methods import METHODS
 from .metrics import MethodResult, group_accuracy, score
@@ -289,8 +289,12 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
                     model, report = run_query(student, teachers, s.query, (local_x, local_y), settings,
                                               num_classes=world.dataset.num_classes, variant=variant, progress=progress,
                                               amp=config.training.amp)
-            except QueryError as exc:  # a failed query leaves the querier with its own model: score that, say why
-                results[method] = score(method, before, local_before, test_counts, s.query, s.local_classes, details={"failed": str(exc), "scored_as": "local"})
+            except QueryError as exc:  # a failed query leaves the querier with its own model: score that, say why and what it cost
+                cost = {} if not isinstance(exc, QueryFailed) else {
+                    "seconds": exc.seconds["total"], "teacher_seconds": exc.seconds["teachers"],
+                    "bytes_sent": exc.bytes_sent, "bytes_received": exc.bytes_received}
+                results[method] = score(method, before, local_before, test_counts, s.query, s.local_classes, **cost,
+                                        details={"failed": str(exc), "scored_as": "local"})
                 continue
             reports[method] = report.to_dict()
             results[method] = score(method, evaluate(model), local_before, test_counts, s.query, s.local_classes,

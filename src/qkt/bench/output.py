@@ -64,7 +64,7 @@ def format_tables(summary: dict) -> str:
             if failed:
                 lines += ["", "Queries that failed (no expert found, or every expert distrusted or lost): " + ", ".join(failed)
                           + ". A failed query leaves the querier its own model, so the means above count it as Local: Local's "
-                          "accuracies, no bytes and no seconds (what its probe cost before it failed is not recorded)."]
+                          "accuracies, with the bytes and seconds its exchange cost before it stopped."]
             against = (f"QKT vs the mean of the collaborative methods that ran ({', '.join(display(m) for m in COLLABORATIVE if m in s['gain_over'])}): "
                        f"{s['gain_over_collaborative_mean']:+.1f} points; vs the best of them ({display(s['best_collaborative'])}): "
                        f"{s['gain_over_best_collaborative']:+.1f} points, and above every one of them on "

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..config import QueryConfig, TrustConfig
-from ..errors import QueryError
+from ..errors import QueryError, QueryFailed
 from ..inputs import DatasetRows, LocalData, as_samples
 from ..models import find_head
 from ..training import Amp, model_device, resolve_device
@@ -162,6 +162,24 @@ def _wall(measured: float, replies: Mapping[str, Reply | Failure], parallel: boo
     return max(0.0, measured - sum(times)) + max(times, default=0.0)
 
 
+def _exchange_cost(probe_replies: Mapping[str, Reply | Failure], weight_replies: Mapping[str, Reply | Failure]
+                   ) -> tuple[dict[str, float], list[dict]]:
+    """Each teacher's compute time for its replies, and every message of the exchange with its bytes."""
+    teacher_seconds: dict[str, float] = {}
+    for replies in (probe_replies, weight_replies):
+        for name, reply in replies.items():
+            if isinstance(reply, Reply):
+                teacher_seconds[name] = teacher_seconds.get(name, 0.0) + reply.seconds
+    return teacher_seconds, _messages(probe_replies, "announce", "scores") + _messages(weight_replies, "request_weights", "weights")
+
+
+def _failed(message: str, seconds: dict[str, float], probe_replies: Mapping[str, Reply | Failure],
+            weight_replies: Mapping[str, Reply | Failure]) -> QueryFailed:
+    teacher_seconds, messages = _exchange_cost(probe_replies, weight_replies)
+    return QueryFailed(message, {**seconds, "total": sum(seconds.values()), "teachers": sum(teacher_seconds.values())},
+                       sum(m["bytes"] for m in messages if "to" in m), sum(m["bytes"] for m in messages if "from" in m))
+
+
 def _messages(replies: Mapping[str, Reply | Failure], request: str, reply: str) -> list[dict]:
     out = []
     for name, r in replies.items():
@@ -210,8 +228,9 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
 
     A teacher that gives no reply is *lost*; one whose weights do not fit or whose claims
     the querier's checks do not support is *distrusted*; both are named in the report and
-    the query goes on with the others. Raises :class:`~qkt.errors.QueryError` when no
-    teacher answers, no query class has an expert, or no expert is left to learn from.
+    the query goes on with the others. Raises :class:`~qkt.errors.QueryFailed` (with what the
+    exchange cost) when no teacher answers, no query class has an expert, or no expert is
+    left to learn from; :class:`~qkt.errors.QueryError` for a query that cannot run as asked.
     """
     config, variant = inputs.as_config(config), variant or Variant()
     variant.check(config)
@@ -237,11 +256,16 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
             lost[name] = value
         else:
             scores[name] = value
+    # The querier's own work after the exchange is timed apart: cached replies may charge more than the call took.
+    seconds["probe"] = time.perf_counter() - start - measured + _wall(measured, probe_replies, channel.parallel)
     if not scores:
-        raise QueryError(f"no teacher answered the announcement ({len(probe_replies)} asked; lost: "
-                         + ("; ".join(f"teacher '{k}' {v}" for k, v in lost.items()) or "none") + ")")
+        raise _failed(f"no teacher answered the announcement ({len(probe_replies)} asked; lost: "
+                      + ("; ".join(f"teacher '{k}' {v}" for k, v in lost.items()) or "none") + ")", seconds, probe_replies, {})
     if variant.masks:
-        masks, unmatched = select_experts(scores, query, num_classes, config.lam)
+        try:
+            masks, unmatched = select_experts(scores, query, num_classes, config.lam)
+        except QueryError as exc:
+            raise _failed(str(exc), seconds, probe_replies, {}) from None
     else:
         masks, unmatched = {k: np.ones(len(query), dtype=bool) for k in scores}, []
     notes += unmatched
@@ -250,8 +274,6 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     log.info("experts: %s; asking them for their weights",
              "; ".join(f"class {c}: {', '.join(map(repr, names)) or 'none'}" for c, names in by_class.items()))
     unmatched_classes = {c for c, names in by_class.items() if not names}
-    # The querier's own work after the exchange is timed apart: cached replies may charge more than the call took.
-    seconds["probe"] = time.perf_counter() - start - measured + _wall(measured, probe_replies, channel.parallel)
 
     start = time.perf_counter()
     weight_replies = channel.fetch_weights(list(masks), config.light)
@@ -274,8 +296,9 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     notes += [f"teacher '{name}' was lost: {why}" for name, why in lost.items()]
     notes += [f"teacher '{name}' distrusted: {'; '.join(reasons)}" for name, reasons in distrusted.items()]
     if not masks:
-        raise QueryError("no usable expert: " + "; ".join(f"teacher '{k}': {v if isinstance(v, str) else ', '.join(v)}"
-                                                           for k, v in {**lost, **distrusted}.items() if k in weight_replies))
+        raise _failed("no usable expert: " + "; ".join(f"teacher '{k}': {v if isinstance(v, str) else ', '.join(v)}"
+                                                        for k, v in {**lost, **distrusted}.items() if k in weight_replies),
+                      seconds, probe_replies, weight_replies)
     lesson = Lesson({k: experts[k] for k in masks}, masks, query, local_x, local_y)
     orphans = sorted(c for c, names in lesson.by_class.items() if not names and c not in unmatched_classes)
     if orphans:
@@ -287,13 +310,8 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     model, learn_seconds, transfer, num_synthetic = learn(student, lesson, config, variant, head, progress, device, amp)
     seconds.update(learn_seconds)
     seconds["total"] = sum(seconds.values())
-    teacher_seconds: dict[str, float] = {}
-    for replies in (probe_replies, weight_replies):
-        for name, reply in replies.items():
-            if isinstance(reply, Reply):
-                teacher_seconds[name] = teacher_seconds.get(name, 0.0) + reply.seconds
+    teacher_seconds, messages = _exchange_cost(probe_replies, weight_replies)
     seconds["teachers"] = sum(teacher_seconds.values())
-    messages = _messages(probe_replies, "announce", "scores") + _messages(weight_replies, "request_weights", "weights")
     report = QueryReport(
         query=query,
         scores={k: [float(v) for v in s] for k, s in scores.items()},

@@ -72,6 +72,9 @@ def test_bench_tables_count_failed_queries_and_say_they_score_as_local():
     assert "(1 of 2 failed, scored as Local)" in format_headline(summary)
     rows = {r["method"]: r for r in csv.DictReader(io.StringIO(format_csv(summary)))}
     assert {m: r["failed_queries"] for m, r in rows.items()} == {"local": "0", "ensemble": "0", "qkt": "1"}
+    assert "no bytes and no seconds (what its probe cost before it failed is not recorded)" in tables  # records of an older qkt
+    records[1]["methods"]["qkt"]["bytes_sent"] = 120  # today's records carry the failed exchange's cost
+    assert "with the bytes and seconds its exchange cost before it stopped" in format_tables(summarize(records))
 
 
 def test_bench_tables_show_a_method_that_cannot_run_as_n_a_with_its_reason_and_leave_it_out_of_the_gains():

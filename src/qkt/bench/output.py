@@ -60,11 +60,13 @@ def format_tables(summary: dict) -> str:
             kept_out = [f"{display(m)} in {row['liar_kept_out']} of {row['queries']}" for m, row in s["rows"].items() if "liar_kept_out" in row]
             if kept_out:
                 lines += ["", "Queries where the lying teacher was kept out (distrusted, or never an expert): " + ", ".join(kept_out) + "."]
-            failed = [f"{display(m)} in {row['failed']} of {row['queries']}" for m, row in s["rows"].items() if row.get("failed")]
-            if failed:
-                lines += ["", "Queries that failed (no expert found, or every expert distrusted or lost): " + ", ".join(failed)
-                          + ". A failed query leaves the querier its own model, so the means above count it as Local: Local's "
-                          "accuracies, with the bytes and seconds its exchange cost before it stopped."]
+            failing = {m: row for m, row in s["rows"].items() if row.get("failed")}
+            if failing:
+                cost = ("with the bytes and seconds its exchange cost before it stopped" if all(row["failed_cost_recorded"] for row in failing.values())
+                        else "no bytes and no seconds (what its probe cost before it failed is not recorded)")
+                lines += ["", "Queries that failed (no expert found, or every expert distrusted or lost): "
+                          + ", ".join(f"{display(m)} in {row['failed']} of {row['queries']}" for m, row in failing.items())
+                          + f". A failed query leaves the querier its own model, so the means above count it as Local: Local's accuracies, {cost}."]
             against = (f"QKT vs the mean of the collaborative methods that ran ({', '.join(display(m) for m in COLLABORATIVE if m in s['gain_over'])}): "
                        f"{s['gain_over_collaborative_mean']:+.1f} points; vs the best of them ({display(s['best_collaborative'])}): "
                        f"{s['gain_over_best_collaborative']:+.1f} points, and above every one of them on "

@@ -40,6 +40,8 @@ def summarize(records: list[dict]) -> dict:
                 rows[m]["queries"] = len(results)
                 # a failed query leaves the querier its own model: experiment.run_methods scores it as Local
                 rows[m]["failed"] = sum("failed" in v["details"] for v in results)
+                # records of an older qkt bench scored a failed query's exchange as free
+                rows[m]["failed_cost_recorded"] = any(v["bytes_sent"] for v in results if "failed" in v["details"])
                 budgets = sorted({v["details"]["budget"] for v in results if "budget" in v["details"]})
                 if budgets:  # a federated row's rounds
                     rows[m]["budget"] = "; ".join(budgets)

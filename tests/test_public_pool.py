@@ -17,7 +17,8 @@ from qkt.data import DataSet, load_dataset
 from qkt.errors import ConfigError, QueryError
 from qkt.models import build_model
 from qkt.query import Lesson, learn, phase1
-from qkt.query.transfer import build_transfer_set, combine_targets, softmax_outputs
+from qkt.query.synth import Mixed
+from qkt.query.transfer import build_transfer_set, combine_targets, expert_depth, origins, softmax_outputs
 from qkt.training import fit
 
 C, D = 5, 8
@@ -56,6 +57,17 @@ def test_pool_inputs_follow_the_inversions_unlabelled_and_the_experts_speak_for_
     if depth == "agreement":  # the same experts lose their say on the querier's own inputs, of classes they never saw
         without = build_transfer_set(student, lesson, _config(), progress=False)[0]
         assert not torch.allclose(transfer.targets[:20, list(QUERY)], without.targets[:20, list(QUERY)])
+
+
+def test_a_pool_input_is_made_of_no_class_of_the_querier_so_an_out_of_depth_expert_keeps_its_say_on_it():
+    # Four classes, Q = (2,): a class-0 input of the querier, a pool input, and their even mixup.
+    x = Mixed([torch.zeros(1, 1), torch.zeros(1, 1)], torch.tensor([0]), torch.tensor([1]), torch.tensor([0.5], dtype=torch.float64),
+              torch.device("cpu"))
+    origin = origins(torch.tensor([0]), x, 4)
+    assert origin.tolist() == [[1, 0, 0, 0], [0, 0, 0, 0], [0.5, 0, 0, 0]]
+    stranger = torch.tensor([[0.0, 0.0, 0.8, 0.2]] * 3)  # never saw class 0: it calls the querier's class-0 input a 2
+    depth = expert_depth(origin, torch.tensor([0]), {"stranger": stranger}, {"stranger": np.array([True])}, (2,))
+    assert depth["stranger"].tolist() == [0.0, 1.0, 0.5]
 
 
 def test_phase1_keeps_the_pool_in_every_epoch_beside_the_local_and_synthetic_inputs(monkeypatch):

@@ -152,6 +152,11 @@ class QueryConfig(Section):
                             "only where that one puts more than a threshold of its probability on the query classes; the "
                             "threshold best separates the querier's own inputs from the synthetic query-class inputs"
     )
+    public_pool: NonNegative = Field(
+        0, description="unlabelled inputs of a public pool added to the transfer inputs (FedDF-style), drawn seeded from the "
+                       "training inputs of data.public_pool (0: off); they get the combined targets of the inversions, every "
+                       "expert keeping its say on them. The Python API takes the inputs themselves (qkt.query(public_inputs=))"
+    )
     lr: Rate = Field(1e-3, description="Adam learning rate of Phase 1")
     head_lr: Rate = Field(5e-3, description="Adam learning rate of Phase 2 (the head alone)")
     batch_size: BatchSize = Field(64, description="mini-batch of Phases 1 and 2")
@@ -215,6 +220,9 @@ class DataConfig(Section):
                                                     "or the size every imagefolder image is resized to")
     max_train: Positive | None = Field(None, description="use a seeded, stratified subset of this many training samples")
     max_test: Positive | None = Field(None, description="use a seeded, stratified subset of this many test samples")
+    public_pool: str | None = Field(None, description="a registry data set whose training inputs, unlabelled, form the public pool "
+                                                       "query.public_pool draws from (e.g. cifar100 beside cifar10); read from "
+                                                       "data.root, its inputs must have the shape of data.name's")
 
 
 class PartitionConfig(Section):
@@ -276,6 +284,12 @@ class RunConfig(Section):
     def _query_fits(self) -> RunConfig:
         if self.scenario.querier is not None and self.scenario.querier >= self.partition.num_parties:
             raise ValueError(f"scenario.querier={self.scenario.querier} but there are only {self.partition.num_parties} parties")
+        if self.query.public_pool and self.data.public_pool is None:
+            raise ValueError(f"query.public_pool = {self.query.public_pool} draws from data.public_pool, which names no data set: "
+                             "name one whose training inputs form the pool (e.g. cifar100 beside cifar10), or set query.public_pool to 0")
+        if self.data.public_pool is not None and self.data.public_pool == self.data.name:
+            raise ValueError(f"data.public_pool must name another data set than data.name ({self.data.name}): its training "
+                             "inputs are the parties' own data, not a public pool")
         if self.query.probe.kind == "self" and not self.partition.holdout:
             raise ValueError("query.probe.kind 'self' needs each teacher's held-out data: set partition.holdout (e.g. 0.1), "
                              "the share of its samples each party keeps out of its training to score itself on")

@@ -77,6 +77,8 @@ class World:
     global_models: dict[str, FederatedResult] = field(default_factory=dict)
     # Test-set outputs of models that no query changes (parties, global models), computed once and shared.
     test_probs: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+    # The querier's public pool (data.public_pool), standardised as x_train: a seeded draw, each method taking its first query.public_pool.
+    public_pool: torch.Tensor | None = None
 
     @property
     def querier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +142,29 @@ def federated_not_applicable(config: RunConfig, num_parties: int, querier: int |
     return f"one global model needs one architecture; the parties use {', '.join(archs)}"
 
 
+def public_pool_size(config: RunConfig) -> int:
+    """The most public-pool inputs a configured method draws (``query.public_pool``, or a method's own); 0: none needs the pool."""
+    return max((METHODS[m].settings.get("public_pool", config.query.public_pool) for m in config.methods
+                if METHODS[m].runner == "query"), default=0)
+
+
+def load_public_pool(config: RunConfig, dataset: DataSet) -> torch.Tensor | None:
+    """The public pool the configured methods need: a seeded draw of ``data.public_pool``'s training inputs, standardised as ``dataset``'s.
+
+    None when no method draws from it or ``data.public_pool`` names no data set. Raises
+    :class:`~qkt.errors.ConfigError` when the pool's inputs differ in shape from ``dataset``'s.
+    """
+    size = public_pool_size(config)
+    if not size or config.data.public_pool is None:
+        return None
+    pool = load_dataset(config.data.public_pool, config.data.root)
+    if pool.input_shape != dataset.input_shape:
+        raise ConfigError(f"data.public_pool {pool.name} has inputs of shape {pool.input_shape}, data.name {dataset.name} "
+                          f"{dataset.input_shape}: the pool must be inputs the models take")
+    drawn = np.random.default_rng(config.query.seed).permutation(len(pool.x_train))[:size]
+    return dataset.standardize(pool.x_train[np.sort(drawn)])
+
+
 def training_settings(training: TrainingConfig, device: torch.device) -> dict:
     """What names a party's checkpoint: the training settings, with the device and mixed precision only where they are not the CPU's defaults.
 
@@ -196,7 +221,8 @@ def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bo
     dataset, scenario = load_scenario(config, dataset)
     x_train, y_train, x_test, y_test = dataset.normalized()
     models = train_parties(config, (x_train, y_train), scenario, dataset, checkpoints, progress, resume)
-    return World(dataset, x_train, y_train, x_test, y_test, scenario, models, training_shares(config, dataset, scenario)[1])
+    return World(dataset, x_train, y_train, x_test, y_test, scenario, models, training_shares(config, dataset, scenario)[1],
+                 public_pool=load_public_pool(config, dataset))
 
 
 T = TypeVar("T")
@@ -283,12 +309,17 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
                                     seconds=seconds, bytes_received=all_weights)
         else:
             settings, variant = method_settings(config.query, method)
+            if settings.public_pool and world.public_pool is None:
+                results[method] = MethodResult(method, *[float("nan")] * 4, details={
+                    "not_applicable": f"no public pool for {world.dataset.name}: data.public_pool names none"})
+                continue
+            public = world.public_pool[: settings.public_pool] if settings.public_pool else None
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the report carries them
                     model, report = run_query(student, teachers, s.query, (local_x, local_y), settings,
                                               num_classes=world.dataset.num_classes, variant=variant, progress=progress,
-                                              amp=config.training.amp)
+                                              amp=config.training.amp, public_inputs=public)
             except QueryError as exc:  # a failed query leaves the querier with its own model: score that, say why and what it cost
                 cost = {} if not isinstance(exc, QueryFailed) else {
                     "seconds": exc.seconds["total"], "teacher_seconds": exc.seconds["teachers"],
@@ -302,6 +333,7 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
                                     bytes_sent=report.bytes_sent, bytes_received=report.bytes_received,
                                     details={"experts": reports[method]["experts"], "distrusted": report.distrusted,
                                              "seconds_per_phase": report.seconds,
+                                             **({"public_inputs": report.num_public} if report.num_public else {}),
                                              "diagnostics": query_diagnostics(world, report, settings.lam, truth, local_x)})
     if "oracle" in config.methods:
         qkt = results.get("qkt")

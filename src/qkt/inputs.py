@@ -95,18 +95,27 @@ def as_tensors(local_data: object, dtype: torch.dtype | None = None) -> tuple[to
     if not (isinstance(local_data, tuple | list) and len(local_data) == 2):
         raise QueryError(f"local data must be a pair (inputs, labels), not {type(local_data).__name__}"
                          + (f" of {len(local_data)}" if isinstance(local_data, tuple | list) else ""))
-    x, y = (_tensor(what, a) for what, a in zip(("inputs", "labels"), local_data, strict=True))
+    x, y = (_tensor(what, a) for what, a in zip(("local inputs", "local labels"), local_data, strict=True))
+    return as_inputs(x, dtype), y
+
+
+def as_inputs(value: object, dtype: torch.dtype | None = None, what: str = "local inputs") -> torch.Tensor:
+    """``value`` (a tensor or a NumPy array) as a batch of finite floating-point inputs, cast to ``dtype`` unless it is None.
+
+    ``what`` names the inputs in the one-line :class:`~qkt.errors.QueryError` that refuses them.
+    """
+    x = _tensor(what, value)
     if not x.is_floating_point():
-        raise QueryError(f"local inputs are {x.dtype}; the models take floating-point inputs, normalised as in training "
+        raise QueryError(f"{what} are {x.dtype}; the models take floating-point inputs, normalised as in training "
                          "(e.g. x.float() / 255)")
     if x.ndim < 2:
-        raise QueryError(f"local inputs must be a batch (samples first), not a tensor of shape {tuple(x.shape)}")
+        raise QueryError(f"{what} must be a batch (samples first), not a tensor of shape {tuple(x.shape)}")
     if dtype is not None:
         x = x.to(dtype)
     bad = int((~torch.isfinite(x)).sum())
     if bad:  # every model trained on them would be NaN
-        raise QueryError(f"local inputs hold {bad} non-finite value(s) (NaN, or infinite as {x.dtype})")
-    return x, y
+        raise QueryError(f"{what} hold {bad} non-finite value(s) (NaN, or infinite as {x.dtype})")
+    return x
 
 
 def _tensor(what: str, value: object) -> torch.Tensor:
@@ -114,7 +123,7 @@ def _tensor(what: str, value: object) -> torch.Tensor:
         try:
             return torch.as_tensor(value)
         except TypeError:  # strings, objects, dates: torch holds numbers only
-            raise QueryError(f"local {what} are a NumPy array of {value.dtype}, which torch cannot hold: give numbers") from None
+            raise QueryError(f"{what} are a NumPy array of {value.dtype}, which torch cannot hold: give numbers") from None
     if not isinstance(value, torch.Tensor):
-        raise QueryError(f"local {what} must be a torch.Tensor or a NumPy array, not {type(value).__name__}")
+        raise QueryError(f"{what} must be a torch.Tensor or a NumPy array, not {type(value).__name__}")
     return value

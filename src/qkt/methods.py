@@ -95,6 +95,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _qkt("qkt_weight_aligning", "QKT, weight aligning", {"head_correction": "weight_aligning"}, lever=True),
     _qkt("qkt_out_of_depth", "QKT, experts out of their depth", {"expert_depth": "agreement"}, lever=True),
     _qkt("qkt_gated", "QKT, gated to the original", {"gate": "query_mass"}, lever=True),
+    # A public pool of unlabelled inputs the querier holds (data.public_pool) joins the transfer inputs (FedDF-style).
+    _qkt("qkt_public_pool", "QKT, public pool", {"public_pool": 1000}, lever=True),
+    _qkt("qkt_public_pool_out_of_depth", "QKT, public pool + experts out of their depth",
+         {"public_pool": 1000, "expert_depth": "agreement"}, lever=True),
     _qkt("qkt", "QKT", ablation=False),
     _qkt("qkt_light", "QKT Light", {"light": True}, ablation=False),
     _qkt("qkt_no_masks", "QKT, no masks", variant={"masks": False}),

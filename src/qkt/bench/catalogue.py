@@ -22,6 +22,9 @@ from ..methods import ABLATIONS, BASELINES, QKT, REFERENCES, STRONG_BASELINES
 from .liars import KINDS as LIARS
 
 SELF_PROBE_HOLDOUT = 0.1
+# The public pool of each data set (data.public_pool) for the levers that draw one: unlabelled images of another
+# public data set of the same shape. Digits has none; there those levers' rows say n/a and why.
+PUBLIC_POOLS = {"cifar10": "cifar100", "cifar100": "cifar10", "bloodmnist": "pathmnist", "pathmnist": "bloodmnist"}
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,8 @@ def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed
     """
     raw = profile.config(dataset.name)
     c = dataset.num_classes
-    raw["data"] = {**raw.get("data", {}), "name": dataset.name, "root": None if data_root is None else str(data_root)}
+    raw["data"] = {**raw.get("data", {}), "name": dataset.name, "root": None if data_root is None else str(data_root),
+                   "public_pool": PUBLIC_POOLS.get(dataset.name)}
     raw["partition"] = {"num_parties": 10, "kind": "dirichlet", "alpha": 0.1, "seed": seed}
     if scenario.partition == "one-holder":
         raw["partition"] = {"num_parties": c // 2, "kind": "k_classes", "classes_per_party": 2, "seed": seed}

@@ -99,6 +99,7 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
     needed = dict.fromkeys(METHODS[m].global_model for m in config.methods if METHODS[m].runner == "federated" and one_model)
     global_models = {g: global_model(g, config, dataset, (x_train, y_train), parts, checkpoints, progress) for g in needed}
     test_probs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared: fixed models are evaluated once per seed
+    public_pool = experiment.load_public_pool(config, dataset)
     # A teacher's probe scores do not depend on the query: each computes them once for every query of the seed,
     # and each query is charged the seconds they took.
     probe_cache: dict = {}
@@ -113,7 +114,7 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
             models[q] = experiment.train_parties(config, (x_train, y_train), scen, dataset, checkpoints, False)[q]
         world = experiment.World(dataset, x_train, y_train, x_test, y_test, scen, models,
                                  holdouts=experiment.training_shares(config, dataset, scen)[1], global_models=global_models,
-                                 test_probs=test_probs)
+                                 test_probs=test_probs, public_pool=public_pool)
         liar = false_expert(scen, dataset.y_train, dataset.num_classes) if scenario.forged_teacher or scenario.liar else None
         rigged = None if liar is None or scenario.liar is None else plant(
             scenario.liar, models[liar], scen.query, dataset.num_classes, x_train[torch.as_tensor(parts[liar])])

@@ -87,16 +87,22 @@ class DataSet:
         which is what the data-free probe and model inversion sample from.
         """
         x_train = _as_float(self.x_train)
-        x_test = _as_float(self.x_test)
-        axes = (0, 2, 3) if self.is_image else (0,)
-        mean = x_train.mean(dim=axes, keepdim=True)
-        std = x_train.std(dim=axes, keepdim=True).clamp_min(1e-6)
+        mean, std = self._moments(x_train)
         return (
             (x_train - mean) / std,
             torch.as_tensor(self.y_train, dtype=torch.long),
-            (x_test - mean) / std,
+            (_as_float(self.x_test) - mean) / std,
             torch.as_tensor(self.y_test, dtype=torch.long),
         )
+
+    def standardize(self, x: np.ndarray) -> torch.Tensor:
+        """Other inputs of this set's kind (e.g. a public pool's) as float tensors standardised with this set's training statistics, as :meth:`normalized` gives its own."""
+        mean, std = self._moments(_as_float(self.x_train))
+        return (_as_float(x) - mean) / std
+
+    def _moments(self, x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        axes = (0, 2, 3) if self.is_image else (0,)
+        return x_train.mean(dim=axes, keepdim=True), x_train.std(dim=axes, keepdim=True).clamp_min(1e-6)
 
 
 def _as_float(x: np.ndarray) -> torch.Tensor:

@@ -29,7 +29,7 @@ from ..config import RunConfig, parse_config
 from ..data import DataSet
 from ..data.base import cache_dir
 from ..errors import ConfigError
-from ..experiment import load_scenario, party_arch, training_shares
+from ..experiment import load_scenario, party_arch, public_pool_size, training_shares
 from ..methods import METHODS
 from ..models import build_model
 from ..partition import Scenario
@@ -105,6 +105,10 @@ def read_settings(run_config: Mapping[str, object], querier: Mapping[str, object
                           f"{', '.join(SHARED_SECTIONS)}: the query and methods go in the querier's own file (${QUERIER_ENV})")
     querier = dict(querier or {})
     config = parse_config({**raw, **{k: querier[k] for k in ("query", "methods") if k in querier}}, "run config 'qkt-config'")
+    if public_pool_size(config):
+        pooled = [m for m in config.methods if METHODS[m].settings.get("public_pool")] or ["query.public_pool"]
+        raise ConfigError(f"the Flower app cannot pass a public pool to the query: {', '.join(pooled)} draw(s) one; set "
+                          "query.public_pool to 0 and leave out the public-pool methods, or run them with qkt run or qkt bench")
     timeout = float(run_config.get("reply-timeout", 600.0))
     if timeout <= 0:
         raise ConfigError(f"run config 'reply-timeout' must be positive, not {timeout:g}")

@@ -30,6 +30,7 @@ def query(
     progress: bool = True,
     device: str | torch.device | None = None,
     amp: Amp | None = None,
+    public_inputs: torch.Tensor | None = None,
 ) -> tuple[nn.Module, QueryReport]:
     """Ask ``teachers`` for ``query_classes`` and learn them into a copy of ``student``.
 
@@ -63,6 +64,12 @@ def query(
         through copies moved there: the models handed in come back as they were.
     amp:
         ``"bf16"`` or ``"fp16"``: mixed precision for the training steps of Phases 1 and 2 (default: off).
+    public_inputs:
+        Optional public pool: unlabelled inputs the querier holds and may use (e.g. images of
+        another public data set), a tensor or NumPy array of the local inputs' shape per
+        input, normalised alike. They join the transfer inputs with the combined targets of
+        the inversions; nothing about them leaves the querier (docs/privacy.md). The report's
+        ``num_public`` says how many were used.
 
     Returns
     -------
@@ -105,4 +112,4 @@ def query(
         if size is not None and size != num_classes:
             raise QueryError(f"{who} outputs {size} classes but the label space has {num_classes}")
     return run_query(student, channel, query_classes, samples, config, num_classes=num_classes, head=head, progress=progress,
-                     device=device, amp=amp)
+                     device=device, amp=amp, public_inputs=public_inputs)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import QueryConfig, format_validation_error
 from ..errors import ConfigError, QueryError
-from ..inputs import DatasetRows
+from ..inputs import DatasetRows, as_inputs
 from ..training import model_device
 
 
@@ -36,6 +36,25 @@ def as_config(config: QueryConfig | Mapping | None) -> QueryConfig:
 def input_dtype(model: nn.Module) -> torch.dtype:
     """The floating-point type ``model`` computes in (that of its first floating-point parameter; float32 if it has none)."""
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def check_public_inputs(public_inputs: object, local_x: torch.Tensor | DatasetRows, config: QueryConfig,
+                        dtype: torch.dtype) -> torch.Tensor | None:
+    """A public pool as finite inputs in ``dtype`` of the local inputs' shape, or None for no pool.
+
+    ``query.public_pool`` above 0 without inputs is refused: the setting says how many
+    inputs ``qkt run`` and ``qkt bench`` draw, and a query given none would silently run without.
+    """
+    if public_inputs is None:
+        if config.public_pool:
+            raise QueryError(f"query.public_pool = {config.public_pool} but no public inputs were given: pass them as "
+                             "public_inputs=, or set query.public_pool to 0")
+        return None
+    x = as_inputs(public_inputs, dtype, "public inputs")
+    if tuple(x.shape[1:]) != tuple(local_x.shape[1:]):
+        raise QueryError(f"public inputs have shape {tuple(x.shape[1:])} per input, the local inputs {tuple(local_x.shape[1:])}: "
+                         "a public pool must be inputs of the same kind, normalised alike")
+    return x
 
 
 def check_module(who: str, model: object) -> None:

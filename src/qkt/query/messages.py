@@ -87,6 +87,8 @@ class QueryReport:
     their sum (``total``), and ``teachers``: the time every teacher spent on its replies,
     added up (per teacher in ``teacher_seconds``). ``lost`` names the teachers that gave
     no reply, ``distrusted`` those whose weights or claims the querier's checks rejected.
+    ``num_transfer_inputs`` counts every input Phases 1 and 2 learnt from, ``num_synthetic``
+    the inversions among them and ``num_public`` the public pool's.
     """
 
     query: tuple[int, ...]
@@ -99,6 +101,7 @@ class QueryReport:
     teacher_seconds: dict[str, float] = field(default_factory=dict)
     num_transfer_inputs: int = 0
     num_synthetic: int = 0
+    num_public: int = 0
     warnings: list[str] = field(default_factory=list)
     distrusted: dict[str, list[str]] = field(default_factory=dict)
     lost: dict[str, str] = field(default_factory=dict)

@@ -4,8 +4,8 @@ Phase 1 runs in stages. The first trains the whole student but its leading
 ``query.phase1_frozen_blocks`` feature blocks; the second (QKT Light's only stage,
 or the epochs after ``Variant.whole_epochs``) trains its last block and head. A
 stage's frozen blocks compute the same outputs in every epoch, so they run once
-and the stage trains on their outputs. Each epoch takes the local and synthetic
-inputs and a share of the mixups (``query.phase1_mixups``), in turn.
+and the stage trains on their outputs. Each epoch takes the local, synthetic and
+public-pool inputs and a share of the mixups (``query.phase1_mixups``), in turn.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def phase1_inputs(transfer: TransferSet, config: QueryConfig, variant: Variant, 
                   num_unmixed: int) -> tuple[TransferSet, int | None, int]:
     """Phase 1's inputs, how many it draws per epoch and how many of the first ones are in every epoch (see :func:`qkt.training.epoch_orders`).
 
-    The transfer set holds the ``num_unmixed`` local and synthetic inputs, then the
+    The transfer set holds the ``num_unmixed`` local, synthetic and public-pool inputs, then the
     mixups. A share of the mixups (``config.phase1_mixups`` between 0 and 1) keeps the
     unmixed inputs in every epoch and takes that share of the mixups in turn; no share
     (0) leaves the mixups out; otherwise an epoch is one pass over the transfer set,
@@ -87,8 +87,11 @@ def trained_part(model: nn.Module, x: torch.Tensor | Mixed, head_name: str | Non
 
 def run_phase1(student: nn.Module, transfer: TransferSet, config: QueryConfig, variant: Variant, num_local: int,
                num_synthetic: int, head: str | None = None, progress: bool = True,
-               amp: Amp | None = None) -> tuple[nn.Module, TransferSet]:
+               amp: Amp | None = None, num_public: int = 0) -> tuple[nn.Module, TransferSet]:
     """Train ``student`` in place through Phase 1's stages; returns the last stage's model and inputs, for Phase 2.
+
+    The transfer set begins with the ``num_local`` local, ``num_synthetic`` synthetic and
+    ``num_public`` public-pool inputs; the mixups follow.
 
     Each stage trains a tail of the last one's (sharing its modules with ``student``, so
     training it trains ``student``) on the outputs of the blocks it freezes.
@@ -97,7 +100,8 @@ def run_phase1(student: nn.Module, transfer: TransferSet, config: QueryConfig, v
     for frozen_blocks, epochs in stages(config, variant):
         trained, x, params = trained_part(trained, inputs.x, head, frozen_blocks)
         inputs = replace(inputs, x=x)
-        chosen, epoch_size, keep_first = phase1_inputs(inputs, config, variant, num_local, num_local + num_synthetic)
+        chosen, epoch_size, keep_first = phase1_inputs(inputs, config, variant, num_local,
+                                                      num_local + num_synthetic + num_public)
         train_on_transfer(trained, chosen.balanced() if variant.merged else chosen, config, epochs, config.lr, params=params,
                           epoch_size=epoch_size, keep_first=keep_first, desc="phase 1 (distill)", progress=progress, amp=amp)
     return trained, inputs

@@ -138,7 +138,8 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Vari
     seconds["synthesis"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    trained, inputs = run_phase1(new, transfer, config, variant, len(lesson.local_y), num_synthetic, head, progress, amp)
+    trained, inputs = run_phase1(new, transfer, config, variant, len(lesson.local_y), num_synthetic, head, progress, amp,
+                                 num_public=lesson.num_public)
     seconds["phase1"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -202,7 +203,8 @@ def _scores(reply: Reply | Failure, query_size: int) -> np.ndarray | str:
 def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequence[int] | int,
               local_data: LocalData, config: QueryConfig | Mapping | None = None, *, num_classes: int | None = None,
               variant: Variant | None = None, head: str | None = None, progress: bool = True,
-              device: str | torch.device | None = None, amp: Amp | None = None) -> tuple[nn.Module, QueryReport]:
+              device: str | torch.device | None = None, amp: Amp | None = None,
+              public_inputs: torch.Tensor | None = None) -> tuple[nn.Module, QueryReport]:
     """One query, end to end: announce, choose experts, fetch their weights, vet them, learn, report.
 
     Parameters
@@ -225,6 +227,10 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
         Where the querier computes: ``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"`` or a
         :class:`torch.device` (default: the student's device); the new model is returned
         there. ``amp`` (``"bf16"`` or ``"fp16"``) trains Phases 1 and 2 in mixed precision.
+    public_inputs:
+        A public pool: unlabelled inputs the querier holds and may use, of the same shape per
+        input as its own, added to the transfer inputs with the combined targets of the
+        inversions (``query.public_pool`` of docs/method.md). None: no pool.
 
     A teacher that gives no reply is *lost*; one whose weights do not fit or whose claims
     the querier's checks do not support is *distrusted*; both are named in the report and
@@ -239,6 +245,7 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     if num_classes is None:
         num_classes = inputs.output_size("the student", student, local_x)
     query, local_y, notes = check_local_data(local_x, local_y, query_classes, num_classes)
+    public_x = inputs.check_public_inputs(public_inputs, local_x, config, inputs.input_dtype(student))
     inputs.check_trainable(student, find_head(student, head))
     seconds: dict[str, float] = {}
     announcement = Announcement.from_config(query, num_classes, tuple(local_x.shape[1:]), config)
@@ -299,7 +306,7 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
         raise _failed("no usable expert: " + "; ".join(f"teacher '{k}': {v if isinstance(v, str) else ', '.join(v)}"
                                                         for k, v in {**lost, **distrusted}.items() if k in weight_replies),
                       seconds, probe_replies, weight_replies)
-    lesson = Lesson({k: experts[k] for k in masks}, masks, query, local_x, local_y)
+    lesson = Lesson({k: experts[k] for k in masks}, masks, query, local_x, local_y, public_x)
     orphans = sorted(c for c, names in lesson.by_class.items() if not names and c not in unmatched_classes)
     if orphans:
         notes.append(f"query class(es) {orphans} have no usable expert left; the querier's own outputs stand for them")
@@ -323,10 +330,11 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
         teacher_seconds=teacher_seconds,
         num_transfer_inputs=len(transfer),
         num_synthetic=num_synthetic,
+        num_public=lesson.num_public,
         warnings=notes,
         distrusted=distrusted,
         lost=lost,
     )
-    log.info("query %s learnt in %.1f s (%d transfer inputs, %d synthetic; %s received)", list(query), seconds["total"],
-             len(transfer), num_synthetic, f"{report.bytes_received:,} bytes")
+    log.info("query %s learnt in %.1f s (%d transfer inputs, %d synthetic, %d from the public pool; %s received)", list(query),
+             seconds["total"], len(transfer), num_synthetic, lesson.num_public, f"{report.bytes_received:,} bytes")
     return model, report

@@ -4,8 +4,9 @@ The target of an input is built class by class: for a query class, the experts
 whose mask bit is set speak; for every other class, the querier's own frozen
 model does. Non-experts and the experts' non-query outputs contribute nothing,
 which is what keeps the querier's own knowledge and keeps interference out.
-The inputs are the querier's own data, inversions of the experts and mixups of
-both; none comes from another party.
+The inputs are the querier's own data, inversions of the experts, optionally a
+public pool of unlabelled inputs the querier holds, and mixups of all of them;
+none comes from another party.
 """
 
 from __future__ import annotations
@@ -80,11 +81,12 @@ def combine_targets(
 def origins(classes: torch.Tensor, x: synth.Mixed, num_classes: int) -> torch.Tensor:
     """``(N, C)``: the class each transfer input is made of, from how it was made.
 
-    ``classes`` holds, for the unmixed inputs of ``x``, the querier's label of each own
-    input and the class each synthetic input was inverted for; a mixup is made of its
-    two inputs in the proportions of its weight.
+    ``classes`` holds, for the first unmixed inputs of ``x``, the querier's label of each
+    own input and the class each synthetic input was inverted for; the unmixed inputs
+    after them, a public pool's, are made of no class of ``C`` (a row of zeros). A mixup
+    is made of its two inputs in the proportions of its weight.
     """
-    unmixed = F.one_hot(classes.cpu(), num_classes).float()
+    unmixed = F.pad(F.one_hot(classes.cpu(), num_classes).float(), (0, 0, 0, x.num_unmixed - len(classes)))
     weight = x.weight.float()[:, None]
     return torch.cat([unmixed, weight * unmixed[x.i] + (1 - weight) * unmixed[x.j]])
 
@@ -108,7 +110,9 @@ def expert_depth(origin: torch.Tensor, local_y: torch.Tensor, experts: Mapping[s
     labels on the querier's own inputs of it (the share it labels alike); it knows a query
     class iff its mask bit is set. An input's weight is that knowledge averaged over the
     classes it is made of (``origin``): an expert's query-class opinion of an input of a
-    class it never saw then counts for nothing.
+    class it never saw then counts for nothing. The share of an input made of no class of
+    ``C`` (a public-pool input, or its part of a mixup) leaves every expert its full say:
+    no class of the querier's is there for the expert to be ignorant of.
     """
     n, num_classes = len(local_y), origin.shape[1]
     held = torch.bincount(local_y, minlength=num_classes)
@@ -118,7 +122,7 @@ def expert_depth(origin: torch.Tensor, local_y: torch.Tensor, experts: Mapping[s
         agree = probs[:n].argmax(1).cpu() == local_y
         known = torch.bincount(local_y[agree], minlength=num_classes) / held.clamp_min(1)
         known[query] = torch.as_tensor(masks[name], dtype=known.dtype)
-        depth[name] = (origin @ known.to(origin)).clamp(0, 1)
+        depth[name] = (origin @ known.to(origin) + 1 - origin.sum(1)).clamp(0, 1)
     return depth
 
 
@@ -126,7 +130,7 @@ def expert_depth(origin: torch.Tensor, local_y: torch.Tensor, experts: Mapping[s
 class TransferSet:
     """The inputs of Phases 1 and 2 with their targets.
 
-    ``labels`` are the querier's own labels (``-1`` for synthetic inputs);
+    ``labels`` are the querier's own labels (``-1`` for synthetic and public-pool inputs);
     ``weights`` scale each sample's loss (class balance). ``x`` is a tensor or inputs
     made batch by batch (:class:`~qkt.query.synth.Mixed`); the others are tensors on the
     device of ``targets``.
@@ -150,7 +154,7 @@ class TransferSet:
         return self.x, self.targets, self.labels, self.weights
 
     def first(self, n: int) -> TransferSet:
-        """The first ``n`` inputs: the querier's own and the synthetic ones come before the mixups."""
+        """The first ``n`` inputs: the querier's own, the synthetic and the public-pool ones come before the mixups."""
         x = self.x.first(n) if isinstance(self.x, synth.Mixed) else self.x[:n]
         return TransferSet(x, self.targets[:n], self.labels[:n], self.weights[:n])
 
@@ -197,7 +201,9 @@ def train_on_transfer(model: nn.Module, transfer: TransferSet, config: QueryConf
 class Lesson:
     """What Phases 1 and 2 learn from, once the experts are in: their models and mask bits over ``query``, and the querier's data.
 
-    ``by_class`` is the same masks seen per query class (the experts of each), built once here.
+    ``public_x`` is an optional public pool of unlabelled inputs the querier holds, of the
+    shape of ``local_x``'s (None: none). ``by_class`` is the same masks seen per query class
+    (the experts of each), built once here.
     """
 
     experts: Mapping[str, nn.Module]
@@ -205,7 +211,13 @@ class Lesson:
     query: tuple[int, ...]
     local_x: torch.Tensor | DatasetRows
     local_y: torch.Tensor
+    public_x: torch.Tensor | None = None
     by_class: dict[int, list[str]] = field(init=False)
+
+    @property
+    def num_public(self) -> int:
+        """How many public-pool inputs the lesson holds."""
+        return 0 if self.public_x is None else len(self.public_x)
 
     def __post_init__(self) -> None:
         # A caller may hand in a list; the reports and the mask bits rely on one fixed, hashable order.
@@ -214,10 +226,12 @@ class Lesson:
 
 
 def build_transfer_set(original: nn.Module, lesson: Lesson, config: QueryConfig, progress: bool = True) -> tuple[TransferSet, int]:
-    """Local data, inversions of the experts and mixups, each with its combined target; and how many inputs are inversions.
+    """Local data, inversions of the experts, the public pool and mixups, each with its combined target; and how many inputs are inversions.
 
-    The inputs stay where they are and the mixups are made batch by batch (:class:`~qkt.query.synth.Mixed`);
-    the targets are computed in batches on ``original``'s device.
+    The transfer set holds the querier's own inputs, the inversions, the public-pool
+    inputs (``lesson.public_x``, unlabelled as the inversions are) and then the mixups of
+    all of them. The inputs stay where they are and the mixups are made batch by batch
+    (:class:`~qkt.query.synth.Mixed`); the targets are computed in batches on ``original``'s device.
     """
     local_x, local_y = lesson.local_x, lesson.local_y
     input_shape = tuple(local_x.shape[1:])
@@ -232,7 +246,8 @@ def build_transfer_set(original: nn.Module, lesson: Lesson, config: QueryConfig,
             made_for.append(y.cpu())
     device = model_device(original)
     x_synth = [torch.cat(synthetic).to(device)] if synthetic else []
-    x = synth.with_mixups([local_x, *x_synth], config.mixup, config.mixup_alpha, config.seed, device)
+    pool = [lesson.public_x] if lesson.num_public else []
+    x = synth.with_mixups([local_x, *x_synth, *pool], config.mixup, config.mixup_alpha, config.seed, device)
     own = softmax_outputs(original, x, config.temperature)
     outputs = {name: softmax_outputs(model, x, config.temperature).to(device) for name, model in lesson.experts.items()}
     depth = None

@@ -335,6 +335,7 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
         distrusted=distrusted,
         lost=lost,
     )
-    log.info("query %s learnt in %.1f s (%d transfer inputs, %d synthetic, %d from the public pool; %s received)", list(query),
-             seconds["total"], len(transfer), num_synthetic, lesson.num_public, f"{report.bytes_received:,} bytes")
+    pool = f", {lesson.num_public} from the public pool" if lesson.num_public else ""
+    log.info("query %s learnt in %.1f s (%d transfer inputs, %d synthetic%s; %s received)", list(query),
+             seconds["total"], len(transfer), num_synthetic, pool, f"{report.bytes_received:,} bytes")
     return model, report

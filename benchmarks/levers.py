@@ -31,8 +31,8 @@ LEARNING = ("synthesis", "phase1", "phase2")
 def table(records: list[dict], path: Path, rng: np.random.Generator) -> list[str]:
     methods = [m for m in ("local", "qkt", *LEVERS, "oracle") if all(m in r["methods"] for r in records)]
 
-    def mean(m: str, key: str, scenario: str | None = None) -> float:
-        return float(np.mean([r["methods"][m][key] for r in records if scenario is None or r["scenario"] == scenario]))
+    def mean(m: str, key: str) -> float:
+        return float(np.mean([r["methods"][m][key] for r in records]))
 
     local, oracle = mean("local", "overall_accuracy"), mean("oracle", "overall_accuracy")
     lines = ["| method | query acc | local acc | overall acc | forgetting | forgetting, multi-class | recovered "

@@ -144,8 +144,8 @@ def federated_not_applicable(config: RunConfig, num_parties: int, querier: int |
 
 def public_pool_size(config: RunConfig) -> int:
     """The most public-pool inputs a configured method draws (``query.public_pool``, or a method's own); 0: none needs the pool."""
-    return max((METHODS[m].settings.get("public_pool", config.query.public_pool) for m in config.methods
-                if METHODS[m].runner == "query"), default=0)
+    return max((method_settings(config.query, m)[0].public_pool for m in config.methods if METHODS[m].runner == "query"),
+               default=0)
 
 
 def load_public_pool(config: RunConfig, dataset: DataSet) -> torch.Tensor | None:
@@ -275,7 +275,7 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
         log.info("running %s", method)
         runner = METHODS[method].runner
         if runner == "federated" and not_applicable:  # a row saying why, not a silent gap in the tables
-            results[method] = MethodResult(method, *[float("nan")] * 4, details={"not_applicable": not_applicable})
+            results[method] = MethodResult.not_applicable(method, not_applicable)
         elif runner == "local":
             results[method] = unchanged
         elif runner == "oracle":
@@ -310,8 +310,8 @@ def run_methods(world: World, config: RunConfig, progress: bool = True,
         else:
             settings, variant = method_settings(config.query, method)
             if settings.public_pool and world.public_pool is None:
-                results[method] = MethodResult(method, *[float("nan")] * 4, details={
-                    "not_applicable": f"no public pool for {world.dataset.name}: data.public_pool names none"})
+                results[method] = MethodResult.not_applicable(
+                    method, f"no public pool for {world.dataset.name}: data.public_pool names none")
                 continue
             public = world.public_pool[: settings.public_pool] if settings.public_pool else None
             try:

@@ -33,6 +33,11 @@ class MethodResult:
     per_class_accuracy: list[float] = field(default_factory=list)
     details: dict = field(default_factory=dict)
 
+    @classmethod
+    def not_applicable(cls, method: str, why: str) -> MethodResult:
+        """A row for a method that cannot run here: no figures, and why."""
+        return cls(method, *[float("nan")] * 4, details={"not_applicable": why})
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -86,12 +86,12 @@ def trained_part(model: nn.Module, x: torch.Tensor | Mixed, head_name: str | Non
 
 
 def run_phase1(student: nn.Module, transfer: TransferSet, config: QueryConfig, variant: Variant, num_local: int,
-               num_synthetic: int, head: str | None = None, progress: bool = True,
-               amp: Amp | None = None, num_public: int = 0) -> tuple[nn.Module, TransferSet]:
+               num_unmixed: int, head: str | None = None, progress: bool = True,
+               amp: Amp | None = None) -> tuple[nn.Module, TransferSet]:
     """Train ``student`` in place through Phase 1's stages; returns the last stage's model and inputs, for Phase 2.
 
-    The transfer set begins with the ``num_local`` local, ``num_synthetic`` synthetic and
-    ``num_public`` public-pool inputs; the mixups follow.
+    The transfer set begins with ``num_unmixed`` inputs, the ``num_local`` local ones first,
+    then the synthetic and public-pool ones; the mixups follow.
 
     Each stage trains a tail of the last one's (sharing its modules with ``student``, so
     training it trains ``student``) on the outputs of the blocks it freezes.
@@ -100,8 +100,7 @@ def run_phase1(student: nn.Module, transfer: TransferSet, config: QueryConfig, v
     for frozen_blocks, epochs in stages(config, variant):
         trained, x, params = trained_part(trained, inputs.x, head, frozen_blocks)
         inputs = replace(inputs, x=x)
-        chosen, epoch_size, keep_first = phase1_inputs(inputs, config, variant, num_local,
-                                                      num_local + num_synthetic + num_public)
+        chosen, epoch_size, keep_first = phase1_inputs(inputs, config, variant, num_local, num_unmixed)
         train_on_transfer(trained, chosen.balanced() if variant.merged else chosen, config, epochs, config.lr, params=params,
                           epoch_size=epoch_size, keep_first=keep_first, desc="phase 1 (distill)", progress=progress, amp=amp)
     return trained, inputs

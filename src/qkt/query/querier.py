@@ -138,8 +138,7 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Vari
     seconds["synthesis"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    trained, inputs = run_phase1(new, transfer, config, variant, len(lesson.local_y), num_synthetic, head, progress, amp,
-                                 num_public=lesson.num_public)
+    trained, inputs = run_phase1(new, transfer, config, variant, len(lesson.local_y), transfer.x.num_unmixed, head, progress, amp)
     seconds["phase1"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -174,11 +173,16 @@ def _exchange_cost(probe_replies: Mapping[str, Reply | Failure], weight_replies:
     return teacher_seconds, _messages(probe_replies, "announce", "scores") + _messages(weight_replies, "request_weights", "weights")
 
 
+def _bytes(messages: Sequence[dict]) -> tuple[int, int]:
+    """The bytes the querier sent and received in ``messages``."""
+    return sum(m["bytes"] for m in messages if "to" in m), sum(m["bytes"] for m in messages if "from" in m)
+
+
 def _failed(message: str, seconds: dict[str, float], probe_replies: Mapping[str, Reply | Failure],
             weight_replies: Mapping[str, Reply | Failure]) -> QueryFailed:
     teacher_seconds, messages = _exchange_cost(probe_replies, weight_replies)
     return QueryFailed(message, {**seconds, "total": sum(seconds.values()), "teachers": sum(teacher_seconds.values())},
-                       sum(m["bytes"] for m in messages if "to" in m), sum(m["bytes"] for m in messages if "from" in m))
+                       *_bytes(messages))
 
 
 def _messages(replies: Mapping[str, Reply | Failure], request: str, reply: str) -> list[dict]:
@@ -319,12 +323,13 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     seconds["total"] = sum(seconds.values())
     teacher_seconds, messages = _exchange_cost(probe_replies, weight_replies)
     seconds["teachers"] = sum(teacher_seconds.values())
+    sent, received = _bytes(messages)
     report = QueryReport(
         query=query,
         scores={k: [float(v) for v in s] for k, s in scores.items()},
         experts=lesson.by_class,
-        bytes_sent=sum(m["bytes"] for m in messages if "to" in m),
-        bytes_received=sum(m["bytes"] for m in messages if "from" in m),
+        bytes_sent=sent,
+        bytes_received=received,
         messages=messages,
         seconds=seconds,
         teacher_seconds=teacher_seconds,

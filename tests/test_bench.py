@@ -98,6 +98,15 @@ def test_resume_keeps_finished_queries(quick_digits, monkeypatch):
     assert state["records"] == before
 
 
+def test_a_long_profile_runs_in_parts_one_seed_at_a_time(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(runner, "run_scenario", lambda dataset, scenario, seed, *a, **k: ran.append(seed))
+    bench.run_bench("full", ["digits"], tmp_path, seeds=[2], progress=False)
+    assert set(ran) == {2}
+    with pytest.raises(QKTError, match="the full profile has seeds 0 to 2; got \\[3\\]"):
+        bench.run_bench("full", ["digits"], tmp_path, seeds=[3], progress=False)
+
+
 def test_resume_refuses_a_run_of_other_settings_and_names_them(quick_digits, tmp_path, monkeypatch):
     """Resuming after the profile's settings changed would mix two methods under one name."""
     state = json.loads((quick_digits / "bench.json").read_text())

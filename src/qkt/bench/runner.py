@@ -162,7 +162,8 @@ def dotted(settings: dict, prefix: str = "") -> dict[str, object]:
 
 def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, data_root: str | None = None,
               scenarios: Sequence[str] | None = None, resume: bool = False, progress: bool = True,
-              methods: Sequence[str] | None = None, whole_dataset: bool = False, device: str | None = None) -> dict:
+              methods: Sequence[str] | None = None, whole_dataset: bool = False, device: str | None = None,
+              seeds: Sequence[int] | None = None) -> dict:
     """Run a benchmark profile and write its outputs to ``output``; returns the final state (as in ``bench.json``).
 
     Parameters
@@ -186,6 +187,9 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
         (SPEC §5's scale: on CIFAR-10 each query takes about three times as long).
     device:
         ``training.device`` of every run (``auto``, ``cpu``, ``cuda``, ``mps``; default: the profile's, ``auto``).
+    seeds:
+        A subset of the profile's seeds (``0`` to ``seeds - 1``), so that a long profile can run in
+        parts: a later run with ``resume`` and the same ``output`` adds the other seeds.
     """
     if profile_name not in PROFILES:
         raise QKTError(f"unknown profile '{profile_name}'; choose one of: {', '.join(PROFILES)}")
@@ -196,6 +200,9 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     if unknown:
         raise QKTError(f"unknown scenario(s) {unknown}; choose from: {', '.join([*SCENARIOS, *GROUPS])}")
     methods = list(dict.fromkeys(methods or ()))
+    seeds = list(dict.fromkeys(seeds)) if seeds else list(range(profile.seeds))
+    if any(not 0 <= s < profile.seeds for s in seeds):
+        raise QKTError(f"the {profile_name} profile has seeds 0 to {profile.seeds - 1}; got {seeds}")
     datasets = list(dict.fromkeys(datasets or available_datasets(data_root)))
     if "npz" in datasets:
         raise QKTError("qkt bench runs the registry data sets; for your own .npz file use `qkt run` with data.name: npz and data.path")
@@ -231,7 +238,7 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
         data = profile.config(name).get("data", {})
         # One seeded subset for every seed: seeds vary the partition and the training, not the data.
         dataset = load_dataset(name, data_root).subsample(data.get("max_train"), data.get("max_test"), 0)
-        for seed in range(profile.seeds):
+        for seed in seeds:
             for scenario in scenarios or profile.scenarios_for(name):
                 run_scenario(dataset, SCENARIOS[scenario], seed, profile, data_root, output / "checkpoints", done, on_record,
                              progress, methods, device)

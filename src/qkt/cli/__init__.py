@@ -83,7 +83,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     state = run_bench(args.profile, args.dataset, args.output, args.data_root, args.scenario, args.resume,
                       progress=not args.quiet and sys.stderr.isatty(), methods=args.methods, whole_dataset=args.whole_dataset,
-                      device=args.device)
+                      device=args.device, seeds=args.seed)
     print((args.output / "bench.md").read_text() if (args.output / "bench.md").exists() else "no query was eligible")
     print(f"wrote {args.output}/bench.json, bench.md, bench.csv, headline.md and bench.png "
           f"(wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s)")
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "qkt_whole_first_epoch); without qkt the tables have no Δ (for benchmarks/merge_runs.py)")
     bench.add_argument("--whole-dataset", action="store_true",
                        help="every training and test image of each data set, not the 6,000 / 2,000-image subsets (SPEC §5's scale)")
+    bench.add_argument("--seed", action="append", type=int, default=None,
+                       help="run only this seed of the profile (repeatable; default: every seed); a later --resume with the same --output adds the others")
     bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest")
     bench.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else every core; 1 is much faster on a busy machine)")
     add_verbosity(bench)

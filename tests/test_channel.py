@@ -87,6 +87,22 @@ def test_cached_scores_are_computed_once_and_every_query_is_charged_for_them(wor
     assert first["a"].received == 8 and again["a"].received == 4  # the reply holds |Q| scores, not the cached |C|
 
 
+def test_cached_scores_serve_every_lambda_of_a_sweep(world):
+    _, _, teachers = world
+    calls = []
+
+    class Counting(InProcessChannel):
+        def announce(self, announcement, names):
+            calls.append(announcement.threshold)
+            return super().announce(announcement, names)
+
+    channel = CachedScores(Counting({k: Teacher(m, policy=UNLIMITED) for k, m in teachers.items()}))
+    replies = [channel.announce(Announcement((2, 3), C, (8,), probe_kind="noise", probe_samples=16, threshold=lam / C), ["a"])
+               for lam in (1.1, 1.5, 3.0)]
+    assert calls == [1.1 / C]  # the scores do not depend on λ: the teacher computes them once
+    assert all(np.array_equal(r["a"].value, replies[0]["a"].value) for r in replies)
+
+
 def test_a_silent_teacher_is_lost_and_broken_weights_are_distrusted(world):
     student, local, teachers = world
     channel = Faults(_channel(teachers), {"a": "silent", "c": "nan"})

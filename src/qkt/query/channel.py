@@ -158,7 +158,8 @@ class CachedScores(ChannelWrapper):
     restricted to ``Q``), so a simulation that runs many queries over the same teachers
     can compute each once. Each cached reply is charged the seconds its computation
     took, so every query still pays for its teachers' replies. ``cache`` may be shared
-    by several channels over the same teachers (keyed by teacher name and recipe).
+    by several channels over the same teachers (keyed by teacher name and recipe; the
+    expert threshold λ / |C| is not part of the recipe, so a sweep over λ reuses the scores).
     """
 
     def __init__(self, inner: TeacherChannel, cache: dict | None = None):
@@ -167,7 +168,7 @@ class CachedScores(ChannelWrapper):
 
     def announce(self, announcement: Announcement, names: Sequence[str]) -> dict[str, Scores]:
         every_class = replace(announcement, query=tuple(range(announcement.num_classes)))
-        recipe = every_class.to_bytes()
+        recipe = replace(every_class, threshold=0.0).to_bytes()
         missing = [n for n in names if (n, recipe) not in self.cache]
         if missing:
             for name, reply in self.inner.announce(every_class, missing).items():

@@ -101,3 +101,20 @@ def test_a_nan_score_is_called_not_finite_not_below_uniform():
 
     message = no_expert_message({"a": [float("nan")]}, [4], 10, 1.5, [4])
     assert "not finite" in message and "below uniform" not in message
+
+
+def test_the_querier_draws_the_noise_probes_once_to_vet_all_its_experts(monkeypatch):
+    from qkt.config import TrustConfig
+    from qkt.query import probe
+    from qkt.query.querier import vet_experts
+
+    draws = []
+    drawn = probe.noise_probes
+    monkeypatch.setattr(probe, "noise_probes", lambda *args: draws.append(args) or drawn(*args))
+    announcement = Announcement(query=(2,), num_classes=10, input_shape=(1, 4, 4), probe_kind="noise", probe_samples=16)
+    experts = {f"t{k}": _Knows([2, 3 + k]) for k in range(4)}
+    scores = {name: answer_probe(model, announcement) for name, model in experts.items()}
+    draws.clear()
+    x, y = torch.randn(40, 1, 4, 4), torch.arange(40) % 2
+    vet_experts(experts, scores, {n: np.array([True]) for n in experts}, announcement, x, y, 1.5, TrustConfig())
+    assert len(draws) == 1

@@ -31,7 +31,7 @@ from .gate import gate
 from .messages import Announcement, Failure, QueryReport, Reply
 from .phase1 import run_phase1
 from .phase2 import align_weights, refine_head
-from .teacher import UNLIMITED, answer_probe
+from .teacher import probe_scores
 from .transfer import Lesson, TransferSet, build_transfer_set
 from .variant import Variant
 
@@ -80,15 +80,13 @@ def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[
     """
     # The querier re-runs the announced probe on the weights, over all of C and without noise;
     # the 'self' probe needs the teacher's data, so the data-free recipe stands in for it.
-    recipe = replace(announcement, query=tuple(range(announcement.num_classes)), noise="none")
-    if recipe.probe_kind == "self":
-        recipe = replace(recipe, probe_kind="statistics")
+    recipe = announcement if announcement.probe_kind != "self" else replace(announcement, probe_kind="statistics")
     x, y = trust.check_sample(local_x, local_y, config.max_samples, seed)
     noise = probe.noise_probes(recipe.input_shape, recipe.probe_samples, recipe.probe_scales, recipe.probe_seed)
     kept, distrusted = {}, {}
     for name, model in experts.items():
         try:
-            verdict = trust.check_expert(model, scores[name], answer_probe(model, recipe, policy=UNLIMITED), masks[name], announcement.query, x, y,
+            verdict = trust.check_expert(model, scores[name], probe_scores(model, recipe, noise=noise), masks[name], announcement.query, x, y,
                                          lam, config, verify_claims=announcement.probe_kind != "self", probe_x=noise)
         except Exception as exc:  # noqa: BLE001 - another party's model failing on the checks costs its place, not the query
             distrusted[name] = [f"its model fails on the querier's checks: {type(exc).__name__}: {exc}"]

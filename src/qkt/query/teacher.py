@@ -77,8 +77,7 @@ class TeacherPolicy:
                           f"the teacher allows at most {self.max_probe_samples} × {self.max_probe_scales} and {self.max_probe_steps}")
 
 
-# The querier re-probing weights it received, and simulations whose teachers compute every class's score once
-# (CachedScores): no other party's policy is at stake.
+# Simulations whose teachers compute every class's score once (CachedScores): no other party's policy is at stake.
 UNLIMITED = TeacherPolicy(max_query_share=math.inf, max_probe_samples=2**62, max_probe_steps=2**62, max_probe_scales=2**62)
 
 
@@ -91,6 +90,27 @@ class Teacher:
     policy: TeacherPolicy = field(default_factory=TeacherPolicy)
 
 
+def probe_scores(model: nn.Module, recipe: Announcement, holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 noise: torch.Tensor | None = None) -> np.ndarray:
+    """The scores ``s[k, c]`` of every class ``c`` of the label space under ``recipe``'s probe, exact.
+
+    ``noise``: the recipe's noise probes (:func:`qkt.query.probe.noise_probes`) if the
+    caller already drew them; a querier re-probing several experts draws them once.
+    """
+    if recipe.probe_kind == "self":
+        if holdout is None:
+            raise QueryError("the 'self' probe needs each teacher's held-out data")
+        scores = probe.self_scores(model, holdout[0], holdout[1], recipe.num_classes)
+    else:
+        if noise is None:
+            noise = probe.noise_probes(recipe.input_shape, recipe.probe_samples, recipe.probe_scales, recipe.probe_seed)
+        probes = probe.statistics_probes(model, noise, recipe.probe_steps) if recipe.probe_kind == "statistics" else noise
+        scores = probe.noise_scores(model, probes)
+    if len(scores) != recipe.num_classes:
+        raise QueryError(f"the teacher's model outputs {len(scores)} classes but the label space has {recipe.num_classes}")
+    return scores
+
+
 def answer_probe(model: nn.Module, announcement: Announcement, holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
                  rng: np.random.Generator | None = None, policy: TeacherPolicy | None = None) -> np.ndarray:
     """The scores ``s[k, Q]`` (one float32 per query class), computed on the teacher's own model.
@@ -100,18 +120,7 @@ def answer_probe(model: nn.Module, announcement: Announcement, holdout: tuple[to
     An announcement outside ``policy`` (default: :class:`TeacherPolicy`'s limits) raises :class:`Refused`.
     """
     (policy or TeacherPolicy()).check(announcement)
-    if announcement.probe_kind == "self":
-        if holdout is None:
-            raise QueryError("the 'self' probe needs each teacher's held-out data")
-        scores = probe.self_scores(model, holdout[0], holdout[1], announcement.num_classes)
-    else:
-        probes = probe.noise_probes(announcement.input_shape, announcement.probe_samples, announcement.probe_scales, announcement.probe_seed)
-        if announcement.probe_kind == "statistics":
-            probes = probe.statistics_probes(model, probes, announcement.probe_steps)
-        scores = probe.noise_scores(model, probes)
-    if len(scores) != announcement.num_classes:
-        raise QueryError(f"the teacher's model outputs {len(scores)} classes but the label space has {announcement.num_classes}")
-    reply = scores[list(announcement.query)].astype(np.float32)
+    reply = probe_scores(model, announcement, holdout)[list(announcement.query)].astype(np.float32)
     return privacy.privatize(reply, announcement.epsilon, rng) if announcement.noise == "laplace" else reply
 
 

@@ -115,8 +115,9 @@ class Seed:
         self.tensors = dataset.normalized()
         self.parts = experiment.make_partition(config, dataset.y_train)
         whole = partition.Scenario(-1, (), (), tuple(self.parts), 0)
-        self.models = experiment.train_parties(config, self.tensors[:2], whole, dataset, checkpoints, progress=False)
-        # the teachers' scores over every class, once per probe recipe (CachedScores; the recipe names λ/|C|)
+        self.models = experiment.train_parties(config, self.tensors[:2], whole, dataset,
+                                               experiment.training_shares(config, dataset, whole)[0], checkpoints, progress=False)
+        # the teachers' scores over every class, once per probe recipe (CachedScores), whatever λ
         self.score_cache: dict = {}
         s = config.scenario
         self.queries = [partition.make_scenario(dataset.y_train, self.parts, q, s.query_size, config.partition.seed,
@@ -126,10 +127,10 @@ class Seed:
     def world(self, scenario: partition.Scenario, retrain: bool = False) -> experiment.World:
         """The world of one query; ``retrain`` retrains the querier without the few samples of ``Q`` it lost, as the bench does."""
         models = list(self.models)
+        shares, holdouts = experiment.training_shares(self.config, self.dataset, scenario)
         if retrain and scenario.removed:
-            models[scenario.querier] = experiment.train_parties(self.config, self.tensors[:2], scenario, self.dataset,
+            models[scenario.querier] = experiment.train_parties(self.config, self.tensors[:2], scenario, self.dataset, shares,
                                                                 self.checkpoints, False)[scenario.querier]
-        holdouts = experiment.training_shares(self.config, self.dataset, scenario)[1]
         return experiment.World(self.dataset, *self.tensors, scenario, models, holdouts)
 
     def probe_scores(self) -> tuple[dict[str, np.ndarray], float]:

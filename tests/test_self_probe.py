@@ -50,9 +50,14 @@ def test_the_self_probe_needs_a_holdout():
         parse_config({"query": {"probe": {"kind": "self"}}})
 
 
-def test_the_world_trains_each_party_without_its_held_out_samples():
+def test_the_world_trains_each_party_without_its_held_out_samples(monkeypatch):
+    from qkt import partition
+
+    splits = []
+    monkeypatch.setattr(partition, "hold_out", lambda *args: splits.append(args) or hold_out(*args))
     config = parse_config({"partition": {"num_parties": 4, "alpha": 0.2, "holdout": 0.2}, "training": {"epochs": 1}})
     world = build_world(config, progress=False)
+    assert len(splits) == 1  # the same split serves training and the 'self' probe
     for k, part in enumerate(world.scenario.parts):
         x, y = world.held_out(k)
         assert 0 < len(y) < len(part) and set(world.holdouts[k]) <= set(part)

@@ -10,7 +10,7 @@ import logging
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -182,13 +182,13 @@ def training_shares(config: RunConfig, dataset: DataSet, scenario: partition.Sce
     return partition.hold_out(dataset.y_train, scenario.parts, config.partition.holdout, config.partition.seed)
 
 
-def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scenario, dataset: DataSet,
+def train_parties(config: RunConfig, world_data: tuple, scenario: partition.Scenario, dataset: DataSet, shares: Sequence[np.ndarray],
                   checkpoints: Path | None, progress: bool, resume: bool = True) -> list[nn.Module]:
-    """Train every party's model on its own training share and checkpoint it; with ``resume``, reuse a checkpoint of the same party."""
+    """Train every party's model on its training share (``shares``, from :func:`training_shares`) and checkpoint it;
+    with ``resume``, reuse a checkpoint of the same party."""
     x_train, y_train = world_data
     t = config.training
     device = resolve_device(t.device)
-    shares, _ = training_shares(config, dataset, scenario)
     models = []
     log.info("training the %d parties' models (%s, %d epochs), or reusing their checkpoints", len(scenario.parts), t.arch, t.epochs)
     bar = tqdm(range(len(scenario.parts)), desc="local training", unit="party", disable=not progress)
@@ -220,8 +220,9 @@ def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bo
     """The parties' data, scenario and trained models; ``dataset`` spares loading ``config.data`` again."""
     dataset, scenario = load_scenario(config, dataset)
     x_train, y_train, x_test, y_test = dataset.normalized()
-    models = train_parties(config, (x_train, y_train), scenario, dataset, checkpoints, progress, resume)
-    return World(dataset, x_train, y_train, x_test, y_test, scenario, models, training_shares(config, dataset, scenario)[1],
+    shares, holdouts = training_shares(config, dataset, scenario)
+    models = train_parties(config, (x_train, y_train), scenario, dataset, shares, checkpoints, progress, resume)
+    return World(dataset, x_train, y_train, x_test, y_test, scenario, models, holdouts,
                  public_pool=load_public_pool(config, dataset))
 
 

@@ -94,7 +94,8 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
         return
     log.info("%s, scenario %s, seed %d: %d quer%s to run", dataset.name, scenario.name, seed, len(pairs), "y" if len(pairs) == 1 else "ies")
     whole = partition.Scenario(-1, (), (), tuple(parts), 0)
-    base_models = experiment.train_parties(config, (x_train, y_train), whole, dataset, checkpoints, progress)
+    base_models = experiment.train_parties(config, (x_train, y_train), whole, dataset,
+                                           experiment.training_shares(config, dataset, whole)[0], checkpoints, progress)
     one_model = experiment.federated_not_applicable(config, len(parts)) is None  # else their rows say n/a and why
     needed = dict.fromkeys(METHODS[m].global_model for m in config.methods if METHODS[m].runner == "federated" and one_model)
     global_models = {g: global_model(g, config, dataset, (x_train, y_train), parts, checkpoints, progress) for g in needed}
@@ -109,11 +110,11 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
         scen = partition.make_scenario(dataset.y_train, parts, q, s.query_size, seed, dataset.num_classes,
                                        s.max_query_samples, s.min_expert_samples, query)
         models = list(base_models)
+        shares, holdouts = experiment.training_shares(config, dataset, scen)
         # the querier lost its few samples of Q, or keeps training.arch among teachers of others: retrain it alone, from its own checkpoint if any
         if scen.removed or experiment.party_arch(config, q, q) != experiment.party_arch(config, q, whole.querier):
-            models[q] = experiment.train_parties(config, (x_train, y_train), scen, dataset, checkpoints, False)[q]
-        world = experiment.World(dataset, x_train, y_train, x_test, y_test, scen, models,
-                                 holdouts=experiment.training_shares(config, dataset, scen)[1], global_models=global_models,
+            models[q] = experiment.train_parties(config, (x_train, y_train), scen, dataset, shares, checkpoints, False)[q]
+        world = experiment.World(dataset, x_train, y_train, x_test, y_test, scen, models, holdouts=holdouts, global_models=global_models,
                                  test_probs=test_probs, public_pool=public_pool)
         liar = false_expert(scen, dataset.y_train, dataset.num_classes) if scenario.forged_teacher or scenario.liar else None
         rigged = None if liar is None or scenario.liar is None else plant(

@@ -1,4 +1,4 @@
-"""Inputs and faults that crashed qkt or misled it silently (issue 44, items 6-14 and 17): one clear line or the right result."""
+"""Inputs and faults that crashed qkt or misled it silently: one clear line or the right result."""
 
 from __future__ import annotations
 

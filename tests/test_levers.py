@@ -1,4 +1,4 @@
-"""Levers against forgetting (issue 42), each on a tiny hand-built case: experts out of their depth, and the gate."""
+"""Levers against forgetting, each on a tiny hand-built case: experts out of their depth, and the gate."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ def test_mask_rule_threshold_fallback_and_monotonic_in_lambda(reply, lam_a, lam_
         assert all(masks[k][j] for k in scores if stricter[k][j])
 
 
-# --- `qkt run` and `qkt.query` on anything a user might write: a result, or one QKTError line (issue 44) -------------
+# --- `qkt run` and `qkt.query` on anything a user might write: a result, or one QKTError line -------------
 
 ANY = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(), st.text(max_size=6),
                 st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))

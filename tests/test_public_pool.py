@@ -1,4 +1,4 @@
-"""The public-pool lever (issue 42): unlabelled inputs the querier holds join the transfer set, the experts speaking on them."""
+"""The public-pool lever: unlabelled inputs the querier holds join the transfer set, the experts speaking on them."""
 
 from __future__ import annotations
 

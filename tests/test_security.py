@@ -1,4 +1,4 @@
-"""Issue 44, items 1-4: planted liars, the teachers' own privacy policy, weights only to experts, bound identities."""
+"""Planted liars, the teachers' own privacy policy, weights only to experts, identities bound to nodes."""
 
 from __future__ import annotations
 

@@ -6,9 +6,15 @@
 A change to QKT's settings changes only the methods that use them (QKT, QKT Light, KD); the
 federated baselines, which cost as much again, need not run again to be compared. The first
 run gives every query and its methods; each later one adds the methods named after its
-colon, query by query. Every query of the first run must be in the others, with the same
-query classes, profile and data size. The output folder gets ``bench.json``, ``bench.md``,
-``bench.csv``, ``headline.md`` and ``bench.png``, as ``qkt bench`` writes them.
+colon, query by query. Several later runs may give the same methods for parts of the
+queries (one run per seed, say, run side by side with ``qkt bench --seed``)::
+
+    python benchmarks/merge_runs.py full-cifar10/bench.json \
+        seed0/bench.json:fedavg_converged seed1/bench.json:fedavg_converged seed2/bench.json:fedavg_converged --output merged
+
+Each method named must reach every query of the first run from exactly one later run, with
+the same query classes, profile and data size. The output folder gets ``bench.json``,
+``bench.md``, ``bench.csv``, ``headline.md`` and ``bench.png``, as ``qkt bench`` writes them.
 
 Runs on other machines train the parties with other float rounding, so the methods of two
 runs are on the same queries but not always on the same models: ``merged_from`` records,
@@ -47,17 +53,22 @@ def merge(base: dict, additions: list[tuple[str, dict, list[str]]]) -> tuple[lis
             raise SystemExit(f"{name} does not record its teachers' seconds (a run of an older qkt bench, whose QKT seconds left "
                              "out the teachers' replies): run it again")
     records = [dict(r, methods=dict(r["methods"])) for r in base["records"]]
+    givers: dict[tuple, dict[str, list[str]]] = {query_key(r): {} for r in records}
     differing = []
     for name, run, methods in additions:
         for key in ("profile", "whole_dataset"):
             if run.get(key, False) != base.get(key, False):
                 raise SystemExit(f"{name} ran {key} = {run.get(key, False)}, the first run {base.get(key, False)}")
         by_query = {query_key(r): r for r in run["records"]}
+        if not set(by_query) & set(givers):
+            raise SystemExit(f"{name} holds none of the first run's queries")
         counts: dict[str, int] = {}
         for record in records:
             other = by_query.get(query_key(record))
             if other is None:
-                raise SystemExit(f"query {query_key(record)} is in the first run but not in {name}")
+                continue
+            for m in methods:
+                givers[query_key(record)].setdefault(m, []).append(name)
             missing = [m for m in methods if m not in other["methods"]]
             if missing:
                 raise SystemExit(f"{name} has no {', '.join(missing)} for query {query_key(record)}")
@@ -65,6 +76,11 @@ def merge(base: dict, additions: list[tuple[str, dict, list[str]]]) -> tuple[lis
                 counts[m] = counts.get(m, 0) + (scores(record["methods"][m]) != scores(other["methods"][m]))
             record["methods"].update({m: other["methods"][m] for m in methods})
         differing.append(counts)
+    for m in dict.fromkeys(m for _, _, methods in additions for m in methods):
+        for key, given in givers.items():
+            if len(given.get(m, [])) != 1:
+                raise SystemExit(f"query {key} of the first run gets {m} from {len(given.get(m, []))} runs"
+                                 f"{' (' + ', '.join(given[m]) + ')' if given.get(m) else ''}; each method needs exactly one")
     order = {m: i for i, m in enumerate(BASELINES + QKT + ABLATIONS)}
     for record in records:  # the tables list methods as a run of every method does
         record["methods"] = dict(sorted(record["methods"].items(), key=lambda item: order.get(item[0], len(order))))
@@ -102,7 +118,7 @@ def main() -> int:
     for path, _, _, counts in sources[1:]:
         if any(counts.values()):
             print(f"{path}: methods both runs hold scored differently on "
-                  + ", ".join(f"{m} {n} of {len(records)}" for m, n in sorted(counts.items())) + " queries (other models?)")
+                  + ", ".join(f"{m} on {n}" for m, n in sorted(counts.items())) + " of the queries it holds (other models?)")
     args.output.mkdir(parents=True, exist_ok=True)
     write_outputs(state, args.output)
     print(f"wrote {args.output}/bench.json and its tables: {len(state['records'])} queries")

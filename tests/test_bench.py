@@ -154,6 +154,24 @@ def test_baselines_run_without_qkt_and_merge_with_a_run_of_it(quick_digits, tmp_
     for record in merged["records"]:
         assert record["methods"]["fedavg"]["overall_accuracy"] == every[record["scenario"], record["querier"]]["methods"]["fedavg"]["overall_accuracy"]
     assert merged["merged_from"][1]["methods"] == ["fedavg"]
+    # runs side by side, each on part of the queries (one per scenario here, per seed in a long profile), join as one
+    whole = json.loads((tmp_path / "baselines" / "bench.json").read_text())
+    parts = []
+    for scenario in ("single", "multi"):
+        part = tmp_path / f"baselines-{scenario}.json"
+        part.write_text(json.dumps({**whole, "records": [r for r in whole["records"] if r["scenario"] == scenario]}))
+        parts.append(f"{part}:fedavg")
+
+    def merge_parts(*specs):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "merge_runs.py"), str(quick_digits / "bench.json"), *specs,
+                               "--output", str(tmp_path / "joined")], capture_output=True, text=True)
+
+    assert merge_parts(*parts).returncode == 0
+    joined = json.loads((tmp_path / "joined" / "bench.json").read_text())
+    assert [r["methods"]["fedavg"] for r in joined["records"]] == [r["methods"]["fedavg"] for r in merged["records"]]
+    missing, twice = merge_parts(parts[0]), merge_parts(*parts, parts[0])
+    assert missing.returncode and "gets fedavg from 0 runs" in missing.stderr
+    assert twice.returncode and "gets fedavg from 2 runs" in twice.stderr
 
 
 def test_whole_dataset_drops_the_image_subsets_and_never_resumes_a_subset_run(quick_digits, tmp_path):

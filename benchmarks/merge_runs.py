@@ -18,9 +18,10 @@ the same query classes, profile and data size. The output folder gets ``bench.js
 
 Runs on other machines train the parties with other float rounding, so the methods of two
 runs are on the same queries but not always on the same models: ``merged_from`` records,
-for each run, its file, the methods taken, start, machine, wall time and settings, and on
-how many queries each method both runs hold (Local, say) scored differently. Paired statistics
-(``benchmarks/paired.py``) across methods of two runs compare queries, not models.
+for each run (for a merged one, each run it was merged from), its file, the methods
+taken, start, machine, wall time and settings, and on how many queries each method both
+runs hold (Local, say) scored differently. Paired statistics (``benchmarks/paired.py``)
+across methods of two runs compare queries, not models.
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ def merge(base: dict, additions: list[tuple[str, dict, list[str]]]) -> tuple[lis
     return records, differing
 
 
+def provenance(path: str, methods: list[str], run: dict, counts: dict[str, int]) -> list[dict]:
+    """Where ``methods`` of ``run`` come from: the run itself, or, for a merged run, the runs it was merged from."""
+    if "merged_from" in run:
+        return [dict(origin, methods=kept) for origin in run["merged_from"] if (kept := [m for m in origin["methods"] if m in methods])]
+    return [{"file": path, "methods": methods, "started": run["started"], "machine": run["machine"], "wall_seconds": run["wall_seconds"],
+             "settings": run.get("settings"), "queries_scored_differently_than_the_first_run": counts}]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", type=Path, help="bench.json of the run that gives the queries and its methods")
@@ -107,13 +116,10 @@ def main() -> int:
         parser.error("no run gives 'qkt', which every table compares with")
     sources = [(str(args.base), sorted({m for r in base["records"] for m in r["methods"]} - taken), base, {})]
     sources += [(path, methods, run, counts) for (path, run, methods), counts in zip(additions, differing, strict=True)]
+    origins = [origin for source in sources for origin in provenance(*source)]
     state = {key: base[key] for key in ("profile", "datasets", "started", "wall_seconds", "cpu_seconds")}
     state.update(whole_dataset=base.get("whole_dataset", False), records=records,
-                 machine=f"merged from {len(sources)} runs (merged_from)",
-                 merged_from=[{"file": path, "methods": methods, "started": run["started"], "machine": run["machine"],
-                               "wall_seconds": run["wall_seconds"], "settings": run.get("settings"),
-                               "queries_scored_differently_than_the_first_run": counts}
-                              for path, methods, run, counts in sources],
+                 machine=f"merged from {len(origins)} runs (merged_from)", merged_from=origins,
                  command=" ".join(["python3", *sys.argv]))
     for path, _, _, counts in sources[1:]:
         if any(counts.values()):

@@ -169,6 +169,10 @@ def test_baselines_run_without_qkt_and_merge_with_a_run_of_it(quick_digits, tmp_
     assert merge_parts(*parts).returncode == 0
     joined = json.loads((tmp_path / "joined" / "bench.json").read_text())
     assert [r["methods"]["fedavg"] for r in joined["records"]] == [r["methods"]["fedavg"] for r in merged["records"]]
+    # a merged run merged again names the runs its methods came from, not the merged file
+    assert merge_parts(f"{tmp_path / 'merged' / 'bench.json'}:fedavg").returncode == 0
+    again = json.loads((tmp_path / "joined" / "bench.json").read_text())["merged_from"]
+    assert [(o["file"], o["methods"]) for o in again[1:]] == [(f"{tmp_path / 'baselines' / 'bench.json'}", ["fedavg"])]
     missing, twice = merge_parts(parts[0]), merge_parts(*parts, parts[0])
     assert missing.returncode and "gets fedavg from 0 runs" in missing.stderr
     assert twice.returncode and "gets fedavg from 2 runs" in twice.stderr

@@ -13,7 +13,15 @@ queries (one run per seed, say, run side by side with ``qkt bench --seed``)::
         seed0/bench.json:fedavg_converged seed1/bench.json:fedavg_converged seed2/bench.json:fedavg_converged --output merged
 
 Each method named must reach every query of the first run from exactly one later run, with
-the same query classes, profile and data size. The output folder gets ``bench.json``,
+the same query classes, profile and data size.
+
+Runs of other queries (a long profile's seeds, each run whole in its own folder beside the
+others) join the first run with ``--queries-from``: their queries the first run lacks are
+added with all their methods; a query both hold must score the same in the methods both
+hold (a seed's folder that started from a copy of the first run's ``bench.json``)::
+
+    python benchmarks/merge_runs.py seed0/bench.json --queries-from seed1/bench.json \
+        --queries-from seed2/bench.json --output merged The output folder gets ``bench.json``,
 ``bench.md``, ``bench.csv``, ``headline.md`` and ``bench.png``, as ``qkt bench`` writes them.
 
 Runs on other machines train the parties with other float rounding, so the methods of two
@@ -44,6 +52,33 @@ def scores(result: dict) -> tuple:
     return tuple(result.get(k) for k in ("query_accuracy", "local_accuracy", "overall_accuracy", "forgetting"))
 
 
+def same_protocol(name: str, run: dict, base: dict) -> None:
+    for key in ("profile", "whole_dataset"):
+        if run.get(key, False) != base.get(key, False):
+            raise SystemExit(f"{name} ran {key} = {run.get(key, False)}, the first run {base.get(key, False)}")
+
+
+def join_queries(base: dict, runs: list[tuple[str, dict]]) -> tuple[dict, list[list[str]]]:
+    """``base`` with the queries of ``runs`` it lacks, whole; and, per run, the methods those queries hold."""
+    records, taken = list(base["records"]), []
+    known = {query_key(r): r for r in records}
+    for name, run in runs:
+        same_protocol(name, run, base)
+        new = []
+        for record in run["records"]:
+            held = known.get(query_key(record))
+            if held is None:
+                new.append(known.setdefault(query_key(record), record))
+            elif any(scores(held["methods"][m]) != scores(record["methods"][m]) for m in set(held["methods"]) & set(record["methods"])):
+                raise SystemExit(f"{name} holds query {query_key(record)} with other results than the run before it; give each query once")
+        if not new:
+            raise SystemExit(f"{name} holds no query that the runs before it lack")
+        records += new
+        taken.append(sorted({m for r in new for m in r["methods"]}))
+    datasets = list(dict.fromkeys([*base["datasets"], *(d for _, run in runs for d in run["datasets"])]))
+    return dict(base, records=records, datasets=datasets), taken
+
+
 def merge(base: dict, additions: list[tuple[str, dict, list[str]]]) -> tuple[list[dict], list[dict[str, int]]]:
     """``base``'s records, each with the named methods of the same query from each named run of ``additions``.
 
@@ -57,9 +92,7 @@ def merge(base: dict, additions: list[tuple[str, dict, list[str]]]) -> tuple[lis
     givers: dict[tuple, dict[str, list[str]]] = {query_key(r): {} for r in records}
     differing = []
     for name, run, methods in additions:
-        for key in ("profile", "whole_dataset"):
-            if run.get(key, False) != base.get(key, False):
-                raise SystemExit(f"{name} ran {key} = {run.get(key, False)}, the first run {base.get(key, False)}")
+        same_protocol(name, run, base)
         by_query = {query_key(r): r for r in run["records"]}
         if not set(by_query) & set(givers):
             raise SystemExit(f"{name} holds none of the first run's queries")
@@ -99,10 +132,17 @@ def provenance(path: str, methods: list[str], run: dict, counts: dict[str, int])
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", type=Path, help="bench.json of the run that gives the queries and its methods")
-    parser.add_argument("additions", nargs="+", help="OTHER/bench.json:METHOD,METHOD,... methods taken from another run")
+    parser.add_argument("additions", nargs="*", help="OTHER/bench.json:METHOD,METHOD,... methods taken from another run")
+    parser.add_argument("--queries-from", type=Path, action="append", default=[], metavar="BENCH_JSON",
+                        help="a run of other queries on the same profile (another seed): the queries the first run lacks "
+                             "join it with all their methods (repeatable)")
     parser.add_argument("--output", type=Path, required=True, help="folder of the merged outputs")
     args = parser.parse_args()
-    base = json.loads(args.base.read_text())
+    if not args.additions and not args.queries_from:
+        parser.error("nothing to merge: name methods of another run, or --queries-from")
+    first = json.loads(args.base.read_text())
+    joined = [(str(path), json.loads(path.read_text())) for path in args.queries_from]
+    base, joined_methods = join_queries(first, joined)
     additions = []
     for spec in args.additions:
         path, _, names = spec.rpartition(":")
@@ -114,14 +154,15 @@ def main() -> int:
     taken = {m for _, _, methods in additions for m in methods}
     if not any("qkt" in r["methods"] for r in records):
         parser.error("no run gives 'qkt', which every table compares with")
-    sources = [(str(args.base), sorted({m for r in base["records"] for m in r["methods"]} - taken), base, {})]
+    sources = [(str(args.base), sorted({m for r in first["records"] for m in r["methods"]} - taken), first, {})]
+    sources += [(path, sorted(set(methods) - taken), run, {}) for (path, run), methods in zip(joined, joined_methods, strict=True)]
     sources += [(path, methods, run, counts) for (path, run, methods), counts in zip(additions, differing, strict=True)]
     origins = [origin for source in sources for origin in provenance(*source)]
     state = {key: base[key] for key in ("profile", "datasets", "started", "wall_seconds", "cpu_seconds")}
     state.update(whole_dataset=base.get("whole_dataset", False), records=records,
                  machine=f"merged from {len(origins)} runs (merged_from)", merged_from=origins,
                  command=" ".join(["python3", *sys.argv]))
-    for path, _, _, counts in sources[1:]:
+    for path, _, _, counts in sources[1 + len(joined):]:
         if any(counts.values()):
             print(f"{path}: methods both runs hold scored differently on "
                   + ", ".join(f"{m} on {n}" for m, n in sorted(counts.items())) + " of the queries it holds (other models?)")

@@ -178,6 +178,33 @@ def test_baselines_run_without_qkt_and_merge_with_a_run_of_it(quick_digits, tmp_
     assert twice.returncode and "gets fedavg from 2 runs" in twice.stderr
 
 
+def test_runs_of_other_queries_join_whole(quick_digits, tmp_path):
+    """A long profile's seeds, each run in its own folder from a copy of the first, join as one run."""
+    every = json.loads((quick_digits / "bench.json").read_text())
+    halves = {}
+    for scenario in ("single", "multi"):  # a scenario stands for a seed here
+        halves[scenario] = tmp_path / f"{scenario}.json"
+        halves[scenario].write_text(json.dumps({**every, "records": [r for r in every["records"] if r["scenario"] == scenario]}))
+
+    def join(first, *others):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "merge_runs.py"), str(first),
+                               *(a for other in others for a in ("--queries-from", str(other))), "--output", str(tmp_path / "joined")],
+                              capture_output=True, text=True)
+
+    assert join(halves["single"], halves["multi"]).returncode == 0
+    joined = json.loads((tmp_path / "joined" / "bench.json").read_text())
+    assert joined["records"] == every["records"] and joined["summary"] == every["summary"]
+    assert [o["file"] for o in joined["merged_from"]] == [str(halves["single"]), str(halves["multi"])]
+    assert join(halves["single"], quick_digits / "bench.json").returncode == 0  # the copied queries agree and are kept once
+    assert json.loads((tmp_path / "joined" / "bench.json").read_text())["records"] == every["records"]
+    again = join(quick_digits / "bench.json", halves["single"])
+    assert again.returncode and "holds no query that the runs before it lack" in again.stderr
+    every["records"][0]["methods"]["qkt"]["overall_accuracy"] += 0.1
+    (tmp_path / "other.json").write_text(json.dumps(every))
+    clash = join(halves["single"], tmp_path / "other.json")
+    assert clash.returncode and "with other results than the run before it" in clash.stderr
+
+
 def test_whole_dataset_drops_the_image_subsets_and_never_resumes_a_subset_run(quick_digits, tmp_path):
     full = bench.PROFILES["full"]
     assert "max_train" not in full.at_full_size().config("cifar10")["data"]

@@ -20,9 +20,11 @@ others) join the first run with ``--queries-from``: their queries the first run 
 added with all their methods; a query both hold must score the same in the methods both
 hold (a seed's folder that started from a copy of the first run's ``bench.json``)::
 
-    python benchmarks/merge_runs.py seed0/bench.json --queries-from seed1/bench.json \
-        --queries-from seed2/bench.json --output merged The output folder gets ``bench.json``,
-``bench.md``, ``bench.csv``, ``headline.md`` and ``bench.png``, as ``qkt bench`` writes them.
+    python benchmarks/merge_runs.py seed0/bench.json --queries-from seed1/bench.json \\
+        --queries-from seed2/bench.json --output merged
+
+The output folder gets ``bench.json``, ``bench.md``, ``bench.csv``, ``headline.md`` and
+``bench.png``, as ``qkt bench`` writes them.
 
 Runs on other machines train the parties with other float rounding, so the methods of two
 runs are on the same queries but not always on the same models: ``merged_from`` records,
@@ -60,7 +62,7 @@ def same_protocol(name: str, run: dict, base: dict) -> None:
 
 def join_queries(base: dict, runs: list[tuple[str, dict]]) -> tuple[dict, list[list[str]]]:
     """``base`` with the queries of ``runs`` it lacks, whole; and, per run, the methods those queries hold."""
-    records, taken = list(base["records"]), []
+    records, methods = list(base["records"]), []
     known = {query_key(r): r for r in records}
     for name, run in runs:
         same_protocol(name, run, base)
@@ -68,15 +70,16 @@ def join_queries(base: dict, runs: list[tuple[str, dict]]) -> tuple[dict, list[l
         for record in run["records"]:
             held = known.get(query_key(record))
             if held is None:
-                new.append(known.setdefault(query_key(record), record))
+                known[query_key(record)] = record
+                new.append(record)
             elif any(scores(held["methods"][m]) != scores(record["methods"][m]) for m in set(held["methods"]) & set(record["methods"])):
                 raise SystemExit(f"{name} holds query {query_key(record)} with other results than the run before it; give each query once")
         if not new:
             raise SystemExit(f"{name} holds no query that the runs before it lack")
         records += new
-        taken.append(sorted({m for r in new for m in r["methods"]}))
+        methods.append(sorted({m for r in new for m in r["methods"]}))
     datasets = list(dict.fromkeys([*base["datasets"], *(d for _, run in runs for d in run["datasets"])]))
-    return dict(base, records=records, datasets=datasets), taken
+    return dict(base, records=records, datasets=datasets), methods
 
 
 def merge(base: dict, additions: list[tuple[str, dict, list[str]]]) -> tuple[list[dict], list[dict[str, int]]]:
@@ -162,7 +165,7 @@ def main() -> int:
     state.update(whole_dataset=base.get("whole_dataset", False), records=records,
                  machine=f"merged from {len(origins)} runs (merged_from)", merged_from=origins,
                  command=" ".join(["python3", *sys.argv]))
-    for path, _, _, counts in sources[1 + len(joined):]:
+    for path, _, _, counts in sources[1:]:
         if any(counts.values()):
             print(f"{path}: methods both runs hold scored differently on "
                   + ", ".join(f"{m} on {n}" for m, n in sorted(counts.items())) + " of the queries it holds (other models?)")

@@ -14,7 +14,8 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -81,10 +82,29 @@ def _record(dataset: str, scenario: str, seed: int, world: experiment.World, res
     }
 
 
-def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: Profile, data_root: str | None,
-                 checkpoints: Path, done: set, on_record, progress: bool, methods: Sequence[str] | None = None,
-                 device: str | None = None) -> None:
-    """Every querier of one scenario and seed; ``on_record`` receives each query's record as soon as it is scored."""
+@dataclass
+class BenchQuery:
+    """One query of a scenario, ready to run: its settings, its world, and the channel wrapper its teachers answer through.
+
+    ``liar`` is the party a forged or planted teacher replaces (None: every teacher is honest)
+    and ``rigged`` the planted liar's model (None for a forged reply or no liar).
+    """
+
+    config: RunConfig
+    world: experiment.World
+    channel: Callable[[TeacherChannel], TeacherChannel]
+    liar: int | None
+    rigged: torch.nn.Module | None
+
+
+def scenario_queries(dataset: DataSet, scenario: BenchScenario, seed: int, profile: Profile, data_root: str | None,
+                     checkpoints: Path, done: set, progress: bool, methods: Sequence[str] | None = None,
+                     device: str | None = None) -> Iterator[BenchQuery]:
+    """Every querier of one scenario and seed not in ``done``, one :class:`BenchQuery` at a time.
+
+    The parties are trained once (or reloaded from ``checkpoints``), so are the global
+    models the configured federated methods need.
+    """
     config = run_config(profile, dataset, scenario, seed, data_root, methods, device)
     parts = experiment.make_partition(config, dataset.y_train)
     x_train, y_train, x_test, y_test = dataset.normalized()
@@ -127,8 +147,16 @@ def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: 
             # a planted model answers for the liar itself: its replies must not enter the honest teachers' cache
             return ForgedScores(cached, str(liar)) if rigged is None else Planted(cached, str(liar), rigged, scenario.liar_alone)
 
-        results, _ = experiment.run_methods(world, config, progress=False, channel=channel)
-        on_record(_record(dataset.name, scenario.name, seed, world, results, liar))
+        yield BenchQuery(config, world, channel, liar, rigged)
+
+
+def run_scenario(dataset: DataSet, scenario: BenchScenario, seed: int, profile: Profile, data_root: str | None,
+                 checkpoints: Path, done: set, on_record, progress: bool, methods: Sequence[str] | None = None,
+                 device: str | None = None) -> None:
+    """Every querier of one scenario and seed; ``on_record`` receives each query's record as soon as it is scored."""
+    for bench_query in scenario_queries(dataset, scenario, seed, profile, data_root, checkpoints, done, progress, methods, device):
+        results, _ = experiment.run_methods(bench_query.world, bench_query.config, progress=False, channel=bench_query.channel)
+        on_record(_record(dataset.name, scenario.name, seed, bench_query.world, results, bench_query.liar))
 
 
 def check_resumed_settings(before: dict, settings: dict[str, dict], path: Path) -> None:

@@ -104,7 +104,6 @@ def query_records(dataset: str, scenario: str, seed: int, bench: BenchQuery) -> 
                                   seed=config.query.seed * 1000 + i, num_per_class=INVERSIONS)
     records = []
     for name, (x, y) in made.items():
-        y = y.cpu()
         for c in sorted(set(y.tolist())):
             mine = x[y == c]
             peers = [called(teachers[other], mine, c) for other, (_, y2) in made.items() if other != name and c in y2.tolist()]

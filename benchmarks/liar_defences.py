@@ -39,6 +39,7 @@ import os
 import shlex
 import sys
 import time
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -78,11 +79,15 @@ def projected(x: torch.Tensor, mean: torch.Tensor, directions: torch.Tensor) -> 
 
 def called(model: torch.nn.Module, x: torch.Tensor, c: int) -> float:
     """The share of ``x`` that ``model`` calls class ``c``."""
-    return float((predict_logits(model, x).argmax(1).cpu() == c).double().mean()) if len(x) else float("nan")
+    return float((predict_logits(model, x).argmax(1).cpu() == c).double().mean())
 
 
-def query_records(dataset: str, scenario: str, seed: int, bench: BenchQuery) -> list[dict]:
-    """Every expert of the query (the planted liar in place of its honest self) with its statistics, per query class."""
+def query_records(dataset: str, scenario: str, seed: int, bench: BenchQuery, probed: weakref.WeakKeyDictionary) -> list[dict]:
+    """Every expert of the query (the planted liar in place of its honest self) with its statistics, per query class.
+
+    ``probed`` holds each model's probe scores over all classes: they do not depend on the query,
+    so a seed's teachers are probed once for all its queries.
+    """
     world, config = bench.world, bench.config
     s = world.scenario
     local_x, local_y = world.querier_data
@@ -92,7 +97,10 @@ def query_records(dataset: str, scenario: str, seed: int, bench: BenchQuery) -> 
     teachers = {str(k): m for k, m in world.teachers.items()}
     if bench.rigged is not None:
         teachers[str(bench.liar)] = bench.rigged
-    scores = {k: probe_scores(m, announcement, noise=noise)[list(s.query)] for k, m in teachers.items()}
+    for m in teachers.values():
+        if m not in probed:
+            probed[m] = probe_scores(m, announcement, noise=noise)
+    scores = {k: probed[m][list(s.query)] for k, m in teachers.items()}
     masks = {k: m for k, m in probe.expert_masks(scores, s.query, num_classes, config.query.lam).items() if m.any()}
     sample, _ = trust.check_sample(local_x, local_y, config.query.trust.max_samples, config.query.seed)
     mean, directions, held = principal_basis(sample)
@@ -121,21 +129,20 @@ def query_records(dataset: str, scenario: str, seed: int, bench: BenchQuery) -> 
 
 
 def summary(records: list[dict]) -> list[dict]:
-    """Per statistic: honest experts' and liars' spread; the liars a threshold keeping every honest expert drops, and the honest experts one dropping every liar drops."""
+    """Per statistic over one data set's records: honest experts' and liars' spread; the liars a threshold keeping every
+    honest expert drops, and the honest experts one dropping every liar drops."""
     rows = []
-    for dataset in dict.fromkeys(r["dataset"] for r in records):
-        for stat in STATISTICS:
-            values = {side: [r[stat] for r in records if r["dataset"] == dataset and r["liar"] == side and r[stat] is not None]
-                      for side in (False, True)}
-            honest, liars = values[False], values[True]
-            if not honest or not liars:
-                continue
-            floor = min(honest)
-            rows.append({"dataset": dataset, "statistic": stat, "honest": len(honest), "liars": len(liars),
-                         "honest_min": floor, "honest_p05": float(np.quantile(honest, 0.05)), "honest_median": float(np.median(honest)),
-                         "liar_median": float(np.median(liars)), "liar_max": max(liars),
-                         "liars_below_every_honest": sum(v < floor for v in liars),
-                         "honest_at_or_below_every_liar": sum(v <= max(liars) for v in honest)})
+    for stat in STATISTICS:
+        honest = [r[stat] for r in records if not r["liar"] and r[stat] is not None]
+        liars = [r[stat] for r in records if r["liar"] and r[stat] is not None]
+        if not honest or not liars:
+            continue
+        floor, ceiling = min(honest), max(liars)
+        rows.append({"dataset": records[0]["dataset"], "statistic": stat, "honest": len(honest), "liars": len(liars),
+                     "honest_min": floor, "honest_p05": float(np.quantile(honest, 0.05)), "honest_median": float(np.median(honest)),
+                     "liar_median": float(np.median(liars)), "liar_max": ceiling,
+                     "liars_below_every_honest": sum(v < floor for v in liars),
+                     "honest_at_or_below_every_liar": sum(v <= ceiling for v in honest)})
     return rows
 
 
@@ -185,17 +192,19 @@ def main() -> None:
         data = profile.config(name).get("data", {})
         dataset = load_dataset(name, args.data_root).subsample(data.get("max_train"), data.get("max_test"), 0)
         for seed in args.seeds if args.seeds is not None else range(profile.seeds):
+            probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
             for scenario in SCENARIO_NAMES.get(name, SCENARIO_NAMES["default"]):
                 for bench in scenario_queries(dataset, SCENARIOS[scenario], seed, profile, args.data_root, args.work / "checkpoints",
                                               set(), True, ["local"]):
-                    records += query_records(name, scenario, seed, bench)
+                    records += query_records(name, scenario, seed, bench, probed)
                     state = {"command": command, "machine": machine(), "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                              "wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu, "profile": "full",
                              "inversions_per_class": INVERSIONS, "summary": summary(records), "records": records}
                     atomic_write(output / "liar-defences.json", json.dumps(state, indent=1).encode())
-        atomic_write(output / "liar-defences.md", markdown(summary(records)).encode())
+        table = markdown(summary(records))
+        atomic_write(output / "liar-defences.md", table.encode())
         plot(records, output / "liar-defences.png")
-        print(markdown(summary(records)))
+        print(table)
         print(f"wrote {output}")
 
 

@@ -68,9 +68,10 @@ def join_queries(base: dict, runs: list[tuple[str, dict]]) -> tuple[dict, list[l
         same_protocol(name, run, base)
         new = []
         for record in run["records"]:
-            held = known.get(query_key(record))
+            key = query_key(record)
+            held = known.get(key)
             if held is None:
-                known[query_key(record)] = record
+                known[key] = record
                 new.append(record)
             elif any(scores(held["methods"][m]) != scores(record["methods"][m]) for m in set(held["methods"]) & set(record["methods"])):
                 raise SystemExit(f"{name} holds query {query_key(record)} with other results than the run before it; give each query once")

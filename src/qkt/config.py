@@ -152,6 +152,11 @@ class QueryConfig(Section):
                             "only where that one puts more than a threshold of its probability on the query classes; the "
                             "threshold best separates the querier's own inputs from the synthetic query-class inputs"
     )
+    gate_budget: Share | None = Field(
+        None, description="with gate 'query_mass': the largest share of the querier's own inputs the gate may send to the "
+                          "query-trained model, which bounds the local accuracy the query can cost; the gate is then fitted on "
+                          "a fifth of each of the querier's classes kept out of the transfer set (null: no bound)"
+    )
     public_pool: NonNegative = Field(
         0, description="unlabelled inputs of a public pool added to the transfer inputs (FedDF-style), drawn seeded from the "
                        "training inputs of data.public_pool (0: off); they get the combined targets of the inversions, every "
@@ -167,6 +172,12 @@ class QueryConfig(Section):
     def _mixups_are_learnt(self) -> QueryConfig:
         if self.mixup and not self.phase1_mixups and not self.phase2_epochs:
             raise ValueError("phase1_mixups = 0 leaves the mixups to Phase 2, which phase2_epochs = 0 skips: no phase would learn from them")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_needs_the_gate(self) -> QueryConfig:
+        if self.gate_budget is not None and self.gate == "none":
+            raise ValueError("gate_budget bounds what the gate sends to the query-trained model: set gate = 'query_mass' too")
         return self
 
 

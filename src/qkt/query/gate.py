@@ -7,20 +7,34 @@ original's accuracy on its own classes is lost only on the inputs the gate sends
 (its false positives). The threshold is fitted on what the querier holds: its own
 inputs, which belong to the original, and the synthetic inputs of ``Q``, which belong to
 the new model.
+
+With a budget, the querier keeps :data:`HOLDOUT` of each of its classes out of the transfer
+set and fits the threshold on those inputs instead: the new model has seen its training
+inputs and scores them lower than the inputs it will meet later, so only unseen inputs
+tell how many of them the gate would send away. The threshold then also routes at most the
+budget's share of them, which bounds the local accuracy the query can cost, whatever the
+experts taught (a teacher that passes the checks yet teaches the student to call the
+querier's own inputs ``Q`` included).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Subset
 
 from ..errors import QueryError
+from ..inputs import DatasetRows
 from ..training import fast_layout, model_device, predict_logits
 from .synth import Mixed
+from .transfer import Lesson
+
+HOLDOUT = 0.2  # of each of the querier's classes, kept out of the transfer set when the gate has a budget
 
 
 class GatedModel(nn.Module):
@@ -79,18 +93,56 @@ def fit_threshold(own: np.ndarray, query: np.ndarray) -> float:
     return float(cuts[best[len(best) // 2]])
 
 
+def budget_threshold(own: np.ndarray, budget: float) -> float:
+    """The lowest threshold above which the share of unseen inputs like ``own`` is expected to stay within ``budget``.
+
+    ``own`` are scores of inputs the model never trained on; a new input of the same kind
+    ranks among them at random, so with the threshold at the k-th largest of n scores
+    the share above it is expected to be k/(n+1) or less. Where n is too small for the
+    budget (1/(n+1) > budget), the threshold is the largest of them.
+    """
+    ranked = np.sort(np.asarray(own, dtype=np.float64))[::-1]
+    k = max(1, int(np.floor(budget * (len(ranked) + 1))))
+    return float(ranked[min(k, len(ranked)) - 1])
+
+
+def hold_out(lesson: Lesson, seed: int) -> tuple[Lesson, torch.Tensor]:
+    """``lesson`` without a seeded :data:`HOLDOUT` of each of the querier's classes, and those inputs."""
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for c in torch.unique(lesson.local_y):
+        members = torch.nonzero(lesson.local_y == c).flatten()
+        held.append(members[torch.randperm(len(members), generator=generator)[: int(HOLDOUT * len(members))]])
+    out = torch.zeros(len(lesson.local_y), dtype=torch.bool)
+    out[torch.cat(held)] = True
+    if not out.any():
+        raise QueryError(f"query.gate_budget needs unseen inputs of the querier's own: {len(out)} local samples leave none out "
+                         f"({HOLDOUT:.0%} of each class)")
+    kept = torch.nonzero(~out).flatten()
+    local_x = lesson.local_x
+    kept_x = DatasetRows(Subset(local_x.dataset, kept.tolist())) if isinstance(local_x, DatasetRows) else local_x[kept]
+    return dataclasses.replace(lesson, local_x=kept_x, local_y=lesson.local_y[kept]), local_x[torch.nonzero(out).flatten()]
+
+
 def gate(original: nn.Module, new: nn.Module, x: torch.Tensor | Mixed, num_local: int, num_synthetic: int,
-         query: Sequence[int], num_classes: int) -> GatedModel:
+         query: Sequence[int], num_classes: int, held_out: torch.Tensor | None = None, budget: float | None = None) -> GatedModel:
     """The gated model of ``original`` and ``new``, its threshold fitted on the transfer inputs ``x``.
 
     ``x`` begins with the querier's ``num_local`` own inputs, then the ``num_synthetic``
-    synthetic inputs of ``Q``. Raises :class:`~qkt.errors.QueryError` without synthetic
-    inputs: nothing would then show the gate what an input of ``Q`` looks like.
+    synthetic inputs of ``Q``. With ``held_out`` (own inputs kept out of ``x``, see
+    :func:`hold_out`) these stand for the querier's inputs instead, and ``budget`` bounds
+    the share of them sent to ``new`` (:func:`budget_threshold`). Raises
+    :class:`~qkt.errors.QueryError` without synthetic inputs: nothing would then show the
+    gate what an input of ``Q`` looks like.
     """
     if not num_synthetic:
         raise QueryError("query.gate needs synthetic inputs of the query classes to fit its threshold: enable query.inversion")
     model = GatedModel(original, new, query, num_classes).to(model_device(new))
     head = x.first(num_local + num_synthetic) if isinstance(x, Mixed) else x[: num_local + num_synthetic]
     scores = model.query_mass(predict_logits(new, head)).cpu().numpy()
-    model.threshold.fill_(fit_threshold(scores[:num_local], scores[num_local:]))
+    own = scores[:num_local] if held_out is None else model.query_mass(predict_logits(new, held_out)).cpu().numpy()
+    threshold = fit_threshold(own, scores[num_local:])
+    if budget is not None:
+        threshold = max(threshold, budget_threshold(own, budget))
+    model.threshold.fill_(threshold)
     return model.eval()

@@ -27,7 +27,7 @@ from ..models import find_head
 from ..training import Amp, model_device, resolve_device
 from . import inputs, probe, trust
 from .channel import TeacherChannel
-from .gate import gate
+from .gate import gate, hold_out
 from .messages import Announcement, Failure, QueryReport, Reply
 from .phase1 import run_phase1
 from .phase2 import align_weights, refine_head
@@ -121,7 +121,9 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Vari
     """Build the transfer set, then Phase 1 and Phase 2 on a copy of ``student``; with each step's seconds.
 
     With ``config.gate``, the result is a :class:`~qkt.query.gate.GatedModel` of a copy of
-    ``student`` and the trained copy; fitting its gate counts in Phase 2's seconds.
+    ``student`` and the trained copy; fitting its gate counts in Phase 2's seconds. With
+    ``config.gate_budget``, the transfer set leaves out the inputs the gate is fitted on
+    (:func:`~qkt.query.gate.hold_out`).
 
     Everything runs on ``device`` (default: the student's), where the copy is returned;
     ``amp``: mixed precision of the two phases' training steps (:func:`qkt.training.fit`).
@@ -132,6 +134,9 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Vari
     original = copy.deepcopy(student).to(device).eval()
     new = copy.deepcopy(student).to(device)
     start = time.perf_counter()
+    held_out = None
+    if config.gate_budget is not None:
+        lesson, held_out = hold_out(lesson, config.seed)
     transfer, num_synthetic = build_transfer_set(original, lesson, config, progress)
     seconds["synthesis"] = time.perf_counter() - start
 
@@ -147,7 +152,8 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Vari
         align_weights(new, lesson.query, [c for c in own if c not in lesson.query], head)
     result = new.eval()
     if config.gate == "query_mass":
-        result = gate(original, new, transfer.x, len(lesson.local_y), num_synthetic, lesson.query, transfer.targets.shape[1])
+        result = gate(original, new, transfer.x, len(lesson.local_y), num_synthetic, lesson.query, transfer.targets.shape[1],
+                      held_out, config.gate_budget)
     seconds["phase2"] = time.perf_counter() - start
     return result, seconds, transfer, num_synthetic
 

@@ -1,4 +1,4 @@
-"""Levers against forgetting, each on a tiny hand-built case: experts out of their depth, and the gate."""
+"""Levers against forgetting, each on a tiny hand-built case: experts out of their depth, the gate and its budget."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from torch import nn
 
 from qkt import experiment
 from qkt.config import DEMO, parse_config
-from qkt.errors import QueryError
-from qkt.query.gate import GatedModel, fit_threshold, gate
+from qkt.errors import ConfigError, QueryError
+from qkt.query.gate import HOLDOUT, GatedModel, budget_threshold, fit_threshold, gate, hold_out
 from qkt.query.synth import Mixed
-from qkt.query.transfer import combine_targets, expert_depth, origins
+from qkt.query.transfer import Lesson, combine_targets, expert_depth, origins
 
 # Four classes: the querier holds 0 and 1 and queries 2. Expert "knows" saw classes 0 and 2,
 # expert "stranger" saw only 2 and 3: on the querier's inputs of class 0 it answers 2.
@@ -111,13 +111,43 @@ def test_the_gate_needs_synthetic_query_inputs_to_fit_its_threshold():
         gate(_linear(ORIGINAL), _linear(NEW), torch.eye(3)[:2], num_local=2, num_synthetic=0, query=QUERY, num_classes=3)
 
 
+def test_a_budget_keeps_the_share_of_unseen_own_inputs_sent_to_the_new_model_within_it():
+    # The new model calls a tenth of the querier's unseen inputs the query class (score 0.9), the rest not (0.1);
+    # its synthetic query inputs score 0.5 to 1. Unbounded, the gate sends that tenth away; a 2% budget keeps it.
+    own, synthetic = np.r_[np.full(90, 0.1), np.full(10, 0.9)], np.linspace(0.5, 1.0, 20)
+    assert (own > fit_threshold(own, synthetic)).mean() == pytest.approx(0.1)
+    threshold = max(fit_threshold(own, synthetic), budget_threshold(own, 0.02))
+    assert (own > threshold).mean() <= 0.02 and (synthetic > threshold).any()
+    # Too few unseen inputs to certify the budget: only what scores above every one of them goes to the new model.
+    assert budget_threshold(np.array([0.1, 0.3, 0.2]), 0.02) == pytest.approx(0.3)
+    assert (np.linspace(0, 1, 200) > budget_threshold(np.linspace(0, 1, 200), 0.05)).mean() <= 0.05
+
+
+def test_the_gate_is_fitted_on_a_seeded_fifth_of_each_own_class_the_transfer_set_never_sees():
+    x, y = torch.arange(60.0)[:, None], torch.tensor([0] * 40 + [1] * 15 + [2] * 5)
+    lesson = Lesson({}, {}, (3,), x, y)
+    kept, held = hold_out(lesson, seed=0)
+    assert len(held) == int(HOLDOUT * 40) + int(HOLDOUT * 15) + int(HOLDOUT * 5)
+    assert set(held.flatten().tolist()).isdisjoint(kept.local_x.flatten().tolist())
+    assert len(kept.local_y) + len(held) == 60 and kept.query == (3,)
+    assert torch.equal(hold_out(lesson, seed=0)[1], held) and not torch.equal(hold_out(lesson, seed=1)[1], held)
+    with pytest.raises(QueryError, match="gate_budget"):
+        hold_out(Lesson({}, {}, (3,), x[:3], y[:3]), seed=0)
+
+
+def test_a_budget_without_the_gate_is_refused():
+    with pytest.raises(ConfigError, match="gate = 'query_mass'"):
+        parse_config({"query": {"gate_budget": 0.02}})
+
+
 def test_both_levers_run_through_a_benchmark_query_and_are_scored():
-    config = parse_config({**DEMO, "training": {"arch": "mlp", "epochs": 2}, "methods": ["local", "qkt_out_of_depth", "qkt_gated"],
+    config = parse_config({**DEMO, "training": {"arch": "mlp", "epochs": 2}, "methods": ["local", "qkt_out_of_depth", "qkt_gated",
+                                                                                          "qkt_gated_budget"],
                            "query": {"phase1_epochs": 1, "phase2_epochs": 1, "inversion": {"samples_per_class": 8, "steps": 5},
                                      "probe": {"num_samples": 32, "steps": 5}}})
     world = experiment.build_world(config, progress=False)
     results, reports = experiment.run_methods(world, config, progress=False)
-    assert set(reports) == {"qkt_out_of_depth", "qkt_gated"}
+    assert set(reports) == {"qkt_out_of_depth", "qkt_gated", "qkt_gated_budget"}
     for method in reports:
         assert "failed" not in results[method].details
         assert 0.0 <= results[method].overall_accuracy <= 1.0

@@ -26,6 +26,7 @@ phase2_epochs = 5
 [query.probe]
 num_samples = 128
 steps = 30
+scales = [1.0]
 [query.inversion]
 samples_per_class = 64
 steps = 40

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from qkt import experiment
 from qkt.config import DEMO, parse_config
 from qkt.errors import ConfigError, QueryError
+from qkt.inputs import DatasetRows
 from qkt.query.gate import HOLDOUT, GatedModel, budget_threshold, fit_threshold, gate, hold_out
 from qkt.query.synth import Mixed
 from qkt.query.transfer import Lesson, combine_targets, expert_depth, origins
@@ -114,25 +116,36 @@ def test_the_gate_needs_synthetic_query_inputs_to_fit_its_threshold():
 def test_a_budget_keeps_the_share_of_unseen_own_inputs_sent_to_the_new_model_within_it():
     # The new model calls a tenth of the querier's unseen inputs the query class (score 0.9), the rest not (0.1);
     # its synthetic query inputs score 0.5 to 1. Unbounded, the gate sends that tenth away; a 2% budget keeps it.
-    own, synthetic = np.r_[np.full(90, 0.1), np.full(10, 0.9)], np.linspace(0.5, 1.0, 20)
+    own, labels, synthetic = np.r_[np.full(90, 0.1), np.full(10, 0.9)], np.arange(100) % 2, np.linspace(0.5, 1.0, 20)
     assert (own > fit_threshold(own, synthetic)).mean() == pytest.approx(0.1)
-    threshold = max(fit_threshold(own, synthetic), budget_threshold(own, 0.02))
+    threshold = max(fit_threshold(own, synthetic), budget_threshold(own, labels, 0.02))
     assert (own > threshold).mean() <= 0.02 and (synthetic > threshold).any()
-    # Too few unseen inputs to certify the budget: only what scores above every one of them goes to the new model.
-    assert budget_threshold(np.array([0.1, 0.3, 0.2]), 0.02) == pytest.approx(0.3)
-    assert (np.linspace(0, 1, 200) > budget_threshold(np.linspace(0, 1, 200), 0.05)).mean() <= 0.05
+    scores = np.linspace(0, 1, 200)
+    assert (scores > budget_threshold(scores, np.zeros(200), 0.05)).mean() == pytest.approx(0.05, abs=0.005)
+
+
+def test_a_budget_counts_each_own_class_alike_so_the_class_held_least_is_kept():
+    # 95 inputs of class 0 score 0.1; class 1, held least, has 5 unseen inputs, and the new model takes two for Q.
+    own, labels = np.r_[np.full(95, 0.1), [0.2, 0.3, 0.4, 0.8, 0.9]], np.r_[np.zeros(95), np.ones(5)]
+    assert budget_threshold(own, labels, 0.05) == pytest.approx(0.9)  # 2 of all 100 would fit; 1 of class 1's 5 is 10% alone
+    assert budget_threshold(own, labels, 0.1) == pytest.approx(0.8)  # one input of class 1 is half the classes' 20%
 
 
 def test_the_gate_is_fitted_on_a_seeded_fifth_of_each_own_class_the_transfer_set_never_sees():
     x, y = torch.arange(60.0)[:, None], torch.tensor([0] * 40 + [1] * 15 + [2] * 5)
     lesson = Lesson({}, {}, (3,), x, y)
-    kept, held = hold_out(lesson, seed=0)
+    kept, (held, held_y) = hold_out(lesson, seed=0)
     assert len(held) == int(HOLDOUT * 40) + int(HOLDOUT * 15) + int(HOLDOUT * 5)
+    assert torch.bincount(held_y).tolist() == [8, 3, 1] and torch.equal(y[held.flatten().long()], held_y)
     assert set(held.flatten().tolist()).isdisjoint(kept.local_x.flatten().tolist())
     assert len(kept.local_y) + len(held) == 60 and kept.query == (3,)
-    assert torch.equal(hold_out(lesson, seed=0)[1], held) and not torch.equal(hold_out(lesson, seed=1)[1], held)
+    assert torch.equal(hold_out(lesson, seed=0)[1][0], held) and not torch.equal(hold_out(lesson, seed=1)[1][0], held)
     with pytest.raises(QueryError, match="gate_budget"):
         hold_out(Lesson({}, {}, (3,), x[:3], y[:3]), seed=0)
+    # A user's Dataset stays lazy: the transfer set reads the rows it keeps from it.
+    rows, rows_held = hold_out(Lesson({}, {}, (3,), DatasetRows(TensorDataset(x, y)), y), seed=0)
+    assert isinstance(rows.local_x, DatasetRows) and torch.equal(rows.local_x[slice(None)], kept.local_x)
+    assert torch.equal(rows_held[0], held)
 
 
 def test_a_budget_without_the_gate_is_refused():

@@ -12,9 +12,9 @@ With a budget, the querier keeps :data:`HOLDOUT` of each of its classes out of t
 set and fits the threshold on those inputs instead: the new model has seen its training
 inputs and scores them lower than the inputs it will meet later, so only unseen inputs
 tell how many of them the gate would send away. The threshold then also routes at most the
-budget's share of them, which bounds the local accuracy the query can cost, whatever the
-experts taught (a teacher that passes the checks yet teaches the student to call the
-querier's own inputs ``Q`` included).
+budget's share of them, each class counting alike, which bounds the local accuracy the
+query can cost on inputs like them, whatever the experts taught (a teacher that passes the
+checks yet teaches the student to call the querier's own inputs ``Q`` included).
 """
 
 from __future__ import annotations
@@ -93,21 +93,27 @@ def fit_threshold(own: np.ndarray, query: np.ndarray) -> float:
     return float(cuts[best[len(best) // 2]])
 
 
-def budget_threshold(own: np.ndarray, budget: float) -> float:
-    """The lowest threshold above which the share of unseen inputs like ``own`` is expected to stay within ``budget``.
+def budget_threshold(own: np.ndarray, labels: np.ndarray, budget: float) -> float:
+    """The lowest threshold that sends at most ``budget`` of the querier's unseen inputs ``own`` to the new model, each class counting alike.
 
-    ``own`` are scores of inputs the model never trained on; a new input of the same kind
-    ranks among them at random, so with the threshold at the k-th largest of n scores
-    the share above it is expected to be k/(n+1) or less. Where n is too small for the
-    budget (1/(n+1) > budget), the threshold is the largest of them.
+    ``own`` are the new model's scores of inputs it never trained on and ``labels`` their
+    classes. Each class weighs the same, as in an accuracy over a class-balanced test set:
+    the classes the querier holds least of are the ones the query-trained model is most
+    likely to take for ``Q``, and a share of all inputs would hide them. The threshold is
+    never below the largest score of a class whose single input outweighs the budget.
     """
-    ranked = np.sort(np.asarray(own, dtype=np.float64))[::-1]
-    k = max(1, int(np.floor(budget * (len(ranked) + 1))))
-    return float(ranked[min(k, len(ranked)) - 1])
+    own, labels = np.asarray(own, dtype=np.float64), np.asarray(labels)
+    _, where, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    weight = 1.0 / (len(counts) * counts[where])
+    order = np.argsort(-own, kind="stable")
+    ranked, cumulative = own[order], np.cumsum(weight[order])
+    first = np.searchsorted(-ranked, -ranked, side="left")  # where each score's ties begin: the inputs before score above it
+    above = np.where(first > 0, cumulative[np.maximum(first - 1, 0)], 0.0)
+    return float(ranked[above <= budget + 1e-12].min())
 
 
-def hold_out(lesson: Lesson, seed: int) -> tuple[Lesson, torch.Tensor]:
-    """``lesson`` without a seeded :data:`HOLDOUT` of each of the querier's classes, and those inputs."""
+def hold_out(lesson: Lesson, seed: int) -> tuple[Lesson, tuple[torch.Tensor, torch.Tensor]]:
+    """``lesson`` without a seeded :data:`HOLDOUT` of each of the querier's classes, and those inputs with their labels."""
     generator = torch.Generator().manual_seed(seed)
     held = []
     for c in torch.unique(lesson.local_y):
@@ -121,17 +127,19 @@ def hold_out(lesson: Lesson, seed: int) -> tuple[Lesson, torch.Tensor]:
     kept = torch.nonzero(~out).flatten()
     local_x = lesson.local_x
     kept_x = DatasetRows(Subset(local_x.dataset, kept.tolist())) if isinstance(local_x, DatasetRows) else local_x[kept]
-    return dataclasses.replace(lesson, local_x=kept_x, local_y=lesson.local_y[kept]), local_x[torch.nonzero(out).flatten()]
+    held = torch.nonzero(out).flatten()
+    return dataclasses.replace(lesson, local_x=kept_x, local_y=lesson.local_y[kept]), (local_x[held], lesson.local_y[held])
 
 
 def gate(original: nn.Module, new: nn.Module, x: torch.Tensor | Mixed, num_local: int, num_synthetic: int,
-         query: Sequence[int], num_classes: int, held_out: torch.Tensor | None = None, budget: float | None = None) -> GatedModel:
+         query: Sequence[int], num_classes: int, held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
+         budget: float | None = None) -> GatedModel:
     """The gated model of ``original`` and ``new``, its threshold fitted on the transfer inputs ``x``.
 
     ``x`` begins with the querier's ``num_local`` own inputs, then the ``num_synthetic``
-    synthetic inputs of ``Q``. With ``held_out`` (own inputs kept out of ``x``, see
-    :func:`hold_out`) these stand for the querier's inputs instead, and ``budget`` bounds
-    the share of them sent to ``new`` (:func:`budget_threshold`). Raises
+    synthetic inputs of ``Q``. With ``held_out`` (own inputs and labels kept out of ``x``,
+    see :func:`hold_out`) these stand for the querier's inputs instead, and ``budget``
+    bounds the share of them sent to ``new`` (:func:`budget_threshold`). Raises
     :class:`~qkt.errors.QueryError` without synthetic inputs: nothing would then show the
     gate what an input of ``Q`` looks like.
     """
@@ -140,9 +148,9 @@ def gate(original: nn.Module, new: nn.Module, x: torch.Tensor | Mixed, num_local
     model = GatedModel(original, new, query, num_classes).to(model_device(new))
     head = x.first(num_local + num_synthetic) if isinstance(x, Mixed) else x[: num_local + num_synthetic]
     scores = model.query_mass(predict_logits(new, head)).cpu().numpy()
-    own = scores[:num_local] if held_out is None else model.query_mass(predict_logits(new, held_out)).cpu().numpy()
+    own = scores[:num_local] if held_out is None else model.query_mass(predict_logits(new, held_out[0])).cpu().numpy()
     threshold = fit_threshold(own, scores[num_local:])
-    if budget is not None:
-        threshold = max(threshold, budget_threshold(own, budget))
+    if budget is not None and held_out is not None:
+        threshold = max(threshold, budget_threshold(own, held_out[1].numpy(), budget))
     model.threshold.fill_(threshold)
     return model.eval()

@@ -1,0 +1,66 @@
+"""What a planted liar costs each method, query by query, from a ``qkt bench`` run of its scenarios.
+
+    python benchmarks/liar_costs.py docs/results/bench/liars-full-digits/bench.json --liar noise-only \\
+        --methods qkt qkt_gated qkt_gated_budget
+
+The run must hold, for the same queries, the single-class scenario and the liar's
+``liar-<kind>-alone`` and ``liar-<kind>-beside`` scenarios (``qkt bench --scenario single
+--scenario liar-<kind>-alone --scenario liar-<kind>-beside``). A method's *cost* on a query,
+in points of the querier's local accuracy: alone, against its model before the query
+(Local); beside the honest teachers, against the same method with the honest teachers only
+(the single-class scenario). A query the liar makes fail leaves the querier its own model
+and costs nothing. Prints a markdown table: per method and teachers, the mean accuracies,
+the mean and worst cost and how many queries cost more than ``--bound`` points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from qkt.methods import METHODS
+
+TEACHERS = {"single": "honest only", "alone": "the liar alone", "beside": "the liar beside the honest ones"}
+
+
+def cost_table(records: list[dict], liar: str, methods: list[str], bound: float) -> str:
+    scenarios = {"single": "single", "alone": f"liar-{liar}-alone", "beside": f"liar-{liar}-beside"}
+    runs = {(r["scenario"], r["seed"], r["querier"]): r["methods"] for r in records}
+    queries = sorted({(seed, q) for scenario, seed, q in runs if scenario == scenarios["alone"]})
+    missing = [(s, q) for s, q in queries for scenario in scenarios.values() if (scenario, s, q) not in runs]
+    if not queries or missing:
+        raise SystemExit(f"the run lacks the liar '{liar}' or its single-class queries: {missing[:3] or 'no query'}")
+    lines = [f"| method | teachers | query acc | local acc | overall acc | cost: mean, worst | queries costing > {bound:g} points |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for method in methods:
+        for place, teachers in TEACHERS.items():
+            rows = [runs[(scenarios[place], s, q)][method] for s, q in queries]
+            accuracies = " | ".join(f"{np.mean([r[k] for r in rows]):.3f}" for k in ("query_accuracy", "local_accuracy", "overall_accuracy"))
+            local = np.array([r["local_accuracy"] for r in rows])
+            if place == "single":
+                before = np.array([runs[(scenarios[place], s, q)]["local"]["local_accuracy"] for s, q in queries])
+                forgetting = 100 * (before - local)
+                cost, over = f"(forgetting {forgetting.mean():.1f}, {forgetting.max():.1f} worst)", "—"
+            else:
+                reference = ("local", scenarios["alone"]) if place == "alone" else (method, scenarios["single"])
+                cost_points = 100 * (np.array([runs[(reference[1], s, q)][reference[0]]["local_accuracy"] for s, q in queries]) - local)
+                cost, over = f"{cost_points.mean():.1f}, {cost_points.max():.1f}", f"{int((cost_points > bound).sum())} of {len(queries)}"
+            lines.append(f"| {METHODS[method].display} | {teachers} | {accuracies} | {cost} | {over} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a qkt bench run's bench.json")
+    parser.add_argument("--liar", default="noise-only", help="the planted liar's kind (qkt.bench.liars.KINDS)")
+    parser.add_argument("--methods", nargs="+", default=["qkt"], help="the run's methods to tabulate")
+    parser.add_argument("--bound", type=float, default=2.0, help="the cost in points a query is counted above")
+    args = parser.parse_args()
+    print(cost_table(json.loads(args.run.read_text())["records"], args.liar, args.methods, args.bound))
+
+
+if __name__ == "__main__":
+    main()

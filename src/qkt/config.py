@@ -153,9 +153,9 @@ class QueryConfig(Section):
                             "threshold best separates the querier's own inputs from the synthetic query-class inputs"
     )
     gate_budget: Share | None = Field(
-        None, description="with gate 'query_mass': the largest share of the querier's own inputs the gate may send to the "
-                          "query-trained model, which bounds the local accuracy the query can cost; the gate is then fitted on "
-                          "a fifth of each of the querier's classes kept out of the transfer set (null: no bound)"
+        None, description="with gate 'query_mass': the largest share of the querier's unseen inputs (each class counting alike) "
+                          "the gate may send to the query-trained model, measured on a fifth of each of the querier's classes kept "
+                          "out of the transfer set; it limits the local accuracy a query can cost on inputs like those (null: no limit)"
     )
     public_pool: NonNegative = Field(
         0, description="unlabelled inputs of a public pool added to the transfer inputs (FedDF-style), drawn seeded from the "

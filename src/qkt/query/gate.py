@@ -115,12 +115,12 @@ def budget_threshold(own: np.ndarray, labels: np.ndarray, budget: float) -> floa
 def hold_out(lesson: Lesson, seed: int) -> tuple[Lesson, tuple[torch.Tensor, torch.Tensor]]:
     """``lesson`` without a seeded :data:`HOLDOUT` of each of the querier's classes, and those inputs with their labels."""
     generator = torch.Generator().manual_seed(seed)
-    held = []
+    chosen = []
     for c in torch.unique(lesson.local_y):
         members = torch.nonzero(lesson.local_y == c).flatten()
-        held.append(members[torch.randperm(len(members), generator=generator)[: int(HOLDOUT * len(members))]])
+        chosen.append(members[torch.randperm(len(members), generator=generator)[: int(HOLDOUT * len(members))]])
     out = torch.zeros(len(lesson.local_y), dtype=torch.bool)
-    out[torch.cat(held)] = True
+    out[torch.cat(chosen)] = True
     if not out.any():
         raise QueryError(f"query.gate_budget needs unseen inputs of the querier's own: {len(out)} local samples leave none out "
                          f"({HOLDOUT:.0%} of each class)")
@@ -150,7 +150,9 @@ def gate(original: nn.Module, new: nn.Module, x: torch.Tensor | Mixed, num_local
     scores = model.query_mass(predict_logits(new, head)).cpu().numpy()
     own = scores[:num_local] if held_out is None else model.query_mass(predict_logits(new, held_out[0])).cpu().numpy()
     threshold = fit_threshold(own, scores[num_local:])
-    if budget is not None and held_out is not None:
+    if budget is not None:
+        if held_out is None:
+            raise QueryError("a budget on the gate is measured on own inputs the new model never trained on: pass held_out")
         threshold = max(threshold, budget_threshold(own, held_out[1].numpy(), budget))
     model.threshold.fill_(threshold)
     return model.eval()

@@ -133,7 +133,8 @@ def provenance(path: str, methods: list[str], run: dict, counts: dict[str, int])
              "settings": run.get("settings"), "queries_scored_differently_than_the_first_run": counts}]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", type=Path, help="bench.json of the run that gives the queries and its methods")
     parser.add_argument("additions", nargs="*", help="OTHER/bench.json:METHOD,METHOD,... methods taken from another run")
@@ -141,7 +142,7 @@ def main() -> int:
                         help="a run of other queries on the same profile (another seed): the queries the first run lacks "
                              "join it with all their methods (repeatable)")
     parser.add_argument("--output", type=Path, required=True, help="folder of the merged outputs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.additions and not args.queries_from:
         parser.error("nothing to merge: name methods of another run, or --queries-from")
     first = json.loads(args.base.read_text())
@@ -165,7 +166,7 @@ def main() -> int:
     state = {key: base[key] for key in ("profile", "datasets", "started", "wall_seconds", "cpu_seconds")}
     state.update(whole_dataset=base.get("whole_dataset", False), records=records,
                  machine=f"merged from {len(origins)} runs (merged_from)", merged_from=origins,
-                 command=" ".join(["python3", *sys.argv]))
+                 command=" ".join(["python3", "benchmarks/merge_runs.py", *argv]))
     for path, _, _, counts in sources[1:]:
         if any(counts.values()):
             print(f"{path}: methods both runs hold scored differently on "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import importlib.util
+import io
 import json
 import math
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +27,22 @@ from qkt.methods import ABLATIONS, BASELINES, COLLABORATIVE, METHODS, QKT, REFER
 EVERY_METHOD = BASELINES + QKT + ABLATIONS + REFERENCES
 WITHOUT_ABLATIONS = BASELINES + QKT + REFERENCES
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("merge_runs", ROOT / "benchmarks" / "merge_runs.py")
+MERGE_RUNS = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(MERGE_RUNS)
+
+
+def merge_runs(*args: object) -> SimpleNamespace:
+    """``python benchmarks/merge_runs.py ARGS`` in this process (its imports cost seconds a run): exit code, stdout, stderr."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = MERGE_RUNS.main([str(a) for a in args])
+        except SystemExit as exc:  # what the script's exit would print and return
+            code = exc.code if isinstance(exc.code, int) else 1
+            if not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr)
+    return SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +163,8 @@ def test_baselines_run_without_qkt_and_merge_with_a_run_of_it(quick_digits, tmp_
                  "--output", str(tmp_path / "baselines"), "--quiet"]) == 0
     rows = json.loads((tmp_path / "baselines" / "bench.json").read_text())["summary"]["digits"]["single"]["rows"]
     assert list(rows) == ["local", "fedavg"] and "QKT did not run" in (tmp_path / "baselines" / "bench.md").read_text()
-    merge = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "merge_runs.py"), str(quick_digits / "bench.json"),
-                            f"{tmp_path / 'baselines' / 'bench.json'}:fedavg", "--output", str(tmp_path / "merged")],
-                           capture_output=True, text=True, check=True)
+    merge = merge_runs(quick_digits / "bench.json", f"{tmp_path / 'baselines' / 'bench.json'}:fedavg", "--output", tmp_path / "merged")
+    assert merge.returncode == 0, merge.stderr
     assert "scored differently" not in merge.stdout  # the same parties: Local agrees on every query
     merged = json.loads((tmp_path / "merged" / "bench.json").read_text())
     every = {(r["scenario"], r["querier"]): r for r in json.loads((quick_digits / "bench.json").read_text())["records"]}
@@ -163,8 +180,7 @@ def test_baselines_run_without_qkt_and_merge_with_a_run_of_it(quick_digits, tmp_
         parts.append(f"{part}:fedavg")
 
     def merge_parts(*specs):
-        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "merge_runs.py"), str(quick_digits / "bench.json"), *specs,
-                               "--output", str(tmp_path / "joined")], capture_output=True, text=True)
+        return merge_runs(quick_digits / "bench.json", *specs, "--output", tmp_path / "joined")
 
     assert merge_parts(*parts).returncode == 0
     joined = json.loads((tmp_path / "joined" / "bench.json").read_text())
@@ -187,9 +203,7 @@ def test_runs_of_other_queries_join_whole(quick_digits, tmp_path):
         halves[scenario].write_text(json.dumps({**every, "records": [r for r in every["records"] if r["scenario"] == scenario]}))
 
     def join(first, *others):
-        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "merge_runs.py"), str(first),
-                               *(a for other in others for a in ("--queries-from", str(other))), "--output", str(tmp_path / "joined")],
-                              capture_output=True, text=True)
+        return merge_runs(first, *(a for other in others for a in ("--queries-from", other)), "--output", tmp_path / "joined")
 
     assert join(halves["single"], halves["multi"]).returncode == 0
     joined = json.loads((tmp_path / "joined" / "bench.json").read_text())

@@ -45,8 +45,8 @@ def cost_table(records: list[dict], liar: str, methods: list[str], bound: float)
                 forgetting = 100 * (before - local)
                 cost, over = f"(forgetting {forgetting.mean():.1f}, {forgetting.max():.1f} worst)", "—"
             else:
-                reference = ("local", scenarios["alone"]) if place == "alone" else (method, scenarios["single"])
-                cost_points = 100 * (np.array([runs[(reference[1], s, q)][reference[0]]["local_accuracy"] for s, q in queries]) - local)
+                against, scenario = ("local", scenarios["alone"]) if place == "alone" else (method, scenarios["single"])
+                cost_points = 100 * (np.array([runs[(scenario, s, q)][against]["local_accuracy"] for s, q in queries]) - local)
                 cost, over = f"{cost_points.mean():.1f}, {cost_points.max():.1f}", f"{int((cost_points > bound).sum())} of {len(queries)}"
             lines.append(f"| {METHODS[method].display} | {teachers} | {accuracies} | {cost} | {over} |")
     return "\n".join(lines)

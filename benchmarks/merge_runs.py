@@ -74,7 +74,7 @@ def join_queries(base: dict, runs: list[tuple[str, dict]]) -> tuple[dict, list[l
                 known[key] = record
                 new.append(record)
             elif any(scores(held["methods"][m]) != scores(record["methods"][m]) for m in set(held["methods"]) & set(record["methods"])):
-                raise SystemExit(f"{name} holds query {query_key(record)} with other results than the run before it; give each query once")
+                raise SystemExit(f"{name} holds query {key} with other results than the run before it; give each query once")
         if not new:
             raise SystemExit(f"{name} holds no query that the runs before it lack")
         records += new

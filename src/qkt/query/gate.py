@@ -146,10 +146,16 @@ def gate(original: nn.Module, new: nn.Module, x: torch.Tensor | Mixed, num_local
     if not num_synthetic:
         raise QueryError("query.gate needs synthetic inputs of the query classes to fit its threshold: enable query.inversion")
     model = GatedModel(original, new, query, num_classes).to(model_device(new))
-    head = x.first(num_local + num_synthetic) if isinstance(x, Mixed) else x[: num_local + num_synthetic]
-    scores = model.query_mass(predict_logits(new, head)).cpu().numpy()
-    own = scores[:num_local] if held_out is None else model.query_mass(predict_logits(new, held_out[0])).cpu().numpy()
-    threshold = fit_threshold(own, scores[num_local:])
+
+    def mass(inputs: torch.Tensor | Mixed) -> np.ndarray:
+        return model.query_mass(predict_logits(new, inputs)).cpu().numpy()
+
+    if held_out is None:
+        scores = mass(x.first(num_local + num_synthetic) if isinstance(x, Mixed) else x[: num_local + num_synthetic])
+        own, synthetic = scores[:num_local], scores[num_local:]
+    else:
+        own, synthetic = mass(held_out[0]), mass(x[num_local:num_local + num_synthetic])
+    threshold = fit_threshold(own, synthetic)
     if budget is not None:
         if held_out is None:
             raise QueryError("a budget on the gate is measured on own inputs the new model never trained on: pass held_out")

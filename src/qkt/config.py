@@ -157,6 +157,12 @@ class QueryConfig(Section):
                           "the gate may send to the query-trained model, measured on a fifth of each of the querier's classes kept "
                           "out of the transfer set; it limits the local accuracy a query can cost on inputs like those (null: no limit)"
     )
+    gate_inversions: NonNegative = Field(
+        0, description="with gate 'query_mass': inputs synthesised for each of the querier's own classes by inverting its "
+                       "original model (as query.inversion inverts the experts), which join its own inputs in fitting the "
+                       "gate's threshold. No model trained on them, so they show where the query-trained model takes inputs "
+                       "of the querier's classes for the query classes, which inputs it trained on hide (0: none)"
+    )
     public_pool: NonNegative = Field(
         0, description="unlabelled inputs of a public pool added to the transfer inputs (FedDF-style), drawn seeded from the "
                        "training inputs of data.public_pool (0: off); they get the combined targets of the inversions, every "
@@ -175,9 +181,11 @@ class QueryConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _budget_needs_the_gate(self) -> QueryConfig:
+    def _gate_settings_need_the_gate(self) -> QueryConfig:
         if self.gate_budget is not None and self.gate == "none":
             raise ValueError("gate_budget bounds what the gate sends to the query-trained model: set gate = 'query_mass' too")
+        if self.gate_inversions and self.gate == "none":
+            raise ValueError("gate_inversions are inputs the gate's threshold is fitted on: set gate = 'query_mass' too")
         return self
 
 

@@ -96,6 +96,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _qkt("qkt_out_of_depth", "QKT, experts out of their depth", {"expert_depth": "agreement"}, lever=True),
     _qkt("qkt_gated", "QKT, gated to the original", {"gate": "query_mass"}, lever=True),
     _qkt("qkt_gated_budget", "QKT, gated within 2% of own inputs", {"gate": "query_mass", "gate_budget": 0.02}, lever=True),
+    _qkt("qkt_gated_inverted", "QKT, gated within 2%, fitted on own inversions", {"gate": "query_mass", "gate_budget": 0.02,
+                                                                                 "gate_inversions": 64}, lever=True),
     # A public pool of unlabelled inputs the querier holds (data.public_pool) joins the transfer inputs (FedDF-style).
     _qkt("qkt_public_pool", "QKT, public pool", {"public_pool": 1000}, lever=True),
     _qkt("qkt_public_pool_out_of_depth", "QKT, public pool + experts out of their depth",

@@ -15,6 +15,12 @@ tell how many of them the gate would send away. The threshold then also routes a
 budget's share of them, each class counting alike, which bounds the local accuracy the
 query can cost on inputs like them, whatever the experts taught (a teacher that passes the
 checks yet teaches the student to call the querier's own inputs ``Q`` included).
+
+Inputs the models trained on hide what the query-trained model does to inputs it never
+saw, and a class the querier holds few samples of leaves few of them out. Inversions of
+the querier's own classes (:func:`own_inversions`) stand in for such inputs, as many for
+each class: the fitted threshold rises above the scores of those the query-trained model
+takes for ``Q``.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
+from ..config import QueryConfig
 from ..errors import QueryError
 from ..inputs import DatasetRows
 from ..training import fast_layout, model_device, predict_logits
-from .synth import Mixed
+from .synth import Mixed, invert
 from .transfer import Lesson
 
 HOLDOUT = 0.2  # of each of the querier's classes, kept out of the transfer set when the gate has a budget
@@ -131,15 +138,29 @@ def hold_out(lesson: Lesson, seed: int) -> tuple[Lesson, tuple[torch.Tensor, tor
     return dataclasses.replace(lesson, local_x=kept_x, local_y=lesson.local_y[kept]), (local_x[held], lesson.local_y[held])
 
 
+def own_inversions(original: nn.Module, lesson: Lesson, config: QueryConfig, progress: bool = True) -> torch.Tensor:
+    """``config.gate_inversions`` inputs per class the querier holds outside ``Q`` that its ``original`` model classifies as that class.
+
+    They are made as the experts' inversions are (``config.inversion``), seeded as one
+    more model after the experts, on ``original``'s device.
+    """
+    own = [c for c in torch.unique(lesson.local_y).tolist() if c not in lesson.query]
+    x, _ = invert(original, own, tuple(lesson.local_x.shape[1:]), config.inversion, seed=config.seed * 1000 + len(lesson.experts),
+                  num_per_class=config.gate_inversions, desc="inverting the querier's own model" if progress else None)
+    return x
+
+
 def gate(original: nn.Module, new: nn.Module, x: torch.Tensor | Mixed, num_local: int, num_synthetic: int,
          query: Sequence[int], num_classes: int, held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
-         budget: float | None = None) -> GatedModel:
+         budget: float | None = None, own_synthetic: torch.Tensor | None = None) -> GatedModel:
     """The gated model of ``original`` and ``new``, its threshold fitted on the transfer inputs ``x``.
 
     ``x`` begins with the querier's ``num_local`` own inputs, then the ``num_synthetic``
     synthetic inputs of ``Q``. With ``held_out`` (own inputs and labels kept out of ``x``,
     see :func:`hold_out`) these stand for the querier's inputs instead, and ``budget``
-    bounds the share of them sent to ``new`` (:func:`budget_threshold`). Raises
+    bounds the share of them sent to ``new`` (:func:`budget_threshold`). ``own_synthetic``
+    (:func:`own_inversions`) join the querier's inputs in fitting the threshold, not in
+    the budget, which counts real inputs. Raises
     :class:`~qkt.errors.QueryError` without synthetic inputs: nothing would then show the
     gate what an input of ``Q`` looks like.
     """
@@ -155,7 +176,8 @@ def gate(original: nn.Module, new: nn.Module, x: torch.Tensor | Mixed, num_local
         own, synthetic = scores[:num_local], scores[num_local:]
     else:
         own, synthetic = mass(held_out[0]), mass(x[num_local:num_local + num_synthetic])
-    threshold = fit_threshold(own, synthetic)
+    own_side = own if own_synthetic is None else np.concatenate([own, mass(own_synthetic)])
+    threshold = fit_threshold(own_side, synthetic)
     if budget is not None:
         if held_out is None:
             raise QueryError("a budget on the gate is measured on own inputs the new model never trained on: pass held_out")

@@ -27,7 +27,7 @@ from ..models import find_head
 from ..training import Amp, model_device, resolve_device
 from . import inputs, probe, trust
 from .channel import TeacherChannel
-from .gate import gate, hold_out
+from .gate import gate, hold_out, own_inversions
 from .messages import Announcement, Failure, QueryReport, Reply
 from .phase1 import run_phase1
 from .phase2 import align_weights, refine_head
@@ -123,7 +123,8 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Vari
     With ``config.gate``, the result is a :class:`~qkt.query.gate.GatedModel` of a copy of
     ``student`` and the trained copy; fitting its gate counts in Phase 2's seconds. With
     ``config.gate_budget``, the transfer set leaves out the inputs the gate is fitted on
-    (:func:`~qkt.query.gate.hold_out`).
+    (:func:`~qkt.query.gate.hold_out`); with ``config.gate_inversions``, inversions of the
+    querier's own classes join the inputs it is fitted on (counted in the synthesis seconds).
 
     Everything runs on ``device`` (default: the student's), where the copy is returned;
     ``amp``: mixed precision of the two phases' training steps (:func:`qkt.training.fit`).
@@ -138,6 +139,7 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Vari
     if config.gate_budget is not None:
         lesson, held_out = hold_out(lesson, config.seed)
     transfer, num_synthetic = build_transfer_set(original, lesson, config, progress)
+    own_synthetic = own_inversions(original, lesson, config, progress) if config.gate_inversions else None
     seconds["synthesis"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -153,7 +155,7 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Vari
     result = new.eval()
     if config.gate == "query_mass":
         result = gate(original, new, transfer.x, len(lesson.local_y), num_synthetic, lesson.query, transfer.targets.shape[1],
-                      held_out, config.gate_budget)
+                      held_out, config.gate_budget, own_synthetic)
     seconds["phase2"] = time.perf_counter() - start
     return result, seconds, transfer, num_synthetic
 

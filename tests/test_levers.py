@@ -1,4 +1,4 @@
-"""Levers against forgetting, each on a tiny hand-built case: experts out of their depth, the gate and its budget."""
+"""Levers against forgetting, each on a tiny hand-built case: experts out of their depth, the gate, its budget and its own inversions."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from qkt import experiment
-from qkt.config import DEMO, parse_config
+from qkt.config import DEMO, QueryConfig, parse_config
 from qkt.errors import ConfigError, QueryError
 from qkt.inputs import DatasetRows
-from qkt.query.gate import HOLDOUT, GatedModel, budget_threshold, fit_threshold, gate, hold_out
+from qkt.query.gate import HOLDOUT, GatedModel, budget_threshold, fit_threshold, gate, hold_out, own_inversions
 from qkt.query.synth import Mixed
 from qkt.query.transfer import Lesson, combine_targets, expert_depth, origins
 
@@ -148,19 +148,47 @@ def test_the_gate_is_fitted_on_a_seeded_fifth_of_each_own_class_the_transfer_set
     assert torch.equal(rows_held[0], held)
 
 
-def test_a_budget_without_the_gate_is_refused():
+def test_inversions_of_own_classes_lift_the_threshold_above_the_unseen_inputs_the_new_model_takes_for_the_query():
+    original, new = _linear(ORIGINAL), _linear(NEW)
+    local, query_input = torch.eye(3)[[0, 1]], torch.eye(3)[[2]]
+    # An input of class 1 unlike the one the querier trained on: the new model, which forgot class 1, gives Q more of it.
+    unseen = torch.tensor([[0.0, 1.0, 0.4]])
+    mass = GatedModel(original, new, QUERY, 3).query_mass(new(torch.cat([local, unseen, query_input]))).tolist()
+    assert mass[1] < mass[2] < mass[3]
+    plain = gate(original, new, torch.cat([local, query_input]), num_local=2, num_synthetic=1, query=QUERY, num_classes=3)
+    fitted = gate(original, new, torch.cat([local, query_input]), num_local=2, num_synthetic=1, query=QUERY, num_classes=3,
+                  own_synthetic=unseen)
+    with torch.no_grad():
+        assert plain(unseen).argmax(1).tolist() == [2]  # fitted on the trained-on inputs alone, the gate sends it away
+        assert fitted(unseen).argmax(1).tolist() == [1]  # the original keeps it
+        assert fitted(torch.eye(3)).argmax(1).tolist() == [0, 1, 2]
+
+
+def test_own_inversions_are_seeded_inputs_the_original_model_calls_each_of_the_querier_classes_outside_the_query():
+    config = QueryConfig(gate="query_mass", gate_inversions=4)
+    lesson = Lesson({"expert": _linear(NEW)}, {}, QUERY, torch.eye(3)[[0, 0, 1, 2]], torch.tensor([0, 0, 1, 2]))
+    x = own_inversions(_linear(ORIGINAL), lesson, config, progress=False)
+    assert x.shape == (8, 3)
+    assert _linear(ORIGINAL)(x).argmax(1).tolist() == [0] * 4 + [1] * 4  # class 2 is the query's: none is made for it
+    assert torch.equal(own_inversions(_linear(ORIGINAL), lesson, config, progress=False), x)
+    assert not torch.equal(own_inversions(_linear(ORIGINAL), lesson, config.model_copy(update={"seed": 1}), progress=False), x)
+
+
+def test_a_budget_or_own_inversions_without_the_gate_are_refused():
     with pytest.raises(ConfigError, match="gate = 'query_mass'"):
         parse_config({"query": {"gate_budget": 0.02}})
+    with pytest.raises(ConfigError, match="gate = 'query_mass'"):
+        parse_config({"query": {"gate_inversions": 64}})
 
 
-def test_both_levers_run_through_a_benchmark_query_and_are_scored():
+def test_the_levers_run_through_a_benchmark_query_and_are_scored():
     config = parse_config({**DEMO, "training": {"arch": "mlp", "epochs": 2}, "methods": ["local", "qkt_out_of_depth", "qkt_gated",
-                                                                                          "qkt_gated_budget"],
+                                                                                          "qkt_gated_budget", "qkt_gated_inverted"],
                            "query": {"phase1_epochs": 1, "phase2_epochs": 1, "inversion": {"samples_per_class": 8, "steps": 5},
                                      "probe": {"num_samples": 32, "steps": 5}}})
     world = experiment.build_world(config, progress=False)
     results, reports = experiment.run_methods(world, config, progress=False)
-    assert set(reports) == {"qkt_out_of_depth", "qkt_gated", "qkt_gated_budget"}
+    assert set(reports) == {"qkt_out_of_depth", "qkt_gated", "qkt_gated_budget", "qkt_gated_inverted"}
     for method in reports:
         assert "failed" not in results[method].details
         assert 0.0 <= results[method].overall_accuracy <= 1.0

@@ -172,6 +172,13 @@ def test_own_inversions_are_seeded_inputs_the_original_model_calls_each_of_the_q
     assert _linear(ORIGINAL)(x).argmax(1).tolist() == [0] * 4 + [1] * 4  # class 2 is the query's: none is made for it
     assert torch.equal(own_inversions(_linear(ORIGINAL), lesson, config, progress=False), x)
     assert not torch.equal(own_inversions(_linear(ORIGINAL), lesson, config.model_copy(update={"seed": 1}), progress=False), x)
+    # A querier holding only query classes has none to invert: the gate is fitted as without them.
+    only_query = Lesson({}, {}, QUERY, torch.eye(3)[[2]], torch.tensor([2]))
+    none = own_inversions(_linear(ORIGINAL), only_query, config, progress=False)
+    assert len(none) == 0
+    plain = gate(_linear(ORIGINAL), _linear(NEW), torch.eye(3), num_local=2, num_synthetic=1, query=QUERY, num_classes=3)
+    assert gate(_linear(ORIGINAL), _linear(NEW), torch.eye(3), num_local=2, num_synthetic=1, query=QUERY, num_classes=3,
+                own_synthetic=none).threshold == plain.threshold
 
 
 def test_a_budget_or_own_inversions_without_the_gate_are_refused():

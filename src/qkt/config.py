@@ -160,8 +160,8 @@ class QueryConfig(Section):
     gate_inversions: NonNegative = Field(
         0, description="with gate 'query_mass': inputs synthesised for each of the querier's own classes by inverting its "
                        "original model (as query.inversion inverts the experts), which join its own inputs in fitting the "
-                       "gate's threshold. No model trained on them, so they show where the query-trained model takes inputs "
-                       "of the querier's classes for the query classes, which inputs it trained on hide (0: none)"
+                       "gate's threshold. No model trained on them: they show inputs of the querier's classes that the "
+                       "query-trained model takes for the query classes, which the inputs it trained on hide (0: none)"
     )
     public_pool: NonNegative = Field(
         0, description="unlabelled inputs of a public pool added to the transfer inputs (FedDF-style), drawn seeded from the "

@@ -176,7 +176,7 @@ def gate(original: nn.Module, new: nn.Module, x: torch.Tensor | Mixed, num_local
         own, synthetic = scores[:num_local], scores[num_local:]
     else:
         own, synthetic = mass(held_out[0]), mass(x[num_local:num_local + num_synthetic])
-    own_side = own if own_synthetic is None else np.concatenate([own, mass(own_synthetic)])
+    own_side = np.concatenate([own, mass(own_synthetic)]) if own_synthetic is not None and len(own_synthetic) else own
     threshold = fit_threshold(own_side, synthetic)
     if budget is not None:
         if held_out is None:

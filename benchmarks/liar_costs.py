@@ -39,14 +39,13 @@ def cost_table(records: list[dict], liar: str, methods: list[str], bound: float)
         for place, teachers in TEACHERS.items():
             rows = [runs[(scenarios[place], s, q)][method] for s, q in queries]
             accuracies = " | ".join(f"{np.mean([r[k] for r in rows]):.3f}" for k in ("query_accuracy", "local_accuracy", "overall_accuracy"))
-            local = np.array([r["local_accuracy"] for r in rows])
             if place == "single":
-                before = np.array([runs[(scenarios[place], s, q)]["local"]["local_accuracy"] for s, q in queries])
-                forgetting = 100 * (before - local)
+                forgetting = 100 * np.array([r["forgetting"] for r in rows])
                 cost, over = f"(forgetting {forgetting.mean():.1f}, {forgetting.max():.1f} worst)", "—"
             else:
                 against, scenario = ("local", scenarios["alone"]) if place == "alone" else (method, scenarios["single"])
-                cost_points = 100 * (np.array([runs[(scenario, s, q)][against]["local_accuracy"] for s, q in queries]) - local)
+                before = np.array([runs[(scenario, s, q)][against]["local_accuracy"] for s, q in queries])
+                cost_points = 100 * (before - np.array([r["local_accuracy"] for r in rows]))
                 cost, over = f"{cost_points.mean():.1f}, {cost_points.max():.1f}", f"{int((cost_points > bound).sum())} of {len(queries)}"
             lines.append(f"| {METHODS[method].display} | {teachers} | {accuracies} | {cost} | {over} |")
     return "\n".join(lines)

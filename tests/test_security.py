@@ -14,7 +14,8 @@ from qkt.errors import QueryError
 from qkt.experiment import build_world
 from qkt.query import Announcement, InProcessChannel, Teacher, answer_probe, run_query
 from qkt.query.teacher import Refused, TeacherPolicy
-from qkt.training import per_class_accuracy, set_threads
+from qkt.models import build_model
+from qkt.training import per_class_accuracy, predict_logits, set_threads, train_as_party
 
 FAST = {"probe": {"num_samples": 128, "steps": 30}, "inversion": {"samples_per_class": 64, "steps": 50},
         "phase1_epochs": 5, "phase2_epochs": 10}
@@ -67,6 +68,26 @@ def test_a_planted_liar_alone_leaves_the_querier_as_it_was(world, clean, kind):
 
 def test_honest_experts_pass_the_new_checks(clean):
     assert clean[1].distrusted == {} and any(clean[1].experts.values())
+
+
+def test_an_honest_expert_whose_data_hold_only_the_query_class_is_kept_and_teaches_it(world):
+    """Under a Dirichlet split a party may hold nearly nothing but one class (the CIFAR-10 headline has such experts):
+    its model calls everything by that class, yet as the only expert it still teaches the querier the class."""
+    s = world.scenario
+    c = s.query[0]
+    idx = torch.nonzero(world.y_train == c).flatten()
+    model = build_model(CONFIG.training.arch, world.dataset.input_shape, world.dataset.num_classes)
+    expert = train_as_party(model, (world.x_train[idx], world.y_train[idx]), CONFIG.training, seed=0)
+    named = predict_logits(expert, world.querier_data[0]).argmax(1)
+    assert float((named == c).double().mean()) > 0.98, "the expert should call (nearly) everything by its one class"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        student, report = run_query(world.models[s.querier], InProcessChannel({"one-class": expert}), s.query, world.querier_data,
+                                    CONFIG.query, num_classes=world.dataset.num_classes, progress=False)
+    assert report.experts[c] == ["one-class"] and report.distrusted == {}
+    acc = per_class_accuracy(student, world.x_test, world.y_test, world.dataset.num_classes)
+    before = per_class_accuracy(world.models[s.querier], world.x_test, world.y_test, world.dataset.num_classes)
+    assert acc[c] > before[c] + 0.3, f"query accuracy {acc[c]:.3f} against {before[c]:.3f} before the query"
 
 
 @pytest.mark.parametrize(("announcement", "says"), [

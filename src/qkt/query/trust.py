@@ -17,20 +17,17 @@ can be checked cheaply at the querier, with no message to anyone:
    inputs the expert's softmax must move away from its mean (by ``min_output_spread``
    in total variation, on average). A model that says the same thing whatever it is
    shown carries no knowledge, only its claim. The noise is there because an honest
-   expert may say much the same of every input of classes it never saw;
-5. **two classes at least**: the classes the weights' probe finds, together with those
-   the expert names for a share of those inputs, must be two or more. A model
-   that calls everything the query class (on noise and on the querier's own labelled
-   inputs alike) cannot teach the querier what the query class looks like, only to call
-   everything by it; an honest expert, even one that knows nothing but ``Q``, tells at
-   least two classes apart.
+   expert may say much the same of every input of classes it never saw.
 
-An expert failing 1, 3, 4 or 5 is dropped whole; 2 clears single mask bits, since the
+An expert failing 1, 3 or 4 is dropped whole; 2 clears single mask bits, since the
 weights' own scores are what the querier trusts.
 
-What these checks cannot see: with ``|Q| >= 2``, a model that names a query class for
-every input but still tells the query classes apart looks like an honest expert that
-knows only ``Q`` (``qkt bench``'s ``liar-*`` scenarios measure the planted liars).
+What these checks cannot see: a model that names the query class for every input, with
+a confidence that moves with the input, looks like an honest party whose data hold
+almost nothing but ``Q``. Such parties are common where data are split by a Dirichlet
+prior, and their models also call everything ``Q``; they are kept, because as the only
+expert of a class they still teach it (``qkt bench``'s ``liar-*`` scenarios measure the
+planted liars, docs/privacy.md what an honest one-class expert brings).
 """
 
 from __future__ import annotations
@@ -94,19 +91,10 @@ def shared_class_recall(logits: torch.Tensor, labels: torch.Tensor, known: Seque
     return {c: float((pred[labels == c] == c).float().mean()) for c in shared}
 
 
-MIN_CLASS_SHARE = 0.02  # of the querier's inputs an expert must name a class for, for that class to count as one it tells apart
-
-
 def output_spread(logits: torch.Tensor) -> float:
     """The mean total-variation distance of each input's softmax from their mean: 0 for a model whose output ignores its input."""
     probs = torch.softmax(logits.double(), dim=1)
     return float(0.5 * (probs - probs.mean(0)).abs().sum(1).mean())
-
-
-def told_apart(logits: torch.Tensor, known: Sequence[int]) -> list[int]:
-    """The classes the weights' probe finds, with those the expert names for at least :data:`MIN_CLASS_SHARE` of the inputs."""
-    named = torch.bincount(logits.argmax(1), minlength=logits.shape[1]).double() / max(1, len(logits))
-    return sorted(set(int(c) for c in known) | set(int(c) for c in torch.nonzero(named >= MIN_CLASS_SHARE).flatten()))
 
 
 def check_expert(model: nn.Module, claimed: Sequence[float], full_scores: np.ndarray, mask: np.ndarray,
@@ -126,7 +114,7 @@ def check_expert(model: nn.Module, claimed: Sequence[float], full_scores: np.nda
     local_x, local_y:
         The querier's data the checks look at (see :func:`check_sample`).
     probe_x:
-        The probe's noise inputs, which checks 4 and 5 look at beside ``local_x``.
+        The probe's noise inputs, which check 4 looks at beside ``local_x``.
     """
     logits = predict_logits(model, local_x)
     if not torch.isfinite(logits).all():
@@ -142,10 +130,6 @@ def check_expert(model: nn.Module, claimed: Sequence[float], full_scores: np.nda
     if not spread >= config.min_output_spread:  # NaN too: a constant softmax of infinite logits
         return Verdict(np.zeros_like(mask), [f"its outputs hardly depend on the input (they move {spread:.3f} from their mean on the "
                                              f"querier's and the probe's inputs, < {config.min_output_spread}): a constant model"])
-    classes = told_apart(shown, known)
-    if len(classes) < 2:
-        return Verdict(np.zeros_like(mask), [f"its weights tell no two classes apart: its probe and the inputs it was shown find only "
-                                             f"class(es) {classes}, so it calls everything by its claim"])
     for c, recall in shared_class_recall(logits, local_y, known, num_classes).items():
         if recall < config.min_local_agreement:
             reasons.append(f"its weights claim class {c}, one of the querier's own, but label only {recall:.0%} of the querier's "

@@ -12,9 +12,9 @@ from qkt.bench.liars import Planted, plant
 from qkt.config import DEMO, parse_config
 from qkt.errors import QueryError
 from qkt.experiment import build_world
+from qkt.models import build_model
 from qkt.query import Announcement, InProcessChannel, Teacher, answer_probe, run_query
 from qkt.query.teacher import Refused, TeacherPolicy
-from qkt.models import build_model
 from qkt.training import per_class_accuracy, predict_logits, set_threads, train_as_party
 
 FAST = {"probe": {"num_samples": 128, "steps": 30}, "inversion": {"samples_per_class": 64, "steps": 50},

@@ -42,7 +42,8 @@ import sys
 from pathlib import Path
 
 from qkt.bench import write_outputs
-from qkt.methods import ABLATIONS, BASELINES, QKT
+from qkt.diagnostics import recovered_share
+from qkt.methods import ABLATIONS, BASELINES, METHODS, QKT
 
 
 def query_key(record: dict) -> tuple:
@@ -122,7 +123,18 @@ def merge(base: dict, additions: list[tuple[str, dict, list[str]]]) -> tuple[lis
     order = {m: i for i, m in enumerate(BASELINES + QKT + ABLATIONS)}
     for record in records:  # the tables list methods as a run of every method does
         record["methods"] = dict(sorted(record["methods"].items(), key=lambda item: order.get(item[0], len(order))))
+        share_of_oracle(record["methods"])
     return records, differing
+
+
+def share_of_oracle(methods: dict[str, dict]) -> None:
+    """Each query method's share of the oracle's gain, from the merged record: its run may have had no oracle, or another."""
+    if "oracle" not in methods or "local" not in methods:
+        return
+    for name, result in methods.items():
+        if name in METHODS and METHODS[name].runner == "query":
+            share = recovered_share(result["overall_accuracy"], methods["local"]["overall_accuracy"], methods["oracle"]["overall_accuracy"])
+            methods[name] = dict(result, details={**result.get("details", {}), "recovered_share": share})
 
 
 def provenance(path: str, methods: list[str], run: dict, counts: dict[str, int]) -> list[dict]:

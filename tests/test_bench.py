@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import importlib.util
 import io
@@ -21,6 +22,7 @@ from qkt.bench import catalogue, runner
 from qkt.cli import main
 from qkt.config import QueryConfig
 from qkt.data import load_dataset
+from qkt.diagnostics import MIN_ORACLE_GAIN
 from qkt.errors import QKTError
 from qkt.methods import ABLATIONS, BASELINES, COLLABORATIVE, METHODS, QKT, REFERENCES, display
 
@@ -192,6 +194,25 @@ def test_baselines_run_without_qkt_and_merge_with_a_run_of_it(quick_digits, tmp_
     missing, twice = merge_parts(parts[0]), merge_parts(*parts, parts[0])
     assert missing.returncode and "gets fedavg from 0 runs" in missing.stderr
     assert twice.returncode and "gets fedavg from 2 runs" in twice.stderr
+
+
+def test_a_qkt_rerun_without_the_oracle_gets_its_share_of_the_merged_oracles_gain(quick_digits, tmp_path):
+    every = json.loads((quick_digits / "bench.json").read_text())
+    rerun = copy.deepcopy(every)
+    for record in rerun["records"]:
+        del record["methods"]["oracle"]
+        qkt = record["methods"]["qkt"]
+        qkt["details"].pop("recovered_share", None)
+        qkt["overall_accuracy"] += 0.01
+    (tmp_path / "rerun.json").write_text(json.dumps(rerun))
+    assert merge_runs(quick_digits / "bench.json", f"{tmp_path / 'rerun.json'}:qkt", "--output", tmp_path / "merged").returncode == 0
+    merged = json.loads((tmp_path / "merged" / "bench.json").read_text())
+    for record in merged["records"]:
+        m = record["methods"]
+        gain = m["oracle"]["overall_accuracy"] - m["local"]["overall_accuracy"]
+        expected = (m["qkt"]["overall_accuracy"] - m["local"]["overall_accuracy"]) / gain if gain >= MIN_ORACLE_GAIN else None
+        assert m["qkt"]["details"]["recovered_share"] == pytest.approx(expected)
+    assert "median over" in (tmp_path / "merged" / "bench.md").read_text()
 
 
 def test_runs_of_other_queries_join_whole(quick_digits, tmp_path):

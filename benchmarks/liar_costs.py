@@ -2,6 +2,7 @@
 
     python benchmarks/liar_costs.py docs/results/bench/liars-full-digits/bench.json --liar noise-only \\
         --methods qkt qkt_gated qkt_gated_budget
+    python benchmarks/liar_costs.py docs/results/bench/liars-digits/bench.json --by-kind
 
 The run must hold, for the same queries, the single-class scenario and the liar's
 ``liar-<kind>-alone`` and ``liar-<kind>-beside`` scenarios (``qkt bench --scenario single
@@ -11,6 +12,10 @@ in points of the querier's local accuracy: alone, against its model before the q
 (the single-class scenario). A query the liar makes fail leaves the querier its own model
 and costs nothing. Prints a markdown table: per method and teachers, the mean accuracies,
 the mean and worst cost and how many queries cost more than ``--bound`` points.
+
+With ``--by-kind``, one table per method over every liar kind the run holds: in how many
+queries the liar was kept out (distrusted or never an expert), the mean accuracies and
+forgetting, and the mean and worst cost; then the same queries with the honest teachers.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qkt.bench.liars import KINDS
 from qkt.methods import METHODS
 
 TEACHERS = {"single": "honest only", "alone": "the liar alone", "beside": "the liar beside the honest ones"}
@@ -51,14 +57,44 @@ def cost_table(records: list[dict], liar: str, methods: list[str], bound: float)
     return "\n".join(lines)
 
 
+def kind_table(records: list[dict], method: str) -> str:
+    display = METHODS[method].display
+    honest = {(r["seed"], r["querier"]): r["methods"][method] for r in records if r["scenario"] == "single"}
+    lines = [f"| liar | teachers | queries | kept out | {display} query acc | {display} local acc | {display} overall acc | forgetting | local-accuracy cost (points): mean, worst |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind in KINDS:
+        for place, teachers in (("alone", "alone"), ("beside", "beside the honest ones")):
+            planted = [r for r in records if r["scenario"] == f"liar-{kind}-{place}"]
+            if not planted:
+                continue
+            results = [r["methods"][method] for r in planted]
+            kept_out = sum(all(str(r["false_expert"]) not in experts for experts in r["methods"][method]["details"].get("experts", {}).values()) for r in planted)
+            before = [r["methods"]["local"]["local_accuracy"] if place == "alone" else honest[(r["seed"], r["querier"])]["local_accuracy"] for r in planted]
+            cost = 100 * (np.array(before) - np.array([r["local_accuracy"] for r in results]))
+            means = " | ".join(f"{np.mean([r[k] for r in results]):.3f}" for k in ("query_accuracy", "local_accuracy", "overall_accuracy"))
+            forgetting = np.mean([r["forgetting"] for r in results])
+            lines.append(f"| {kind} | {teachers} | {len(planted)} | {kept_out} of {len(planted)} | {means} | {forgetting:+.3f} | {cost.mean():+.1f}, {cost.max():+.1f} |")
+    if len(lines) == 2:
+        raise SystemExit("the run holds no planted liar's scenario (qkt bench --scenario liars)")
+    rows = list(honest.values())
+    means = ", ".join(f"{label} {np.mean([r[k] for r in rows]):.3f}" for label, k in (("query acc", "query_accuracy"), ("local acc", "local_accuracy"), ("overall", "overall_accuracy")))
+    lines.append(f"\nWithout a liar (the same queries, honest teachers): {display} {means}, forgetting {np.mean([r['forgetting'] for r in rows]):+.3f}.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a qkt bench run's bench.json")
     parser.add_argument("--liar", default="noise-only", help="the planted liar's kind (qkt.bench.liars.KINDS)")
     parser.add_argument("--methods", nargs="+", default=["qkt"], help="the run's methods to tabulate")
     parser.add_argument("--bound", type=float, default=2.0, help="the cost in points a query is counted above")
+    parser.add_argument("--by-kind", action="store_true", help="one table per method over every liar kind the run holds")
     args = parser.parse_args()
-    print(cost_table(json.loads(args.run.read_text())["records"], args.liar, args.methods, args.bound))
+    records = json.loads(args.run.read_text())["records"]
+    if args.by_kind:
+        print("\n\n".join(kind_table(records, method) for method in args.methods))
+    else:
+        print(cost_table(records, args.liar, args.methods, args.bound))
 
 
 if __name__ == "__main__":

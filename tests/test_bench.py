@@ -318,3 +318,28 @@ def test_many_teachers_scenario_gives_each_query_class_several_experts():
     for q, _ in pairs:
         lacking = np.flatnonzero(counts[q] < 10)
         assert all((np.delete(counts[:, c], q) >= 10).sum() >= 3 for c in lacking)
+
+
+def _liar_costs():
+    spec = importlib.util.spec_from_file_location("liar_costs", ROOT / "benchmarks" / "liar_costs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_planted_liar_table_counts_the_queries_that_kept_the_liar_out_and_what_it_cost():
+    def result(local_accuracy, experts=None):
+        details = {"experts": experts} if experts is not None else {}
+        return {"query_accuracy": 0.5, "local_accuracy": local_accuracy, "overall_accuracy": 0.6, "forgetting": 0.0, "details": details}
+
+    def record(scenario, querier, qkt, local=0.9):
+        return {"scenario": scenario, "seed": 0, "querier": querier, "false_expert": 7, "methods": {"local": result(local), "qkt": qkt}}
+
+    records = [record("single", 0, result(0.90)), record("single", 1, result(0.80)),
+               # query 0: the liar is distrusted; query 1: it is kept as an expert and costs 10 and 20 points
+               record("liar-constant-alone", 0, result(0.90, {"3": []})), record("liar-constant-alone", 1, result(0.70, {"3": ["7"]})),
+               record("liar-constant-beside", 0, result(0.90, {"3": ["2"]})), record("liar-constant-beside", 1, result(0.60, {"3": ["2", "7"]}))]
+    table = _liar_costs().kind_table(records, "qkt")
+    assert "| constant | alone | 2 | 1 of 2 | 0.500 | 0.800 | 0.600 | +0.000 | +10.0, +20.0 |" in table
+    assert "| constant | beside the honest ones | 2 | 1 of 2 | 0.500 | 0.750 | 0.600 | +0.000 | +10.0, +20.0 |" in table
+    assert "noise-only" not in table

@@ -32,6 +32,10 @@ Parties are checkpointed under ``<work>/checkpoints`` (``--work``; a folder of a
 run's checkpoints copied there is reused where the settings match). Writes
 ``discovery.json`` (every query's scores, experts and figures), ``discovery.csv``,
 ``accuracy.csv``, ``discovery.md`` and ``discovery.png`` to ``--output``.
+
+``--join EARLIER LATER`` measures nothing: it writes EARLIER's records with LATER's in
+place of the rows LATER measured (its data sets and probe kinds, its accuracy data sets),
+and names LATER's command and date in the records' ``reruns``.
 """
 
 from __future__ import annotations
@@ -286,6 +290,30 @@ def write_csv(rows: list[dict], path: Path) -> None:
     atomic_write(path, buffer.getvalue().encode())
 
 
+RUN_KEYS = ("command", "machine", "finished", "wall_seconds", "cpu_seconds")
+
+
+def write_results(state: dict, output: Path) -> None:
+    found_rows, accuracy_rows = summarize(state["queries"], state["accuracy"], LAMBDAS)
+    state = {**state, "summary": found_rows, "accuracy_summary": accuracy_rows}
+    atomic_write(output / "discovery.json", json.dumps(state, indent=1).encode())
+    write_csv(found_rows, output / "discovery.csv")
+    write_csv(accuracy_rows, output / "accuracy.csv")
+    atomic_write(output / "discovery.md", markdown(found_rows, accuracy_rows, LAMBDAS).encode())
+    plot(found_rows, accuracy_rows, output / "discovery.png")
+
+
+def join(earlier: dict, later: dict) -> dict:
+    """EARLIER's records with LATER's in place of the rows LATER measured, in the order of a run of both."""
+    measured = {(r["dataset"], r["probe"]) for r in later["queries"]}
+    measured_accuracy = {r["dataset"] for r in later["accuracy"]}
+    queries = [r for r in earlier["queries"] if (r["dataset"], r["probe"]) not in measured] + later["queries"]
+    accuracy = [r for r in earlier["accuracy"] if r["dataset"] not in measured_accuracy] + later["accuracy"]
+    return {**earlier, "queries": sorted(queries, key=lambda r: (DATASETS.index(r["dataset"]), KINDS.index(r["probe"]))),
+            "accuracy": sorted(accuracy, key=lambda r: DATASETS.index(r["dataset"])),
+            "reruns": [*earlier.get("reruns", []), {k: later[k] for k in RUN_KEYS}]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -300,7 +328,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("qkt-output/discovery"),
                         help="the tabular file and the parties' checkpoints (default: qkt-output/discovery)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else every core)")
+    parser.add_argument("--join", nargs=2, type=Path, metavar=("EARLIER", "LATER"),
+                        help="measure nothing: write EARLIER discovery.json's records with LATER's rows in place of the ones LATER re-measured")
     args = parser.parse_args()
+    if args.join:
+        earlier, later = (json.loads(path.read_text()) for path in args.join)
+        write_results(join(earlier, later), args.output)
+        print(f"wrote {args.output}")
+        return
     set_threads(args.threads)
     profile = quick_profile()
     discovery: list[dict] = []
@@ -310,16 +345,10 @@ def main() -> None:
 
     def write() -> None:
         """Everything measured so far: an interrupted run keeps what it finished."""
-        found_rows, accuracy_rows = summarize(discovery, accuracy, LAMBDAS)
-        state = {"command": command, "machine": machine(), "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                 "wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
-                 "profile": "quick", "lambdas": list(LAMBDAS), "tabular": {**TABULAR, "train": TABULAR_TRAIN},
-                 "summary": found_rows, "accuracy_summary": accuracy_rows, "queries": discovery, "accuracy": accuracy}
-        atomic_write(args.output / "discovery.json", json.dumps(state, indent=1).encode())
-        write_csv(found_rows, args.output / "discovery.csv")
-        write_csv(accuracy_rows, args.output / "accuracy.csv")
-        atomic_write(args.output / "discovery.md", markdown(found_rows, accuracy_rows, LAMBDAS).encode())
-        plot(found_rows, accuracy_rows, args.output / "discovery.png")
+        write_results({"command": command, "machine": machine(), "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                       "wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
+                       "profile": "quick", "lambdas": list(LAMBDAS), "tabular": {**TABULAR, "train": TABULAR_TRAIN},
+                       "queries": discovery, "accuracy": accuracy}, args.output)
 
     for name in args.datasets:
         dataset, path = load(name, profile, args.data_root, args.work)

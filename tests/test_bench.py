@@ -320,8 +320,8 @@ def test_many_teachers_scenario_gives_each_query_class_several_experts():
         assert all((np.delete(counts[:, c], q) >= 10).sum() >= 3 for c in lacking)
 
 
-def _liar_costs():
-    spec = importlib.util.spec_from_file_location("liar_costs", ROOT / "benchmarks" / "liar_costs.py")
+def _benchmark_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -339,7 +339,22 @@ def test_the_planted_liar_table_counts_the_queries_that_kept_the_liar_out_and_wh
                # query 0: the liar is distrusted; query 1: it is kept as an expert and costs 10 and 20 points
                record("liar-constant-alone", 0, result(0.90, {"3": []})), record("liar-constant-alone", 1, result(0.70, {"3": ["7"]})),
                record("liar-constant-beside", 0, result(0.90, {"3": ["2"]})), record("liar-constant-beside", 1, result(0.60, {"3": ["2", "7"]}))]
-    table = _liar_costs().kind_table(records, "qkt")
+    table = _benchmark_script("liar_costs").kind_table(records, "qkt")
     assert "| constant | alone | 2 | 1 of 2 | 0.500 | 0.800 | 0.600 | +0.000 | +10.0, +20.0 |" in table
     assert "| constant | beside the honest ones | 2 | 1 of 2 | 0.500 | 0.750 | 0.600 | +0.000 | +10.0, +20.0 |" in table
     assert "noise-only" not in table
+
+
+def test_a_discovery_rerun_replaces_only_the_rows_it_measured_and_is_named_in_the_records():
+    def run(command, queries, accuracy):
+        return {"command": command, "machine": "m", "finished": "f", "wall_seconds": 1.0, "cpu_seconds": 1.0, "queries": queries, "accuracy": accuracy}
+
+    earlier = run("first", [{"dataset": "cifar10", "probe": "statistics", "v": "old"}, {"dataset": "cifar10", "probe": "self", "v": "old"},
+                            {"dataset": "digits", "probe": "statistics", "v": "old"}],
+                  [{"dataset": "digits", "v": "old"}, {"dataset": "cifar10", "v": "old"}])
+    later = run("rerun", [{"dataset": "cifar10", "probe": "statistics", "v": "new"}], [{"dataset": "cifar10", "v": "new"}])
+    joined = _benchmark_script("discovery").join(earlier, later)
+    assert [(r["dataset"], r["probe"], r["v"]) for r in joined["queries"]] == [
+        ("digits", "statistics", "old"), ("cifar10", "statistics", "new"), ("cifar10", "self", "old")]
+    assert [(r["dataset"], r["v"]) for r in joined["accuracy"]] == [("digits", "old"), ("cifar10", "new")]
+    assert joined["command"] == "first" and [r["command"] for r in joined["reruns"]] == ["rerun"]

@@ -45,6 +45,10 @@ def test_predictions_do_not_depend_on_the_batch_size():
     assert torch.allclose(predict_logits(model, x, batch_size=7), predict_logits(model, x, batch_size=1000), atol=1e-5)
 
 
+def test_no_input_gives_no_prediction_of_the_models_shape():
+    assert predict_logits(_cnn(), _images(0)).shape == (0, 4)
+
+
 def test_training_in_the_fast_layout_learns_as_before():
     x, y = _images(64), torch.arange(64) % 4
     fast = fit(_cnn(), (x, y), epochs=1, seed=0, progress=False)

@@ -290,8 +290,8 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BAT
     """
     was_training = model.training
     model.eval()
-    out = torch.empty(0)
-    for i in range(0, len(x), batch_size):
+    # An empty x still goes through the model once, so its outputs have the model's shape: (0, classes).
+    for i in range(0, len(x) or 1, batch_size):
         y = model(fast_layout(to_model(x[i : i + batch_size], model), layout or model))
         if not i:
             # Written into one tensor as they come: gathering the batches first would hold the outputs twice.

@@ -30,6 +30,11 @@ def shared_data_root() -> Path | None:
     return None
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    # Each worker holds torch and its data sets (up to a gigabyte); past four, workers wait on the longest test file.
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 @pytest.fixture(autouse=True)
 def _seeded_cpu():
     # Tests that set another thread count leave it behind: start each test from one.

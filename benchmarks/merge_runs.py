@@ -12,6 +12,9 @@ queries (one run per seed, say, run side by side with ``qkt bench --seed``)::
     python benchmarks/merge_runs.py full-cifar10/bench.json \
         seed0/bench.json:fedavg_converged seed1/bench.json:fedavg_converged seed2/bench.json:fedavg_converged --output merged
 
+``@SEED,SEED`` after the methods takes them from those seeds' queries of that run only: a
+run whose other seeds were re-run gives the rest (``old/bench.json:qkt_gated@1``).
+
 Each method named must reach every query of the first run from exactly one later run, with
 the same query classes, profile and data size.
 
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", type=Path, help="bench.json of the run that gives the queries and its methods")
-    parser.add_argument("additions", nargs="*", help="OTHER/bench.json:METHOD,METHOD,... methods taken from another run")
+    parser.add_argument("additions", nargs="*",
+                        help="OTHER/bench.json:METHOD,METHOD,...[@SEED,SEED,...] methods taken from another run (of the seeds named only)")
     parser.add_argument("--queries-from", type=Path, action="append", default=[], metavar="BENCH_JSON",
                         help="a run of other queries on the same profile (another seed): the queries the first run lacks "
                              "join it with all their methods (repeatable)")
@@ -163,10 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     additions = []
     for spec in args.additions:
         path, _, names = spec.rpartition(":")
+        names, _, seeds = names.partition("@")
         methods = [m.strip() for m in names.split(",") if m.strip()]
-        if not path or not methods:
-            parser.error(f"'{spec}': expected PATH:METHOD[,METHOD...]")
-        additions.append((path, json.loads(Path(path).read_text()), methods))
+        if not path or not methods or (seeds and not all(s.strip().isdigit() for s in seeds.split(","))):
+            parser.error(f"'{spec}': expected PATH:METHOD[,METHOD...][@SEED[,SEED...]]")
+        run = json.loads(Path(path).read_text())
+        if seeds:
+            chosen = {int(s) for s in seeds.split(",")}
+            run = dict(run, records=[r for r in run["records"] if r["seed"] in chosen])
+        additions.append((path, run, methods))
     records, differing = merge(base, additions)
     taken = {m for _, _, methods in additions for m in methods}
     if not any("qkt" in r["methods"] for r in records):

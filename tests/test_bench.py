@@ -194,6 +194,13 @@ def test_baselines_run_without_qkt_and_merge_with_a_run_of_it(quick_digits, tmp_
     missing, twice = merge_parts(parts[0]), merge_parts(*parts, parts[0])
     assert missing.returncode and "gets fedavg from 0 runs" in missing.stderr
     assert twice.returncode and "gets fedavg from 2 runs" in twice.stderr
+    # a run's methods taken from some of its seeds only (the others re-run elsewhere)
+    assert merge_parts(f"{tmp_path / 'baselines' / 'bench.json'}:fedavg@0").returncode == 0
+    assert [r["methods"]["fedavg"] for r in json.loads((tmp_path / "joined" / "bench.json").read_text())["records"]] == \
+        [r["methods"]["fedavg"] for r in merged["records"]]
+    other_seed = merge_parts(f"{tmp_path / 'baselines' / 'bench.json'}:fedavg@1")
+    assert other_seed.returncode and "holds none of the first run's queries" in other_seed.stderr
+    assert merge_parts(f"{tmp_path / 'baselines' / 'bench.json'}:fedavg@one").returncode == 2
 
 
 def test_a_qkt_rerun_without_the_oracle_gets_its_share_of_the_merged_oracles_gain(quick_digits, tmp_path):

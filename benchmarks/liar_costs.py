@@ -32,6 +32,21 @@ from qkt.methods import METHODS
 TEACHERS = {"single": "honest only", "alone": "the liar alone", "beside": "the liar beside the honest ones"}
 
 
+ACCURACIES = ("query_accuracy", "local_accuracy", "overall_accuracy")
+
+
+def costs(runs: dict, liar: str, place: str, method: str, queries: list[tuple]) -> np.ndarray:
+    """Points of local accuracy the liar costs ``method`` on each query: alone against Local, beside against ``method``
+    with the honest teachers only (the single-class scenario)."""
+    against, scenario = ("local", f"liar-{liar}-alone") if place == "alone" else (method, "single")
+    before = np.array([runs[(scenario, s, q)][against]["local_accuracy"] for s, q in queries])
+    return 100 * (before - np.array([runs[(f"liar-{liar}-{place}", s, q)][method]["local_accuracy"] for s, q in queries]))
+
+
+def mean_accuracies(rows: list[dict]) -> str:
+    return " | ".join(f"{np.mean([r[k] for r in rows]):.3f}" for k in ACCURACIES)
+
+
 def cost_table(records: list[dict], liar: str, methods: list[str], bound: float) -> str:
     scenarios = {"single": "single", "alone": f"liar-{liar}-alone", "beside": f"liar-{liar}-beside"}
     runs = {(r["scenario"], r["seed"], r["querier"]): r["methods"] for r in records}
@@ -44,22 +59,19 @@ def cost_table(records: list[dict], liar: str, methods: list[str], bound: float)
     for method in methods:
         for place, teachers in TEACHERS.items():
             rows = [runs[(scenarios[place], s, q)][method] for s, q in queries]
-            accuracies = " | ".join(f"{np.mean([r[k] for r in rows]):.3f}" for k in ("query_accuracy", "local_accuracy", "overall_accuracy"))
             if place == "single":
                 forgetting = 100 * np.array([r["forgetting"] for r in rows])
                 cost, over = f"(forgetting {forgetting.mean():.1f}, {forgetting.max():.1f} worst)", "—"
             else:
-                against, scenario = ("local", scenarios["alone"]) if place == "alone" else (method, scenarios["single"])
-                before = np.array([runs[(scenario, s, q)][against]["local_accuracy"] for s, q in queries])
-                cost_points = 100 * (before - np.array([r["local_accuracy"] for r in rows]))
+                cost_points = costs(runs, liar, place, method, queries)
                 cost, over = f"{cost_points.mean():.1f}, {cost_points.max():.1f}", f"{int((cost_points > bound).sum())} of {len(queries)}"
-            lines.append(f"| {METHODS[method].display} | {teachers} | {accuracies} | {cost} | {over} |")
+            lines.append(f"| {METHODS[method].display} | {teachers} | {mean_accuracies(rows)} | {cost} | {over} |")
     return "\n".join(lines)
 
 
 def kind_table(records: list[dict], method: str) -> str:
     display = METHODS[method].display
-    honest = {(r["seed"], r["querier"]): r["methods"][method] for r in records if r["scenario"] == "single"}
+    runs = {(r["scenario"], r["seed"], r["querier"]): r["methods"] for r in records}
     lines = [f"| liar | teachers | queries | kept out | {display} query acc | {display} local acc | {display} overall acc | forgetting | local-accuracy cost (points): mean, worst |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for kind in KINDS:
@@ -68,17 +80,16 @@ def kind_table(records: list[dict], method: str) -> str:
             if not planted:
                 continue
             results = [r["methods"][method] for r in planted]
-            kept_out = sum(all(str(r["false_expert"]) not in experts for experts in r["methods"][method]["details"].get("experts", {}).values()) for r in planted)
-            before = [r["methods"]["local"]["local_accuracy"] if place == "alone" else honest[(r["seed"], r["querier"])]["local_accuracy"] for r in planted]
-            cost = 100 * (np.array(before) - np.array([r["local_accuracy"] for r in results]))
-            means = " | ".join(f"{np.mean([r[k] for r in results]):.3f}" for k in ("query_accuracy", "local_accuracy", "overall_accuracy"))
+            kept_out = sum(all(str(r["false_expert"]) not in experts for experts in result["details"].get("experts", {}).values())
+                           for r, result in zip(planted, results, strict=True))
+            cost = costs(runs, kind, place, method, [(r["seed"], r["querier"]) for r in planted])
             forgetting = np.mean([r["forgetting"] for r in results])
-            lines.append(f"| {kind} | {teachers} | {len(planted)} | {kept_out} of {len(planted)} | {means} | {forgetting:+.3f} | {cost.mean():+.1f}, {cost.max():+.1f} |")
+            lines.append(f"| {kind} | {teachers} | {len(planted)} | {kept_out} of {len(planted)} | {mean_accuracies(results)} | {forgetting:+.3f} | {cost.mean():+.1f}, {cost.max():+.1f} |")
     if len(lines) == 2:
         raise SystemExit("the run holds no planted liar's scenario (qkt bench --scenario liars)")
-    rows = list(honest.values())
-    means = ", ".join(f"{label} {np.mean([r[k] for r in rows]):.3f}" for label, k in (("query acc", "query_accuracy"), ("local acc", "local_accuracy"), ("overall", "overall_accuracy")))
-    lines.append(f"\nWithout a liar (the same queries, honest teachers): {display} {means}, forgetting {np.mean([r['forgetting'] for r in rows]):+.3f}.")
+    honest = [methods[method] for (scenario, _, _), methods in runs.items() if scenario == "single"]
+    means = ", ".join(f"{label} {np.mean([r[k] for r in honest]):.3f}" for label, k in zip(("query acc", "local acc", "overall"), ACCURACIES, strict=True))
+    lines.append(f"\nWithout a liar (the same queries, honest teachers): {display} {means}, forgetting {np.mean([r['forgetting'] for r in honest]):+.3f}.")
     return "\n".join(lines)
 
 

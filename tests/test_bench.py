@@ -29,9 +29,16 @@ from qkt.methods import ABLATIONS, BASELINES, COLLABORATIVE, METHODS, QKT, REFER
 EVERY_METHOD = BASELINES + QKT + ABLATIONS + REFERENCES
 WITHOUT_ABLATIONS = BASELINES + QKT + REFERENCES
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("merge_runs", ROOT / "benchmarks" / "merge_runs.py")
-MERGE_RUNS = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(MERGE_RUNS)
+
+
+def _benchmark_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MERGE_RUNS = _benchmark_script("merge_runs")
 
 
 def merge_runs(*args: object) -> SimpleNamespace:
@@ -325,13 +332,6 @@ def test_many_teachers_scenario_gives_each_query_class_several_experts():
     for q, _ in pairs:
         lacking = np.flatnonzero(counts[q] < 10)
         assert all((np.delete(counts[:, c], q) >= 10).sum() >= 3 for c in lacking)
-
-
-def _benchmark_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_planted_liar_table_counts_the_queries_that_kept_the_liar_out_and_what_it_cost():

@@ -121,6 +121,7 @@ def test_a_teacher_trained_with_permuted_labels_is_caught(world, clean):
     teachers = {**world.teachers, name: permuted}
     unchecked = _run(world, teachers, config=CONFIG.query.model_copy(update={"trust": TrustConfig(enabled=False)}))
     assert any(name in names for names in unchecked[2].experts.values()), "the permuted teacher must pass the probe to be a threat"
+    assert unchecked[0] < clean[0] - 0.3, f"kept, it must cost query accuracy: {unchecked[0]:.3f} vs clean {clean[0]:.3f}"
     planted = _run(world, teachers)
     assert "permuted labels" in planted[2].distrusted[name][0]
     _assert_unharmed(clean, planted)

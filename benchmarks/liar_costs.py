@@ -35,6 +35,11 @@ TEACHERS = {"single": "honest only", "alone": "the liar alone", "beside": "the l
 ACCURACIES = ("query_accuracy", "local_accuracy", "overall_accuracy")
 
 
+def by_query(records: list[dict]) -> dict[tuple, dict]:
+    """Each record's methods under (scenario, seed, querier)."""
+    return {(r["scenario"], r["seed"], r["querier"]): r["methods"] for r in records}
+
+
 def costs(runs: dict, liar: str, place: str, method: str, queries: list[tuple]) -> np.ndarray:
     """Points of local accuracy the liar costs ``method`` on each query: alone against Local, beside against ``method``
     with the honest teachers only (the single-class scenario)."""
@@ -49,7 +54,7 @@ def mean_accuracies(rows: list[dict]) -> str:
 
 def cost_table(records: list[dict], liar: str, methods: list[str], bound: float) -> str:
     scenarios = {"single": "single", "alone": f"liar-{liar}-alone", "beside": f"liar-{liar}-beside"}
-    runs = {(r["scenario"], r["seed"], r["querier"]): r["methods"] for r in records}
+    runs = by_query(records)
     queries = sorted({(seed, q) for scenario, seed, q in runs if scenario == scenarios["alone"]})
     missing = [(s, q) for s, q in queries for scenario in scenarios.values() if (scenario, s, q) not in runs]
     if not queries or missing:
@@ -71,7 +76,7 @@ def cost_table(records: list[dict], liar: str, methods: list[str], bound: float)
 
 def kind_table(records: list[dict], method: str) -> str:
     display = METHODS[method].display
-    runs = {(r["scenario"], r["seed"], r["querier"]): r["methods"] for r in records}
+    runs = by_query(records)
     lines = [f"| liar | teachers | queries | kept out | {display} query acc | {display} local acc | {display} overall acc | forgetting | local-accuracy cost (points): mean, worst |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for kind in KINDS:

@@ -169,11 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         path, _, names = spec.rpartition(":")
         names, _, seeds = names.partition("@")
         methods = [m.strip() for m in names.split(",") if m.strip()]
-        if not path or not methods or (seeds and not all(s.strip().isdigit() for s in seeds.split(","))):
+        seed_texts = [s.strip() for s in seeds.split(",")] if seeds else []
+        if not path or not methods or not all(s.isdigit() for s in seed_texts):
             parser.error(f"'{spec}': expected PATH:METHOD[,METHOD...][@SEED[,SEED...]]")
         run = json.loads(Path(path).read_text())
-        if seeds:
-            chosen = {int(s) for s in seeds.split(",")}
+        if seed_texts:
+            chosen = {int(s) for s in seed_texts}
             run = dict(run, records=[r for r in run["records"] if r["seed"] in chosen])
         additions.append((path, run, methods))
     records, differing = merge(base, additions)

@@ -107,6 +107,17 @@ def test_a_query_given_a_public_pool_learns_from_it_and_reports_its_size(parties
     assert without.num_public == 0 and without.bytes_received == report.bytes_received  # not a byte more on the wire
 
 
+
+@pytest.mark.parametrize("gate", [{"gate": "query_mass"}, {"gate": "query_mass", "gate_budget": 0.1}])
+def test_a_gated_query_takes_a_public_pool(parties, gate):
+    student, teachers = parties
+    config = {"phase1_epochs": 1, "phase2_epochs": 1, "inversion": {"samples_per_class": 8, "steps": 5},
+              "probe": {"num_samples": 32, "steps": 5}, **gate}
+    model, report = qkt.query(student, teachers, [2], _blobs([0, 1], 50, 0), config, progress=False,
+                              public_inputs=torch.randn(30, 6))
+    assert report.num_public == 30 and type(model).__name__ == "GatedModel"
+    assert torch.isfinite(model.threshold).all()
+
 @pytest.mark.parametrize(("pool", "config", "message"), [
     (torch.randn(5, 7), {}, r"^public inputs have shape \(7,\) per input, the local inputs \(6,\)"),
     (torch.full((5, 6), float("nan")), {}, "^public inputs hold 30 non-finite value"),

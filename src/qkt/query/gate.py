@@ -172,8 +172,9 @@ def gate(original: nn.Module, new: nn.Module, x: torch.Tensor | Mixed, num_local
         return model.query_mass(predict_logits(new, inputs)).cpu().numpy()
 
     if held_out is None:
-        scores = mass(x.first(num_local + num_synthetic) if isinstance(x, Mixed) else x[: num_local + num_synthetic])
-        own, synthetic = scores[:num_local], scores[num_local:]
+        # a public pool follows the synthetic inputs among the unmixed ones
+        scores = mass(x.first(x.num_unmixed) if isinstance(x, Mixed) else x[: num_local + num_synthetic])
+        own, synthetic = scores[:num_local], scores[num_local:num_local + num_synthetic]
     else:
         own, synthetic = mass(held_out[0]), mass(x[num_local:num_local + num_synthetic])
     own_side = np.concatenate([own, mass(own_synthetic)]) if own_synthetic is not None and len(own_synthetic) else own

@@ -231,3 +231,106 @@ def test_a_teacher_that_raises_sending_its_weights_is_lost(world):
         _, report = _query(world, teachers={"t": teacher, "bad": NoState(copy.deepcopy(teacher))})
     assert report.lost == {"bad": "failed to send its weights: RuntimeError: disk full"}
     assert report.experts == {2: ["t"]}
+
+
+# --- 44.16: every entry of the API, and every option of a query ------------------------------------------------
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_float64_and_float32_models_query_each_other(world, which):
+    student, teacher, _ = world
+    changes = ({"teachers": {"t": copy.deepcopy(teacher).double()}} if which == "teacher"
+               else {"student": copy.deepcopy(student).double()})
+    model, report = _query(world, **changes)
+    assert report.experts == {2: ["t"]} and report.num_synthetic > 0
+    assert next(model.parameters()).dtype == (torch.float64 if which == "student" else torch.float32)
+
+
+def test_config_errors_name_the_key_in_a_dict_and_in_python(world):
+    _refused(world, "probe.step: unknown key; did you mean 'steps'?", qkt.ConfigError, config={"probe": {"step": 5}})
+    _refused(world, "lamda: unknown key; did you mean 'lam'?", qkt.ConfigError, config={"lamda": 2.0})
+    with pytest.raises(qkt.ConfigError, match=r"^QueryConfig: 1 invalid setting\(s\); phase1_epoch: unknown key; did you mean 'phase1_epochs'\?$"):
+        qkt.QueryConfig(phase1_epoch=3)
+    config = qkt.QueryConfig()
+    with pytest.raises(qkt.ConfigError, match="lam: Input should be greater than or equal to 1"):
+        config.lam = 0.5
+    with pytest.raises(qkt.ConfigError, match="gate_inversions: Input should be a valid integer"):
+        qkt.QueryConfig(gate="query_mass", gate_inversions=True)  # not one inversion per class
+
+
+@pytest.mark.parametrize("amp", ["bfloat16", True, torch.bfloat16])
+def test_an_unknown_mixed_precision_is_refused_before_any_teacher_is_asked(world, amp):
+    _, teacher, _ = world
+    asked = Raising(copy.deepcopy(teacher), always=True)  # would be lost, with a warning, if it were asked
+    _refused(world, f"amp must be one of 'bf16', 'fp16' or None, not {amp!r}", amp=amp, teachers={"t": asked})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_torch_device_this_machine_lacks_is_refused_as_its_name_is(world):
+    _refused(world, "device 'cuda' is not available on this machine", qkt.QKTError, device=torch.device("cuda"))
+
+
+def test_a_student_without_values_is_refused(world):
+    _refused(world, "the student is on the meta device", student=copy.deepcopy(world[0]).to("meta"))
+
+
+@pytest.mark.parametrize(("teacher", "says"), [
+    (lambda t, x, y: qkt.Teacher(t, holdout=(x, y.float())), "a teacher's held-out labels must be one integer class index per input"),
+    (lambda t, x, y: qkt.Teacher(t, holdout=(y, x)), "a teacher's held-out inputs are torch.int64"),
+    (lambda t, x, y: qkt.Teacher(t, holdout=(x * float("nan"), y)), "a teacher's held-out inputs hold"),
+    (lambda t, x, y: qkt.Teacher(t, holdout=(x[:0], y[:0])), "a teacher's held-out data are empty"),
+    (lambda t, x, y: qkt.Teacher(t, holdout=(x, y, y)), "a teacher's held-out data must be a pair (inputs, labels), not tuple of 3"),
+    (lambda t, x, y: qkt.Teacher(t, policy={"noise": "none"}), "a teacher's policy must be a qkt.TeacherPolicy, not dict"),
+], ids=["float-labels", "swapped", "nan", "empty", "three", "policy-dict"])
+def test_a_teacher_given_data_or_a_policy_it_cannot_use_is_refused(world, teacher, says):
+    _, t, (x, y) = world
+    with pytest.raises(qkt.QueryError) as info:
+        teacher(t, x, y)
+    assert says in str(info.value) and "\n" not in str(info.value)
+
+
+def test_held_out_data_of_a_teacher_are_taken_as_numpy_and_said_unused_by_a_data_free_probe(world):
+    _, teacher, (x, y) = world
+    wrapped = qkt.Teacher(teacher, holdout=(x.double().numpy(), y.numpy()))
+    assert wrapped.holdout[0].dtype == torch.float64 and wrapped.holdout[1].dtype == torch.int64
+    with pytest.warns(UserWarning, match="held-out data of teacher\\(s\\) 't' go unused: the 'statistics' probe is data-free"):
+        _query(world, teachers={"t": wrapped})
+
+
+def test_the_same_model_given_twice_is_refused(world):
+    _, teacher, _ = world
+    _refused(world, "teachers '0' and '1' are the same model", teachers=[teacher, teacher])
+    _refused(world, "teachers 'a' and 'b' are the same model", teachers={"a": teacher, "b": qkt.Teacher(teacher)})
+
+
+def test_a_public_pool_that_is_empty_or_on_another_scale_is_refused_or_said(world):
+    _, _, (x, _) = world
+    _refused(world, "public inputs are empty: pass None for no pool", public_inputs=x[:0])
+    with pytest.warns(UserWarning, match="normalise the pool as the local inputs are"):
+        _, report = _query(world, public_inputs=x[:20] * 255)
+    assert any("normalise the pool" in w for w in report.warnings)
+    with pytest.warns(UserWarning, match="query.public_pool = 5 but 20 public inputs were given: all 20 are used"):
+        _, report = _query(world, public_inputs=x[:20], config=TINY.model_copy(update={"public_pool": 5}))
+    assert report.num_public == 20
+
+
+@pytest.mark.parametrize(("call", "says"), [
+    (lambda s, t, local: qkt.run_query(s, {"t": t}, [2], local), "channel must be a qkt.TeacherChannel, e.g. qkt.InProcessChannel(teachers), not dict"),
+    (lambda s, t, local: qkt.run_query(None, InProcessChannel({"t": t}), [2], local), "the student is NoneType, not a torch.nn.Module"),
+    (lambda s, t, local: qkt.run_query(s, InProcessChannel({"t": t}), [2], local, num_classes=4.0), "num_classes must be an integer of at least 2, not 4.0"),
+    (lambda s, t, local: qkt.run_query(s.half(), InProcessChannel({"t": t}), [2], local), "the student has parameters of float16"),
+    (lambda s, t, local: InProcessChannel([t]), "teachers must be a mapping of names to models, not list"),
+], ids=["dict-channel", "no-student", "float-classes", "half-student", "list-channel"])
+def test_run_query_and_its_channel_check_what_they_are_given(world, call, says):
+    student, teacher, local = world
+    with pytest.raises(qkt.QueryError) as info:
+        call(copy.deepcopy(student), teacher, local)
+    assert says in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_gated_model_built_by_hand_checks_its_query():
+    from qkt.query.gate import GatedModel
+
+    model = build_model("mlp", (8,), 4)
+    assert GatedModel(model, model, 2, 4).query.tolist() == [False, False, True, False]
+    with pytest.raises(qkt.QueryError, match=r"query class\(es\) \[4\] are outside the label space 0..3"):
+        GatedModel(model, model, [4], 4)

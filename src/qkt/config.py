@@ -32,12 +32,12 @@ DEMO = {
 }
 """The settings of ``qkt demo``: ten parties on the bundled digits, one single-class query."""
 
-Positive = Annotated[int, Field(gt=0)]
-NonNegative = Annotated[int, Field(ge=0)]
-# A class or party index is an integer as written: lax parsing would read `true` as 1 and "12" as 12.
-Index = Annotated[int, Field(ge=0, strict=True)]
+# A count or an index is an integer as written: lax parsing would read `true` as 1 and "12" as 12. Floats stay
+# lax, because YAML reads 1e-3 (no dot) as a string.
+Positive = Annotated[int, Field(gt=0, strict=True)]
+NonNegative = Annotated[int, Field(ge=0, strict=True)]
 # BatchNorm cannot train on a batch of one sample.
-BatchSize = Annotated[int, Field(ge=2)]
+BatchSize = Annotated[int, Field(ge=2, strict=True)]
 # Every float option is finite: an infinite learning rate or temperature trains a NaN model, and
 # infinity passes any lower bound.
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -52,6 +52,24 @@ MAX_CONFIG_BYTES = 100_000
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Built or changed in Python (qkt.QueryConfig(lam=...), config.lam = ...), a bad value is the same one-line
+    # ConfigError a config file gets, not pydantic's multi-line ValidationError.
+    def __init__(self, **data: object) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise config_error(err, type(self).__name__, type(self)) from None
+
+    # Marked as pydantic marks its own: a section inside another is validated as part of it, its errors
+    # located under the outer section's key, not raised from here.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as err:
+            raise config_error(err, type(self).__name__, type(self)) from None
 
 
 class ProbeConfig(Section):
@@ -247,7 +265,7 @@ class DataConfig(Section):
 class PartitionConfig(Section):
     """How the training data is split over the parties."""
 
-    num_parties: Annotated[int, Field(ge=2)] = 10
+    num_parties: Annotated[int, Field(ge=2, strict=True)] = 10
     kind: Literal["dirichlet", "k_classes"] = Field("dirichlet", description="label skew: Dirichlet(alpha) shares per class, or k classes per party")
     alpha: Rate = Field(0.1, description="Dirichlet concentration: smaller is more skewed")
     classes_per_party: Positive = Field(2, description="k of k_classes")
@@ -260,8 +278,8 @@ class PartitionConfig(Section):
 class ScenarioConfig(Section):
     """Who queries, and for which classes."""
 
-    querier: Index | None = Field(None, description="the querying party (default: the eligible party with most samples)")
-    query: list[Index] | None = Field(None, max_length=MAX_ENTRIES, description="fixed query classes, which the querier must lack (default: drawn)")
+    querier: NonNegative | None = Field(None, description="the querying party (default: the eligible party with most samples)")
+    query: list[NonNegative] | None = Field(None, max_length=MAX_ENTRIES, description="fixed query classes, which the querier must lack (default: drawn)")
     query_size: Positive = Field(1, description="number of query classes drawn when query is not set")
     max_query_samples: Positive = Field(10, description="a class the querier holds fewer samples of than this may be queried")
     min_expert_samples: Positive = Field(10, description="only a class some other party holds this many samples of can be queried (someone can teach it)")
@@ -341,9 +359,9 @@ def _shown(value: object) -> str:
     return text[:60]
 
 
-def _section_keys(loc: tuple) -> list[str]:
-    """The keys the section at ``loc`` accepts (a path of section names from the top of a :class:`RunConfig`)."""
-    section: type[BaseModel] = RunConfig
+def _section_keys(root: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys the section at ``loc`` accepts (a path of section names from the top of ``root``)."""
+    section = root
     for name in loc:
         field_type = section.model_fields[str(name)].annotation
         if not (isinstance(field_type, type) and issubclass(field_type, BaseModel)):
@@ -352,8 +370,8 @@ def _section_keys(loc: tuple) -> list[str]:
     return list(section.model_fields)
 
 
-def format_validation_error(err: ValidationError, source: str, shown: int = 10) -> str:
-    """One line per invalid setting, the first ``shown`` of them."""
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None, shown: int = 10) -> str:
+    """One line per invalid setting of ``root`` (default: :class:`RunConfig`), the first ``shown`` of them."""
     lines = [f"{source}: {err.error_count()} invalid setting(s)"]
     if err.error_count() > shown:
         lines[0] += f", the first {shown}:"
@@ -361,7 +379,7 @@ def format_validation_error(err: ValidationError, source: str, shown: int = 10) 
     for e in err.errors()[:shown]:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            known = _section_keys(e["loc"][:-1])
+            known = _section_keys(root or RunConfig, e["loc"][:-1])
             close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"this section takes {', '.join(known)}"
             lines.append(f"  - {key}: unknown key; {hint}")
@@ -370,6 +388,11 @@ def format_validation_error(err: ValidationError, source: str, shown: int = 10) 
             lines.append(f"  - {key}: {'as above' if e['msg'] in said else e['msg']}{value}")
             said.add(e["msg"])
     return "\n".join(lines)
+
+
+def config_error(err: ValidationError, source: str, root: type[BaseModel]) -> ConfigError:
+    """:func:`format_validation_error` of settings of ``root`` as one :class:`ConfigError` line, for the Python API."""
+    return ConfigError(format_validation_error(err, source, root).replace("\n  - ", "; "))
 
 
 def parse_config(raw: object, source: str = "config") -> RunConfig:

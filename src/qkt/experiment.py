@@ -54,7 +54,7 @@ def method_settings(query_config: QueryConfig, method: str) -> tuple[QueryConfig
     try:
         settings = QueryConfig.model_validate({**query_config.model_dump(), **spec.settings})
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, f"query settings of method {method}")) from None
+        raise ConfigError(format_validation_error(err, f"query settings of method {method}", QueryConfig)) from None
     variant = Variant(**spec.variant)
     variant.check(settings)
     return settings, variant

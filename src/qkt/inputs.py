@@ -85,18 +85,18 @@ def as_samples(data: LocalData, dtype: torch.dtype | None = None) -> tuple[torch
     return DatasetRows(dataset), _labels(dataset, workers)
 
 
-def as_tensors(local_data: object, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def as_tensors(local_data: object, dtype: torch.dtype | None = None, what: str = "local") -> tuple[torch.Tensor, torch.Tensor]:
     """The querier's ``(inputs, labels)`` as tensors, inputs in the models' floating-point ``dtype``.
 
     Tensors and NumPy arrays are accepted (arrays are converted; inputs are cast to
     ``dtype`` unless it is None). Labels are checked with the query
-    (:func:`qkt.query.querier.check_local_data`).
+    (:func:`qkt.query.querier.check_local_data`). ``what`` names the data in the errors.
     """
     if not (isinstance(local_data, tuple | list) and len(local_data) == 2):
-        raise QueryError(f"local data must be a pair (inputs, labels), not {type(local_data).__name__}"
+        raise QueryError(f"{what} data must be a pair (inputs, labels), not {type(local_data).__name__}"
                          + (f" of {len(local_data)}" if isinstance(local_data, tuple | list) else ""))
-    x, y = (_tensor(what, a) for what, a in zip(("local inputs", "local labels"), local_data, strict=True))
-    return as_inputs(x, dtype), y
+    x, y = (_tensor(f"{what} {part}", a) for part, a in zip(("inputs", "labels"), local_data, strict=True))
+    return as_inputs(x, dtype, f"{what} inputs"), y
 
 
 def as_inputs(value: object, dtype: torch.dtype | None = None, what: str = "local inputs") -> torch.Tensor:

@@ -92,8 +92,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
 
     Raises :class:`~qkt.errors.QKTError` for a device this machine lacks.
     """
-    if device is None or isinstance(device, torch.device):
-        return device
+    if device is None:
+        return None
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
     try:
@@ -102,7 +102,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
         raise QKTError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}") from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available.get(resolved.type, False):
-        raise QKTError(f"device {device!r} is not available on this machine (CUDA: {available['cuda']}, MPS: {available['mps']}); "
+        raise QKTError(f"device '{device}' is not available on this machine (CUDA: {available['cuda']}, MPS: {available['mps']}); "
                        "use 'cpu' or 'auto'")
     return resolved
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -11,7 +12,7 @@ from ..config import QueryConfig
 from ..errors import QueryError
 from ..inputs import LocalData, as_samples
 from ..training import Amp, model_device, resolve_device
-from . import inputs, probe
+from . import inputs
 from .channel import InProcessChannel
 from .messages import QueryReport
 from .querier import run_query
@@ -68,8 +69,9 @@ def query(
         Optional public pool: unlabelled inputs the querier holds and may use (e.g. images of
         another public data set), a tensor or NumPy array of the local inputs' shape per
         input, normalised alike. They join the transfer inputs with the combined targets of
-        the inversions; nothing about them leaves the querier (docs/privacy.md). The report's
-        ``num_public`` says how many were used.
+        the inversions; nothing about them leaves the querier (docs/privacy.md). Every input
+        given is used (the report's ``num_public``); a pool far from the local inputs' scale is
+        warned about.
 
     Returns
     -------
@@ -91,21 +93,28 @@ def query(
     named = dict(teachers) if isinstance(teachers, Mapping) else {str(i): t for i, t in enumerate(teachers)}
     if not named:
         raise QueryError("no teachers to ask")
+    config = inputs.as_config(config)
+    inputs.check_student(student)
+    inputs.check_amp(amp)
     device = resolve_device(device) or model_device(student)
     channel = InProcessChannel(named, device)
     models = {"the student": student, **{f"teacher '{k}'": channel.architecture(k) for k in channel.teachers}}
     for who, model in models.items():
         inputs.check_module(who, model)
+    owners: dict[int, str] = {}
+    for name in channel.teachers:
+        other = owners.setdefault(id(channel.architecture(name)), name)
+        if other != name:
+            raise QueryError(f"teachers '{other}' and '{name}' are the same model: each would answer and count as an expert; "
+                             "pass it once")
+    unused = [k for k, t in named.items() if isinstance(t, Teacher) and t.holdout is not None]
+    if unused and config.probe.kind != "self":
+        warnings.warn(f"held-out data of teacher(s) {', '.join(map(repr, unused))} go unused: the '{config.probe.kind}' probe "
+                      "is data-free; set probe.kind to 'self' to score teachers on them", stacklevel=2)
     samples = as_samples(local_data, inputs.input_dtype(student))  # a Dataset's labels are read here, once
     for who, model in models.items():
-        # Probes and inversions optimise inputs in the model's dtype: in float16 or bfloat16 they overflow to NaN
-        # (and NumPy, which carries the weights, has no bfloat16). Mixed precision is what amp= is for.
-        kinds = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
-        if len(kinds) > 1 or not set(kinds) <= {"float32", "float64"}:
-            raise QueryError(f"{who} has parameters of {', '.join(kinds)}; a query needs float32 or float64 models, one dtype "
-                             "each: pass model.float() (and amp='bf16' or 'fp16' for mixed-precision training)")
-    if num_classes is not None and not (probe.is_index(num_classes) and num_classes >= 2):
-        raise QueryError(f"num_classes must be an integer of at least 2, not {num_classes!r}")
+        inputs.check_dtype(who, model)
+    inputs.check_num_classes(num_classes)
     outputs = {who: inputs.output_size(who, model, samples[0], own=who == "the student") for who, model in models.items()}
     num_classes = outputs["the student"] if num_classes is None else num_classes
     for who, size in outputs.items():

@@ -82,6 +82,8 @@ class InProcessChannel(TeacherChannel):
     """
 
     def __init__(self, teachers: Mapping[str, nn.Module | Teacher], device: torch.device | None = None):
+        if not isinstance(teachers, Mapping):
+            raise QueryError(f"teachers must be a mapping of names to models, not {type(teachers).__name__}")
         # Converting names would merge teachers 1 and "1", and the report could not be read by the names given.
         named = [k for k in teachers if not isinstance(k, str)]
         if named:

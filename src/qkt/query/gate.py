@@ -38,6 +38,7 @@ from ..config import QueryConfig
 from ..errors import QueryError
 from ..inputs import DatasetRows
 from ..training import fast_layout, model_device, predict_logits
+from .probe import check_query
 from .synth import Mixed, invert
 from .transfer import Lesson
 
@@ -52,7 +53,7 @@ class GatedModel(nn.Module):
     original, new:
         The querier's model before the query and the query-trained one; both map inputs to logits over ``C``.
     query:
-        The query classes ``Q``.
+        The query classes ``Q`` (a single integer for one class).
     num_classes:
         ``|C|``.
     threshold:
@@ -67,7 +68,7 @@ class GatedModel(nn.Module):
         super().__init__()
         self.original, self.new = original, new
         query_mask = torch.zeros(num_classes, dtype=torch.bool)
-        query_mask[list(query)] = True
+        query_mask[list(check_query(query, num_classes))] = True
         self.register_buffer("query", query_mask)
         self.register_buffer("threshold", torch.tensor(float(threshold)))
 

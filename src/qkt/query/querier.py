@@ -250,12 +250,18 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     """
     config, variant = inputs.as_config(config), variant or Variant()
     variant.check(config)
+    if not isinstance(channel, TeacherChannel):
+        raise QueryError(f"channel must be a qkt.TeacherChannel, e.g. qkt.InProcessChannel(teachers), not {type(channel).__name__}")
+    inputs.check_student(student)
+    inputs.check_num_classes(num_classes)
+    inputs.check_amp(amp)
     device = resolve_device(device) or model_device(student)
     local_x, local_y = as_samples(local_data, inputs.input_dtype(student))
     if num_classes is None:
         num_classes = inputs.output_size("the student", student, local_x)
     query, local_y, notes = check_local_data(local_x, local_y, query_classes, num_classes)
-    public_x = inputs.check_public_inputs(public_inputs, local_x, config, inputs.input_dtype(student))
+    public_x, pool_notes = inputs.check_public_inputs(public_inputs, local_x, config, inputs.input_dtype(student))
+    notes += pool_notes
     inputs.check_trainable(student, find_head(student, head))
     seconds: dict[str, float] = {}
     announcement = Announcement.from_config(query, num_classes, tuple(local_x.shape[1:]), config)

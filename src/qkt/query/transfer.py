@@ -23,6 +23,7 @@ from ..config import QueryConfig
 from ..inputs import DatasetRows
 from ..training import Amp, fit, model_device, predict_logits
 from . import synth
+from .inputs import input_dtype
 from .probe import experts_by_class
 
 
@@ -245,7 +246,8 @@ def build_transfer_set(original: nn.Module, lesson: Lesson, config: QueryConfig,
             synthetic.append(x)
             made_for.append(y.cpu())
     device = model_device(original)
-    x_synth = [torch.cat(synthetic).to(device)] if synthetic else []
+    # an expert of another float type inverts in its own; the transfer inputs are the student's
+    x_synth = [torch.cat(synthetic).to(device, input_dtype(original))] if synthetic else []
     pool = [lesson.public_x] if lesson.num_public else []
     x = synth.with_mixups([local_x, *x_synth, *pool], config.mixup, config.mixup_alpha, config.seed, device)
     own = softmax_outputs(original, x, config.temperature)

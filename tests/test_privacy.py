@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from qkt.config import DEMO, QueryConfig, parse_config
+from qkt.errors import ConfigError
 from qkt.experiment import build_world
 from qkt.query import Announcement, CachedScores, InProcessChannel, NoisyScores, Recorder, Teacher, answer_probe, run_query
 from qkt.query.privacy import laplace_scale, privatize
@@ -103,7 +104,7 @@ def test_noisy_replies_are_reproducible_only_from_the_teachers_own_seed():
 
 def test_the_noise_option_is_validated():
     assert QueryConfig(probe={"noise": "laplace", "epsilon": 0.5}).probe.epsilon == 0.5
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="probe.noise: Input should be 'none' or 'laplace'"):
         QueryConfig(probe={"noise": "gaussian"})
 
 

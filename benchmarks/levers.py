@@ -16,11 +16,10 @@ time is not comparable across methods).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-from paired import differences, interval
+from paired import interval, read_bench
 
 from qkt.bench.statistics import queries_above
 from qkt.methods import COLLABORATIVE, LEVERS, display
@@ -28,8 +27,16 @@ from qkt.methods import COLLABORATIVE, LEVERS, display
 LEARNING = ("synthesis", "phase1", "phase2")
 
 
-def table(records: list[dict], path: Path, rng: np.random.Generator) -> list[str]:
+def table(records: list[dict], rng: np.random.Generator) -> list[str]:
     methods = [m for m in ("local", "qkt", *LEVERS, "oracle") if all(m in r["methods"] for r in records)]
+    lacking = [m for m in ("local", "qkt", "oracle") if m not in methods]
+    if lacking:
+        raise SystemExit(f"error: {', '.join(lacking)} did not run on every query; the table measures the levers between Local "
+                         "and the oracle, against QKT (qkt bench --methods local qkt LEVERS oracle)")
+
+    # scenario by scenario, as paired.py groups them: the bootstrap draws the same resamples
+    scenarios = list(dict.fromkeys(r["scenario"] for r in records))
+    by_scenario = sorted(records, key=lambda r: scenarios.index(r["scenario"]))
 
     def mean(m: str, key: str) -> float:
         return float(np.mean([r["methods"][m][key] for r in records]))
@@ -39,14 +46,14 @@ def table(records: list[dict], path: Path, rng: np.random.Generator) -> list[str
              "| above every collaborative | paired vs QKT (points) | learning s |", "|---|" + "---:|" * 9]
     for m in methods:
         reference = m in ("local", "oracle")
-        share = "—" if reference else f"{100 * (mean(m, 'overall_accuracy') - local) / (oracle - local):.0f} %"
+        share = "—" if reference or oracle == local else f"{100 * (mean(m, 'overall_accuracy') - local) / (oracle - local):.0f} %"
         above = queries_above(records, m, COLLABORATIVE)
         above_cell = f"{above[0]} of {above[1]}" if above[1] and not reference else "—"
         paired = ""
         if m in LEVERS:
-            diff = np.concatenate(list(differences([path], m, "qkt", "overall_accuracy").values()))
+            diff = np.array([100 * (r["methods"][m]["overall_accuracy"] - r["methods"]["qkt"]["overall_accuracy"]) for r in by_scenario])
             low, high = interval(diff, rng)
-            paired = f"{diff.mean():+.1f} ({low:+.1f} to {high:+.1f})"
+            paired = f"{diff.mean():+.1f}" + ("" if len(diff) < 2 else f" ({low:+.1f} to {high:+.1f})")
         learning = "—" if reference else f"{np.mean([sum(r['methods'][m]['details'].get('seconds_per_phase', {}).get(k, 0) for k in LEARNING) for r in records]):.1f}"
         several = [r["methods"][m]["forgetting"] for r in records if len(r["query"]) > 1]
         forgetting_multi = f"{100 * np.mean(several):+.1f}" if several else "—"
@@ -62,11 +69,11 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     for path in args.bench_json:
-        records = json.loads(path.read_text())["records"]
+        records = read_bench(path)["records"]
         for dataset in dict.fromkeys(r["dataset"] for r in records):
             chosen = [r for r in records if r["dataset"] == dataset]
             print(f"\n{dataset}: {len(chosen)} queries ({path})\n")
-            print("\n".join(table(chosen, path, rng)))
+            print("\n".join(table(chosen, rng)))
 
 
 if __name__ == "__main__":

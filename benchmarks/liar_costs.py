@@ -21,10 +21,10 @@ forgetting, and the mean and worst cost; then the same queries with the honest t
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+from paired import read_bench
 
 from qkt.bench.liars import KINDS
 from qkt.methods import METHODS
@@ -106,11 +106,20 @@ def main() -> None:
     parser.add_argument("--bound", type=float, default=2.0, help="the cost in points a query is counted above")
     parser.add_argument("--by-kind", action="store_true", help="one table per method over every liar kind the run holds")
     args = parser.parse_args()
-    records = json.loads(args.run.read_text())["records"]
-    if args.by_kind:
-        print("\n\n".join(kind_table(records, method) for method in args.methods))
-    else:
-        print(cost_table(records, args.liar, args.methods, args.bound))
+    records = read_bench(args.run)["records"]
+    missing = [m for m in args.methods if not any(m in r["methods"] for r in records)]
+    if missing:
+        raise SystemExit(f"error: the run holds no method {', '.join(missing)}; it holds "
+                         + ", ".join(dict.fromkeys(m for r in records for m in r["methods"])))
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    for dataset in datasets:  # a query's key holds no data set: one table per data set
+        chosen = [r for r in records if r["dataset"] == dataset]
+        if len(datasets) > 1:
+            print(f"\n{dataset}:\n")
+        if args.by_kind:
+            print("\n\n".join(kind_table(chosen, method) for method in args.methods))
+        else:
+            print(cost_table(chosen, args.liar, args.methods, args.bound))
 
 
 if __name__ == "__main__":

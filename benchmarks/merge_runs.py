@@ -40,12 +40,15 @@ across methods of two runs compare queries, not models.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from paired import read_bench
+
 from qkt.bench import write_outputs
 from qkt.diagnostics import recovered_share
+from qkt.errors import QKTError
+from qkt.files import check_output
 from qkt.methods import ABLATIONS, BASELINES, METHODS, QKT
 
 
@@ -161,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.additions and not args.queries_from:
         parser.error("nothing to merge: name methods of another run, or --queries-from")
-    first = json.loads(args.base.read_text())
-    joined = [(str(path), json.loads(path.read_text())) for path in args.queries_from]
+    try:
+        check_output(args.output)
+    except QKTError as exc:
+        parser.error(str(exc))
+    first = read_bench(args.base)
+    joined = [(str(path), read_bench(path)) for path in args.queries_from]
     base, joined_methods = join_queries(first, joined)
     additions = []
     for spec in args.additions:
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_texts = [s.strip() for s in seeds.split(",")] if seeds else []
         if not path or not methods or not all(s.isdigit() for s in seed_texts):
             parser.error(f"'{spec}': expected PATH:METHOD[,METHOD...][@SEED[,SEED...]]")
-        run = json.loads(Path(path).read_text())
+        run = read_bench(Path(path))
         if seed_texts:
             chosen = {int(s) for s in seed_texts}
             run = dict(run, records=[r for r in run["records"] if r["seed"] in chosen])

@@ -17,11 +17,21 @@ they report, the querier's own model's.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import bootstrap, wilcoxon
+
+from qkt.bench import read_run
+from qkt.errors import QKTError
+
+
+def read_bench(path: Path) -> dict:
+    """A qkt bench run's bench.json; exits with the reason in one line if ``path`` holds none."""
+    try:
+        return read_run(path)
+    except QKTError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def query_key(record: dict) -> tuple:
@@ -30,10 +40,10 @@ def query_key(record: dict) -> tuple:
 
 def differences(paths: list[Path], method: str, against: str, metric: str, against_run: Path | None = None) -> dict[str, np.ndarray]:
     """``method`` minus ``against`` (of the same record, or of ``against_run``'s record of the same query) per query, in points."""
-    reference = None if against_run is None else {query_key(r): r["methods"] for r in json.loads(against_run.read_text())["records"]}
+    reference = None if against_run is None else {query_key(r): r["methods"] for r in read_bench(against_run)["records"]}
     groups: dict[str, list[float]] = {}
     for path in paths:
-        for record in json.loads(path.read_text())["records"]:
+        for record in read_bench(path)["records"]:
             runs = record["methods"]
             base = runs if reference is None else reference.get(query_key(record), {})
             if method in runs and against in base:
@@ -42,14 +52,16 @@ def differences(paths: list[Path], method: str, against: str, metric: str, again
 
 
 def interval(diff: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    """A bootstrap 95% interval of the mean difference."""
+    """A bootstrap 95% interval of the mean difference; NaN for fewer than two queries (a run still going may hold one)."""
+    if len(diff) < 2:
+        return float("nan"), float("nan")
     low, high = bootstrap((diff,), np.mean, n_resamples=10_000, method="percentile", rng=rng).confidence_interval
     return float(low), float(high)
 
 
 def summary(diff: np.ndarray, rng: np.random.Generator) -> str:
     counts = f"better / worse {(diff > 0).sum()} / {(diff < 0).sum()}"
-    if len(diff) < 2:  # a run still going may hold one query of a scenario: neither statistic exists yet
+    if len(diff) < 2:
         return f"{len(diff):4d} query    {diff.mean():+.2f} points  {counts}"
     low, high = interval(diff, rng)
     p = wilcoxon(diff).pvalue if np.any(diff) else 1.0

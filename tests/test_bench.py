@@ -32,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _benchmark_script(name: str):
+    """``benchmarks/NAME.py`` as a module; its folder is on the path, as it is for ``python benchmarks/NAME.py``, for the scripts' shared helpers."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -365,3 +368,75 @@ def test_a_discovery_rerun_replaces_only_the_rows_it_measured_and_is_named_in_th
         ("digits", "statistics", "old"), ("cifar10", "statistics", "new"), ("cifar10", "self", "old")]
     assert [(r["dataset"], r["v"]) for r in joined["accuracy"]] == [("digits", "old"), ("cifar10", "new")]
     assert joined["command"] == "first" and [r["command"] for r in joined["reruns"]] == ["rerun"]
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[]", "{}", '{"records": [{"seed": 0}], "wall_seconds": 1, "cpu_seconds": 1}'],
+                         ids=["empty", "not-json", "list", "no-records", "record-without-keys"])
+def test_resume_on_a_file_that_is_no_bench_run_is_one_line(tmp_path, capsys, content):
+    (tmp_path / "bench.json").write_text(content)
+    assert main(["bench", "--profile", "quick", "--dataset", "digits", "--resume", "--output", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bench.json" in err and "choose another --output, or remove it to start afresh" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_resume_refuses_methods_the_kept_queries_did_not_run(quick_digits, tmp_path, monkeypatch):
+    """They would run on the queries not yet done only, and the tables would compare them on other queries than QKT."""
+    shutil.copy(quick_digits / "bench.json", tmp_path / "bench.json")
+    monkeypatch.setattr(experiment, "run_methods", lambda *a, **k: pytest.fail("a query ran"))
+    with pytest.raises(QKTError, match="ran local, fedavg, .*; this run asks for local, qkt, which --resume would run only on the "
+                                       "queries not yet done"):
+        bench.run_bench("quick", ["digits"], tmp_path, resume=True, progress=False, methods=["local", "qkt"])
+
+
+def test_a_bench_with_no_eligible_query_fails_and_leaves_no_tables_of_another_run(quick_digits, tmp_path, capsys):
+    for name in ("bench.json", "bench.md", "headline.md", "bench.csv", "bench.png"):
+        shutil.copy(quick_digits / name, tmp_path / name)
+    # ten query classes of ten: no party lacks them all while others hold them
+    assert main(["bench", "--profile", "quick", "--dataset", "digits", "--scenario", "multi-10", "--output", str(tmp_path),
+                 "--quiet"]) == 2
+    assert "no query of multi-10 is eligible on digits" in capsys.readouterr().err
+    assert json.loads((tmp_path / "bench.json").read_text())["records"] == []
+    assert not any((tmp_path / name).exists() for name in ("bench.md", "headline.md", "bench.csv", "bench.png"))
+
+
+def test_unknown_methods_and_a_missing_public_pool_stop_the_bench_before_any_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiment, "train_parties", lambda *a, **k: pytest.fail("parties trained"))
+    with pytest.raises(QKTError, match=r"unknown method\(s\) \['qkt_gated_inversed'\] in --methods"):
+        bench.run_bench("quick", ["digits"], tmp_path, methods=["local", "qkt_gated_inversed"], progress=False)
+    (tmp_path / "cifar10").mkdir()  # cifar10's data, but not cifar100's, its public pool
+    with pytest.raises(QKTError, match="cifar100 is cifar10's public pool, which qkt_public_pool draw from: cifar100: no data file"):
+        bench.run_bench("quick", ["cifar10"], tmp_path / "out", data_root=tmp_path, methods=["local", "qkt_public_pool"],
+                        progress=False)
+
+
+def test_benchmark_scripts_refuse_what_is_no_bench_run_in_one_line(tmp_path, quick_digits, monkeypatch):
+    (tmp_path / "broken.json").write_text("{not json")
+    result = merge_runs(tmp_path / "broken.json", f"{quick_digits / 'bench.json'}:qkt", "--output", tmp_path / "m")
+    assert result.returncode == 1 and "broken.json cannot be read as a qkt bench run" in result.stderr
+    (tmp_path / "file").write_text("")
+    result = merge_runs(quick_digits / "bench.json", f"{quick_digits / 'bench.json'}:qkt", "--output", tmp_path / "file")
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+    monkeypatch.setattr(sys, "argv", ["liar_costs.py", str(quick_digits / "bench.json"), "--methods", "qkt_gated", "--by-kind"])
+    with pytest.raises(SystemExit, match="the run holds no method qkt_gated; it holds local"):
+        _benchmark_script("liar_costs").main()
+    with pytest.raises(SystemExit, match="oracle did not run on every query"):
+        _benchmark_script("levers").table([{**r, "methods": {k: v for k, v in r["methods"].items() if k != "oracle"}}
+                                           for r in json.loads((quick_digits / "bench.json").read_text())["records"]],
+                                          np.random.default_rng(0))
+
+
+def test_liar_costs_tabulates_each_data_set_of_a_run_apart(tmp_path, capsys, monkeypatch):
+    """Records of two data sets share scenario, seed and querier: costed together, one would stand for the other."""
+    def record(dataset, scenario, local):
+        methods = {m: {"query_accuracy": 0.5, "local_accuracy": local, "overall_accuracy": 0.5, "forgetting": 0.0, "details": {}}
+                   for m in ("local", "qkt")}
+        return {"dataset": dataset, "scenario": scenario, "seed": 0, "querier": 1, "query": [3], "false_expert": 2, "methods": methods}
+    records = [record(d, s, local) for d, drop in (("digits", 0.0), ("bloodmnist", 0.2))
+               for s, local in (("single", 0.9), ("liar-constant-alone", 0.9 - drop), ("liar-constant-beside", 0.9 - drop))]
+    (tmp_path / "bench.json").write_text(json.dumps({"records": records, "wall_seconds": 1, "cpu_seconds": 1}))
+    monkeypatch.setattr(sys, "argv", ["liar_costs.py", str(tmp_path / "bench.json"), "--liar", "constant"])
+    _benchmark_script("liar_costs").main()
+    digits, blood = capsys.readouterr().out.split("bloodmnist:")
+    assert "| QKT | the liar beside the honest ones | 0.500 | 0.900 | 0.500 | 0.0, 0.0 | 0 of 1 |" in digits
+    assert "| QKT | the liar beside the honest ones | 0.500 | 0.700 | 0.500 | 20.0, 20.0 | 1 of 1 |" in blood

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 from .methods import DEFAULT, METHODS
@@ -40,14 +40,23 @@ NonNegative = Annotated[int, Field(ge=0, strict=True)]
 BatchSize = Annotated[int, Field(ge=2, strict=True)]
 # Every float option is finite: an infinite learning rate or temperature trains a NaN model, and
 # infinity passes any lower bound.
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+Finite = Annotated[float, BeforeValidator(lambda v: _not_a_bool(v)), Field(allow_inf_nan=False)]
 Rate = Annotated[Finite, Field(gt=0)]
 Weight = Annotated[Finite, Field(ge=0)]
 Share = Annotated[Finite, Field(ge=0, le=1)]
+# Synthetic inputs per class: a hundred times the default, and far more than memory holds of CIFAR-sized images.
+MAX_SYNTHETIC = 100_000
 # Longer than any list a run needs; a longer one is refused at once rather than validated entry by entry.
 MAX_ENTRIES = 1000
 # Ten times what `qkt config` lists; parsing megabytes of YAML takes minutes.
 MAX_CONFIG_BYTES = 100_000
+
+
+def _not_a_bool(value: object) -> object:
+    # Lax parsing reads `true` as 1.0; YAML gives floats as strings (1e-3), so strict mode is not the answer.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, not {str(value).lower()}")
+    return value
 
 
 class Section(BaseModel):
@@ -111,7 +120,7 @@ class InversionConfig(Section):
     """Synthetic query-class inputs made at the querier by inverting the experts (DeepInversion)."""
 
     enabled: bool = Field(True, description="invert the experts into synthetic query-class inputs (off: local data and mixups only)")
-    samples_per_class: NonNegative = Field(
+    samples_per_class: Annotated[NonNegative, Field(le=MAX_SYNTHETIC)] = Field(
         256, description="synthetic inputs made per query class, split among its experts; an expert of several classes makes "
                          "the same number for each, its share of its most shared class")
     steps: Positive = Field(200, description="optimisation steps per batch")
@@ -175,7 +184,7 @@ class QueryConfig(Section):
                           "the gate may send to the query-trained model, measured on a fifth of each of the querier's classes kept "
                           "out of the transfer set; it limits the local accuracy a query can cost on inputs like those (null: no limit)"
     )
-    gate_inversions: NonNegative = Field(
+    gate_inversions: Annotated[NonNegative, Field(le=MAX_SYNTHETIC)] = Field(
         0, description="with gate 'query_mass': inputs synthesised for each of the querier's own classes by inverting its "
                        "original model (as query.inversion inverts the experts), which join its own inputs in fitting the "
                        "gate's threshold. No model trained on them: they show inputs of the querier's classes that the "
@@ -204,6 +213,10 @@ class QueryConfig(Section):
             raise ValueError("gate_budget bounds what the gate sends to the query-trained model: set gate = 'query_mass' too")
         if self.gate_inversions and self.gate == "none":
             raise ValueError("gate_inversions are inputs the gate's threshold is fitted on: set gate = 'query_mass' too")
+        if self.gate != "none" and not (self.inversion.enabled and self.inversion.samples_per_class):
+            off = "inversion.enabled is false" if not self.inversion.enabled else "inversion.samples_per_class is 0"
+            raise ValueError(f"gate '{self.gate}' fits its threshold on synthetic inputs of the query classes, and {off}: "
+                             "make inversions, or set gate = 'none'")
         return self
 
 
@@ -260,6 +273,15 @@ class DataConfig(Section):
     public_pool: str | None = Field(None, description="a registry data set whose training inputs, unlabelled, form the public pool "
                                                        "query.public_pool draws from (e.g. cifar100 beside cifar10); read from "
                                                        "data.root, its inputs must have the shape of data.name's")
+
+    @model_validator(mode="after")
+    def _pool_is_a_registry_data_set(self) -> DataConfig:
+        from .data import dataset_names  # the registry imports torch-free modules only, but config is read before them
+
+        registry = [n for n in dataset_names() if n not in ("npz", "imagefolder")]
+        if self.public_pool is not None and self.public_pool not in registry:
+            raise ValueError(f"data.public_pool '{self.public_pool}' is not a registry data set; choose one of: {', '.join(registry)}")
+        return self
 
 
 class PartitionConfig(Section):

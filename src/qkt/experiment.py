@@ -28,7 +28,7 @@ from .baselines.fedavg import FederatedResult
 from .baselines.kd import distill_all
 from .config import QueryConfig, RunConfig, TrainingConfig, format_validation_error
 from .data import DataSet, load_dataset
-from .errors import ConfigError, QKTError, QueryError, QueryFailed
+from .errors import ConfigError, DataError, QKTError, QueryError, QueryFailed
 from .files import check_output
 from .methods import METHODS
 from .metrics import MethodResult, group_accuracy, score
@@ -152,15 +152,23 @@ def load_public_pool(config: RunConfig, dataset: DataSet) -> torch.Tensor | None
     """The public pool the configured methods need: a seeded draw of ``data.public_pool``'s training inputs, standardised as ``dataset``'s.
 
     None when no method draws from it or ``data.public_pool`` names no data set. Raises
-    :class:`~qkt.errors.ConfigError` when the pool's inputs differ in shape from ``dataset``'s.
+    :class:`~qkt.errors.ConfigError` when the pool cannot be read, holds fewer inputs than
+    asked for, or its inputs differ in shape from ``dataset``'s: callers load it before
+    training the parties, so that such a mistake costs no training.
     """
     size = public_pool_size(config)
     if not size or config.data.public_pool is None:
         return None
-    pool = load_dataset(config.data.public_pool, config.data.root)
+    try:
+        pool = load_dataset(config.data.public_pool, config.data.root)
+    except DataError as exc:
+        raise ConfigError(f"data.public_pool {config.data.public_pool}: {exc}") from None
     if pool.input_shape != dataset.input_shape:
         raise ConfigError(f"data.public_pool {pool.name} has inputs of shape {pool.input_shape}, data.name {dataset.name} "
                           f"{dataset.input_shape}: the pool must be inputs the models take")
+    if size > len(pool.x_train):
+        raise ConfigError(f"query.public_pool = {size} but data.public_pool {pool.name} has {len(pool.x_train)} training inputs: "
+                          "draw at most that many")
     drawn = np.random.default_rng(config.query.seed).permutation(len(pool.x_train))[:size]
     return dataset.standardize(pool.x_train[np.sort(drawn)])
 
@@ -219,11 +227,11 @@ def build_world(config: RunConfig, checkpoints: Path | None = None, progress: bo
                 dataset: DataSet | None = None, resume: bool = True) -> World:
     """The parties' data, scenario and trained models; ``dataset`` spares loading ``config.data`` again."""
     dataset, scenario = load_scenario(config, dataset)
+    public_pool = load_public_pool(config, dataset)
     x_train, y_train, x_test, y_test = dataset.normalized()
     shares, holdouts = training_shares(config, dataset, scenario)
     models = train_parties(config, (x_train, y_train), scenario, dataset, shares, checkpoints, progress, resume)
-    return World(dataset, x_train, y_train, x_test, y_test, scenario, models, holdouts,
-                 public_pool=load_public_pool(config, dataset))
+    return World(dataset, x_train, y_train, x_test, y_test, scenario, models, holdouts, public_pool=public_pool)
 
 
 T = TypeVar("T")

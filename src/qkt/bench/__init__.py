@@ -7,8 +7,8 @@ the headline and the chart.
 
 from .catalogue import PROFILES, SCENARIOS, BenchScenario, Profile, multi_query_size
 from .output import format_headline, format_tables, write_outputs
-from .runner import available_datasets, run_bench
+from .runner import available_datasets, read_run, run_bench
 from .statistics import METRICS, summarize
 
 __all__ = ["METRICS", "PROFILES", "SCENARIOS", "BenchScenario", "Profile", "available_datasets", "format_headline",
-           "format_tables", "multi_query_size", "run_bench", "summarize", "write_outputs"]
+           "format_tables", "multi_query_size", "read_run", "run_bench", "summarize", "write_outputs"]

@@ -166,9 +166,14 @@ def run_config(profile: Profile, dataset: DataSet, scenario: BenchScenario, seed
     if scenario.self_probe:
         raw["partition"]["holdout"] = SELF_PROBE_HOLDOUT
         raw["query"]["probe"] = {**raw["query"].get("probe", {}), "kind": "self"}
-    raw["methods"] = list(methods or scenario.methods or BASELINES + (STRONG_BASELINES if profile.strong_baselines else []) + QKT + (
-        ABLATIONS if scenario.ablations and profile.ablations_for(dataset.name) else []) + REFERENCES)
+    raw["methods"] = scenario_methods(profile, dataset.name, scenario, methods)
     return parse_config(raw, f"bench {dataset.name}/{scenario.name}")
+
+
+def scenario_methods(profile: Profile, dataset: str, scenario: BenchScenario, methods: Sequence[str] | None = None) -> list[str]:
+    """The methods a query of ``scenario`` runs: ``methods`` if given, else the scenario's, else every method the profile runs there."""
+    return list(methods or scenario.methods or BASELINES + (STRONG_BASELINES if profile.strong_baselines else []) + QKT + (
+        ABLATIONS if scenario.ablations and profile.ablations_for(dataset) else []) + REFERENCES)
 
 
 def querier_queries(config: RunConfig, dataset: DataSet, parts: list[np.ndarray], scenario: BenchScenario,

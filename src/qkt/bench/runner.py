@@ -34,7 +34,18 @@ from ..methods import METHODS
 from ..models import build_model
 from ..query import CachedScores, ForgedScores, TeacherChannel
 from ..training import checkpoint_key, load_checkpoint, resolve_device, save_checkpoint
-from .catalogue import GROUPS, PROFILES, SCENARIOS, BenchScenario, Profile, false_expert, querier_queries, run_config
+from .catalogue import (
+    GROUPS,
+    PROFILES,
+    PUBLIC_POOLS,
+    SCENARIOS,
+    BenchScenario,
+    Profile,
+    false_expert,
+    querier_queries,
+    run_config,
+    scenario_methods,
+)
 from .liars import Planted, plant
 from .output import machine, write_outputs
 
@@ -113,6 +124,7 @@ def scenario_queries(dataset: DataSet, scenario: BenchScenario, seed: int, profi
     if not pairs:
         return
     log.info("%s, scenario %s, seed %d: %d quer%s to run", dataset.name, scenario.name, seed, len(pairs), "y" if len(pairs) == 1 else "ies")
+    public_pool = experiment.load_public_pool(config, dataset)
     whole = partition.Scenario(-1, (), (), tuple(parts), 0)
     base_models = experiment.train_parties(config, (x_train, y_train), whole, dataset,
                                            experiment.training_shares(config, dataset, whole)[0], checkpoints, progress)
@@ -120,7 +132,6 @@ def scenario_queries(dataset: DataSet, scenario: BenchScenario, seed: int, profi
     needed = dict.fromkeys(METHODS[m].global_model for m in config.methods if METHODS[m].runner == "federated" and one_model)
     global_models = {g: global_model(g, config, dataset, (x_train, y_train), parts, checkpoints, progress) for g in needed}
     test_probs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared: fixed models are evaluated once per seed
-    public_pool = experiment.load_public_pool(config, dataset)
     # A teacher's probe scores do not depend on the query: each computes them once for every query of the seed,
     # and each query is charged the seconds they took.
     probe_cache: dict = {}
@@ -167,8 +178,8 @@ def check_resumed_settings(before: dict, settings: dict[str, dict], path: Path) 
     held = before.get("settings")
     names = sorted({r["dataset"] for r in before["records"]} & set(settings))
     if names and held is None:
-        raise QKTError(f"{path} does not record the settings its queries ran under (an older version of qkt bench), "
-                       "so they cannot be checked against the profile's: choose another --output")
+        raise QKTError(f"{path} does not record the settings its queries ran under (a run joined by benchmarks/merge_runs.py, "
+                       "or of an older version of qkt bench), so they cannot be checked against the profile's: choose another --output")
     for name in names:
         then, now = dotted(held.get(name, {})), dotted(settings[name])
         changed = [f"{key} {then.get(key, 'unset')} -> {now.get(key, 'unset')}" for key in sorted(then.keys() | now.keys())
@@ -176,6 +187,34 @@ def check_resumed_settings(before: dict, settings: dict[str, dict], path: Path) 
         if changed:
             raise QKTError(f"{path} ran {name} under other settings than the profile's now ({'; '.join(changed)}): "
                            "its queries and the rest would not be one method; choose another --output")
+
+
+def check_resumed_methods(records: list[dict], wanted: Callable[[str, str], list[str] | None], path: Path) -> None:
+    """Refuse to resume with other methods than the kept queries ran: they would run only on the queries not yet done.
+
+    ``wanted(dataset, scenario)`` is the methods this run gives a query of that scenario (None: no such scenario now).
+    """
+    for r in records:
+        now, then = wanted(r["dataset"], r["scenario"]), list(r["methods"])
+        if now is not None and set(now) != set(then):
+            raise QKTError(f"{path}: its queries of {r['dataset']}/{r['scenario']} ran {', '.join(then)}; this run asks for "
+                           f"{', '.join(now)}, which --resume would run only on the queries not yet done. Run other methods into "
+                           "another --output and join the runs with benchmarks/merge_runs.py")
+
+
+def read_run(path: str | os.PathLike) -> dict:
+    """A ``qkt bench`` run as its ``bench.json`` holds it; a one-line :class:`QKTError` if ``path`` holds none."""
+    path = Path(path)
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QKTError(f"{path} cannot be read as a qkt bench run ({type(exc).__name__}: {exc})") from None
+    keys = ("dataset", "scenario", "seed", "querier", "query", "methods")
+    records = run.get("records") if isinstance(run, dict) else None
+    if not (isinstance(records, list) and all(isinstance(r, dict) and all(k in r for k in keys) for r in records)
+            and isinstance(run.get("wall_seconds"), int | float) and isinstance(run.get("cpu_seconds"), int | float)):
+        raise QKTError(f"{path} is not a qkt bench run's bench.json (records of {', '.join(keys)}, and the run's seconds)")
+    return run
 
 
 def dotted(settings: dict, prefix: str = "") -> dict[str, object]:
@@ -229,6 +268,9 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     if unknown:
         raise QKTError(f"unknown scenario(s) {unknown}; choose from: {', '.join([*SCENARIOS, *GROUPS])}")
     methods = list(dict.fromkeys(methods or ()))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise QKTError(f"unknown method(s) {unknown} in --methods; choose from: {', '.join(METHODS)}")
     seeds = list(dict.fromkeys(seeds)) if seeds else list(range(profile.seeds))
     if any(not 0 <= s < profile.seeds for s in seeds):
         raise QKTError(f"the {profile_name} profile has seeds 0 to {profile.seeds - 1}; got {seeds}")
@@ -238,18 +280,31 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     for name in datasets:  # a missing file must stop the bench before hours of other data sets, not after
         if name != "digits":
             find_file(name, data_root)
+        pool = PUBLIC_POOLS.get(name)
+        drawing = sorted({m for s in scenarios or profile.scenarios_for(name) for m in scenario_methods(profile, name, SCENARIOS[s], methods)
+                          if METHODS[m].settings.get("public_pool")})
+        if pool and drawing:
+            try:
+                find_file(pool, data_root)
+            except DataError as exc:
+                raise QKTError(f"{pool} is {name}'s public pool, which {', '.join(drawing)} draw from: {exc}") from None
     # As written to bench.json, so that a resumed run compares like with like.
     settings = json.loads(json.dumps({name: profile.config(name) for name in datasets}))
     previous = output / "bench.json"
     records: list[dict] = []
     spent = (0.0, 0.0)
     if resume and previous.exists():
-        before = json.loads(previous.read_text())
+        try:
+            before = read_run(previous)
+        except QKTError as exc:
+            raise QKTError(f"{exc}: choose another --output, or remove it to start afresh") from None
         if before.get("whole_dataset", False) != whole_dataset:
             held, flag = ("the subsets", "without") if whole_dataset else ("whole data sets", "with")
             raise QKTError(f"{previous} holds a run on {held}: resume it {flag} --whole-dataset, or choose another --output")
         records, spent = before["records"], (before["wall_seconds"], before["cpu_seconds"])
         check_resumed_settings(before, settings, previous)
+        check_resumed_methods(before["records"], lambda name, scenario: scenario_methods(profile, name, SCENARIOS[scenario], methods)
+                              if scenario in SCENARIOS else None, previous)
         settings = {**before.get("settings", {}), **settings}  # of its data sets this run leaves out, too
     done = {(r["dataset"], r["scenario"], r["seed"], r["querier"]) for r in records}
     state = {"profile": profile_name, "datasets": datasets, "settings": settings, "machine": machine(),

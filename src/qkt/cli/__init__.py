@@ -84,7 +84,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     state = run_bench(args.profile, args.dataset, args.output, args.data_root, args.scenario, args.resume,
                       progress=not args.quiet and sys.stderr.isatty(), methods=args.methods, whole_dataset=args.whole_dataset,
                       device=args.device, seeds=args.seed)
-    print((args.output / "bench.md").read_text() if (args.output / "bench.md").exists() else "no query was eligible")
+    if not state["records"]:
+        raise QKTError(f"no query of {', '.join(args.scenario or ['the profile'])} is eligible on {', '.join(state['datasets'])} "
+                       f"(no party lacks such a query while others hold it): {args.output}/bench.json records none")
+    print((args.output / "bench.md").read_text())
     print(f"wrote {args.output}/bench.json, bench.md, bench.csv, headline.md and bench.png "
           f"(wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s)")
     return 0

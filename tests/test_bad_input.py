@@ -44,8 +44,15 @@ def _fails_cleanly(capsys, tmp_path, config_text: str, suffix: str = ".toml", *e
     ('[scenario]\nquerier = 8\nquery = [7]', (), "party 8 holds 10+ samples of class(es) [7]"),
     ('[data]\nname = "digits"', ("--data-path", "mine.npz"), "for your own .npz set data.name: npz"),
     ('[data]\nmax_train = 5', (), "cannot draw a stratified subset of 5 train samples (data.max_train)"),
+    ('[query]\ngate = "query_mass"\ngate_budget = true', (), "query.gate_budget: Value error, expected a number, not true"),
+    ('[query]\ngate = "query_mass"\ngate_inversions = 100000000000', (), "query.gate_inversions: Input should be less than or equal to 100000"),
+    ('[query.inversion]\nsamples_per_class = 100000000000', (), "query.inversion.samples_per_class: Input should be less than or equal to 100000"),
+    ('[query]\ngate = "query_mass"\n[query.inversion]\nsamples_per_class = 0', (),
+     "gate 'query_mass' fits its threshold on synthetic inputs of the query classes, and inversion.samples_per_class is 0"),
+    ('[data]\npublic_pool = "npz"', (), "data.public_pool 'npz' is not a registry data set"),
 ], ids=["unknown-dataset", "class-outside", "empty-query", "missing-file", "no-expert", "wrong-types", "bad-range",
-        "batch-of-one", "self-probe-in-process", "querier-knows-query", "path-without-name", "subset-below-the-classes"])
+        "batch-of-one", "self-probe-in-process", "querier-knows-query", "path-without-name", "subset-below-the-classes",
+        "boolean-share", "huge-gate-inversions", "huge-inversions", "gate-without-inversions", "pool-not-in-the-registry"])
 def test_each_bad_input_gets_one_clear_message(capsys, tmp_path, config, extra, says):
     if "{own}" in config:  # a class only the querier holds: k_classes gives every class a single holder
         from qkt.data import load_dataset
@@ -60,7 +67,7 @@ def test_each_bad_input_gets_one_clear_message(capsys, tmp_path, config, extra, 
 @pytest.mark.parametrize("method", ["qkt", "qkt_no_phase2", "qkt_merged"])
 def test_mixups_left_to_a_phase2_that_does_not_run_are_refused(capsys, tmp_path, method):
     phase2 = "\nphase2_epochs = 0" if method == "qkt" else ""
-    err = _fails_cleanly(capsys, tmp_path, f'methods = ["local", "{method}"]\n[query]\nphase1_mixups = false{phase2}')
+    err = _fails_cleanly(capsys, tmp_path, f'methods = ["local", "{method}"]\n[query]\nphase1_mixups = 0{phase2}')
     assert "no phase would learn from them" in err
 
 

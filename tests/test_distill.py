@@ -93,7 +93,7 @@ def test_a_phase1_epoch_costs_a_fine_tuning_epoch_however_wide_the_transfer_set(
 def test_without_phase1_mixups_phase1_trains_on_local_and_synthetic_inputs_and_phase2_on_all(monkeypatch):
     student, lesson, trained_on = _counted_lesson(monkeypatch)
     local_y = lesson.local_y
-    config = QueryConfig(phase1_epochs=3, phase1_mixups=False, phase2_epochs=1, batch_size=32,
+    config = QueryConfig(phase1_epochs=3, phase1_mixups=0, phase2_epochs=1, batch_size=32,
                          inversion={"samples_per_class": 8, "steps": 2})
 
     _, _, inputs, num_synthetic = learn(student, lesson, config, progress=False)

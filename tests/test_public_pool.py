@@ -143,8 +143,22 @@ def test_a_pool_of_another_shape_than_the_data_set_is_a_config_error_naming_both
                                        load_dataset("digits")) is None
 
 
+def test_a_pool_smaller_than_asked_for_or_unreadable_is_a_config_error_before_any_party_trains(monkeypatch, tmp_path):
+    config = parse_config({**DEMO, "data": {"name": "digits", "public_pool": "cifar10"}, "methods": ["local", "qkt_public_pool"]})
+    images = np.zeros((4, 8, 8, 1), dtype=np.uint8)
+    monkeypatch.setattr(experiment, "load_dataset", lambda name, root=None: DataSet(name, images, np.arange(4) % 2, images,
+                                                                                     np.arange(4) % 2, ("a", "b")))
+    with pytest.raises(ConfigError, match="query.public_pool = 1000 but data.public_pool cifar10 has 4 training inputs"):
+        experiment.load_public_pool(config, load_dataset("digits"))
+    monkeypatch.undo()
+    monkeypatch.setattr(experiment, "train_parties", lambda *a, **k: pytest.fail("parties trained"))
+    with pytest.raises(ConfigError, match="^data.public_pool cifar10: cifar10: no data file under"):
+        experiment.build_world(config.model_copy(update={"data": config.data.model_copy(update={"root": str(tmp_path)})}),
+                               dataset=load_dataset("digits"))
+
+
 def test_a_pool_drawn_by_run_is_seeded_and_standardised_as_the_data_set(monkeypatch):
-    config = parse_config({**DEMO, "data": {"name": "digits", "public_pool": "mnist"}, "query": {"public_pool": 50},
+    config = parse_config({**DEMO, "data": {"name": "digits", "public_pool": "cifar10"}, "query": {"public_pool": 50},
                            "methods": ["local", "qkt"]})
     digits = load_dataset("digits")
     monkeypatch.setattr(experiment, "load_dataset", lambda name, root=None: digits)  # a stand-in pool of the same shape

@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="every training and test image of each data set, not the 6,000 / 2,000-image subsets (SPEC §5's scale)")
     bench.add_argument("--seed", action="append", type=int, default=None,
                        help="run only this seed of the profile (repeatable; default: every seed); a later --resume with the same --output adds the others")
-    bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest")
+    bench.add_argument("--resume", action="store_true", help="keep the queries already in OUTPUT/bench.json and run the rest (same settings and methods)")
     bench.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else every core; 1 is much faster on a busy machine)")
     add_verbosity(bench)
     _device_option(bench)

@@ -334,3 +334,9 @@ def test_a_gated_model_built_by_hand_checks_its_query():
     assert GatedModel(model, model, 2, 4).query.tolist() == [False, False, True, False]
     with pytest.raises(qkt.QueryError, match=r"query class\(es\) \[4\] are outside the label space 0..3"):
         GatedModel(model, model, [4], 4)
+
+
+def test_a_transfer_set_of_one_input_is_refused(world):
+    _, _, (x, y) = world
+    _refused(world, "the transfer set holds 1 input", local_data=(x[:1], y[:1]),
+             config=TINY.model_copy(update={"mixup": 0.0, "inversion": TINY.inversion.model_copy(update={"enabled": False})}))

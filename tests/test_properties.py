@@ -300,3 +300,40 @@ def test_qkt_query_answers_or_raises_one_qkt_error(tiny_parties, query_classes, 
         assert str(exc) and "\n" not in str(exc), str(exc)
     else:
         assert isinstance(model, nn.Module) and report.query and set(report.query) <= set(range(4))
+
+
+PUBLIC_INPUTS = {
+    "pool": lambda x: torch.randn(12, 8),
+    "numpy": lambda x: torch.randn(12, 8).numpy(),
+    "empty": lambda x: x[:0],
+    "wrong-width": lambda x: x[:, :5],
+    "unscaled": lambda x: x * 255,
+    "labels": lambda x: torch.arange(12),
+}
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.fixed_dictionaries({}, optional={
+    "public_inputs": st.sampled_from(sorted(PUBLIC_INPUTS)),
+    "amp": st.one_of(st.sampled_from(["bf16", "fp16", "bfloat16"]), SCALARS),
+    "device": st.one_of(st.sampled_from(["cpu", "auto", "cuda", "gpu", torch.device("cpu"), torch.device("cuda")]), SCALARS),
+}), mostly(st.none(), query_configs()), st.sampled_from(["float32", "float64"]))
+def test_the_options_of_qkt_query_work_or_raise_one_qkt_error(tiny_parties, options, config, teacher_type):
+    """A well-formed query with the keyword options drawn: a public pool, mixed precision, a device; and a teacher of either float type."""
+    student, teacher, (x, y) = tiny_parties
+    if "public_inputs" in options:
+        options = {**options, "public_inputs": PUBLIC_INPUTS[options["public_inputs"]](x)}
+    teacher = teacher if teacher_type == "float32" else copy.deepcopy(teacher).double()
+    base = {"phase1_epochs": 1, "phase2_epochs": 1, "probe": {"steps": 2, "num_samples": 16},
+            "inversion": {"samples_per_class": 8, "steps": 2}}
+    config = config or {}
+    settings_ = {**base, **config, "probe": {**base["probe"], **config.get("probe", {})},
+                 "inversion": {**base["inversion"], **config.get("inversion", {})}}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, report = qkt.query(student, {"t": teacher}, [2], (x, y), settings_, progress=False, **options)
+    except qkt.QKTError as exc:
+        assert str(exc) and "\n" not in str(exc), str(exc)
+    else:
+        assert isinstance(model, nn.Module) and report.query == (2,)

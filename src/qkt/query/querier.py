@@ -139,6 +139,8 @@ def learn(student: nn.Module, lesson: Lesson, config: QueryConfig, variant: Vari
     if config.gate_budget is not None:
         lesson, held_out = hold_out(lesson, config.seed)
     transfer, num_synthetic = build_transfer_set(original, lesson, config, progress)
+    if len(transfer) < 2:  # BatchNorm cannot train on one input
+        raise QueryError(f"the transfer set holds {len(transfer)} input: give more local samples, or enable query.inversion or query.mixup")
     own_synthetic = own_inversions(original, lesson, config, progress) if config.gate_inversions else None
     seconds["synthesis"] = time.perf_counter() - start
 

@@ -52,8 +52,10 @@ def table(records: list[dict], rng: np.random.Generator) -> list[str]:
         paired = ""
         if m in LEVERS:
             diff = np.array([100 * (r["methods"][m]["overall_accuracy"] - r["methods"]["qkt"]["overall_accuracy"]) for r in by_scenario])
-            low, high = interval(diff, rng)
-            paired = f"{diff.mean():+.1f}" + ("" if len(diff) < 2 else f" ({low:+.1f} to {high:+.1f})")
+            paired = f"{diff.mean():+.1f}"
+            if len(diff) >= 2:  # a run still going may hold one query
+                low, high = interval(diff, rng)
+                paired += f" ({low:+.1f} to {high:+.1f})"
         learning = "—" if reference else f"{np.mean([sum(r['methods'][m]['details'].get('seconds_per_phase', {}).get(k, 0) for k in LEARNING) for r in records]):.1f}"
         several = [r["methods"][m]["forgetting"] for r in records if len(r["query"]) > 1]
         forgetting_multi = f"{100 * np.mean(several):+.1f}" if several else "—"

@@ -52,16 +52,14 @@ def differences(paths: list[Path], method: str, against: str, metric: str, again
 
 
 def interval(diff: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    """A bootstrap 95% interval of the mean difference; NaN for fewer than two queries (a run still going may hold one)."""
-    if len(diff) < 2:
-        return float("nan"), float("nan")
+    """A bootstrap 95% interval of the mean difference (of two queries or more)."""
     low, high = bootstrap((diff,), np.mean, n_resamples=10_000, method="percentile", rng=rng).confidence_interval
     return float(low), float(high)
 
 
 def summary(diff: np.ndarray, rng: np.random.Generator) -> str:
     counts = f"better / worse {(diff > 0).sum()} / {(diff < 0).sum()}"
-    if len(diff) < 2:
+    if len(diff) < 2:  # a run still going may hold one query of a scenario: neither statistic exists yet
         return f"{len(diff):4d} query    {diff.mean():+.2f} points  {counts}"
     low, high = interval(diff, rng)
     p = wilcoxon(diff).pvalue if np.any(diff) else 1.0

@@ -340,3 +340,11 @@ def test_a_transfer_set_of_one_input_is_refused(world):
     _, _, (x, y) = world
     _refused(world, "the transfer set holds 1 input", local_data=(x[:1], y[:1]),
              config=TINY.model_copy(update={"mixup": 0.0, "inversion": TINY.inversion.model_copy(update={"enabled": False})}))
+
+
+def test_numpy_integers_are_counts_and_booleans_are_not():
+    assert qkt.QueryConfig(phase1_epochs=np.int64(5), gate="query_mass", gate_inversions=np.int32(8)).phase1_epochs == 5
+    with pytest.raises(qkt.ConfigError, match="phase1_epochs: Input should be a valid integer"):
+        qkt.QueryConfig(phase1_epochs=True)
+    with pytest.raises(qkt.ConfigError, match="lr: Value error, expected a number"):
+        qkt.QueryConfig(lr=True)

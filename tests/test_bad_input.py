@@ -44,7 +44,7 @@ def _fails_cleanly(capsys, tmp_path, config_text: str, suffix: str = ".toml", *e
     ('[scenario]\nquerier = 8\nquery = [7]', (), "party 8 holds 10+ samples of class(es) [7]"),
     ('[data]\nname = "digits"', ("--data-path", "mine.npz"), "for your own .npz set data.name: npz"),
     ('[data]\nmax_train = 5', (), "cannot draw a stratified subset of 5 train samples (data.max_train)"),
-    ('[query]\ngate = "query_mass"\ngate_budget = true', (), "query.gate_budget: Value error, expected a number, not true"),
+    ('[query]\ngate = "query_mass"\ngate_budget = true', (), "query.gate_budget: Value error, expected a number (got true)"),
     ('[query]\ngate = "query_mass"\ngate_inversions = 100000000000', (), "query.gate_inversions: Input should be less than or equal to 100000"),
     ('[query.inversion]\nsamples_per_class = 100000000000', (), "query.inversion.samples_per_class: Input should be less than or equal to 100000"),
     ('[query]\ngate = "query_mass"\n[query.inversion]\nsamples_per_class = 0', (),

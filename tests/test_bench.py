@@ -440,3 +440,12 @@ def test_liar_costs_tabulates_each_data_set_of_a_run_apart(tmp_path, capsys, mon
     digits, blood = capsys.readouterr().out.split("bloodmnist:")
     assert "| QKT | the liar beside the honest ones | 0.500 | 0.900 | 0.500 | 0.0, 0.0 | 0 of 1 |" in digits
     assert "| QKT | the liar beside the honest ones | 0.500 | 0.700 | 0.500 | 20.0, 20.0 | 1 of 1 |" in blood
+
+
+def test_resume_adds_a_seed_with_other_methods_and_leaves_the_kept_seed_as_it_is(quick_digits, tmp_path, monkeypatch):
+    state = json.loads((quick_digits / "bench.json").read_text())
+    (tmp_path / "bench.json").write_text(json.dumps(state))
+    ran = []
+    monkeypatch.setattr(runner, "run_scenario", lambda dataset, scenario, seed, *a, **k: ran.append(seed))
+    bench.run_bench("full", ["digits"], tmp_path, resume=True, progress=False, methods=["local", "qkt"], seeds=[1])
+    assert set(ran) == {1}

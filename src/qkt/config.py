@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import numbers
+import operator
 import re
 import sys
 from pathlib import Path
@@ -32,15 +34,27 @@ DEMO = {
 }
 """The settings of ``qkt demo``: ten parties on the bundled digits, one single-class query."""
 
+
+def _plain_integer(value: object) -> object:
+    """A NumPy integer as the int it is (strict mode refuses it), anything else unchanged."""
+    return operator.index(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
+def _not_a_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    return value
+
+
 # A count or an index is an integer as written: lax parsing would read `true` as 1 and "12" as 12. Floats stay
-# lax, because YAML reads 1e-3 (no dot) as a string.
-Positive = Annotated[int, Field(gt=0, strict=True)]
-NonNegative = Annotated[int, Field(ge=0, strict=True)]
+# lax, because YAML reads 1e-3 (no dot) as a string, but refuse `true` and `false`, which lax parsing reads as 1 and 0.
+Positive = Annotated[int, BeforeValidator(_plain_integer), Field(gt=0, strict=True)]
+NonNegative = Annotated[int, BeforeValidator(_plain_integer), Field(ge=0, strict=True)]
 # BatchNorm cannot train on a batch of one sample.
-BatchSize = Annotated[int, Field(ge=2, strict=True)]
+BatchSize = Annotated[Positive, Field(ge=2)]
 # Every float option is finite: an infinite learning rate or temperature trains a NaN model, and
 # infinity passes any lower bound.
-Finite = Annotated[float, BeforeValidator(lambda v: _not_a_bool(v)), Field(allow_inf_nan=False)]
+Finite = Annotated[float, BeforeValidator(_not_a_bool), Field(allow_inf_nan=False)]
 Rate = Annotated[Finite, Field(gt=0)]
 Weight = Annotated[Finite, Field(ge=0)]
 Share = Annotated[Finite, Field(ge=0, le=1)]
@@ -50,13 +64,6 @@ MAX_SYNTHETIC = 100_000
 MAX_ENTRIES = 1000
 # Ten times what `qkt config` lists; parsing megabytes of YAML takes minutes.
 MAX_CONFIG_BYTES = 100_000
-
-
-def _not_a_bool(value: object) -> object:
-    # Lax parsing reads `true` as 1.0; YAML gives floats as strings (1e-3), so strict mode is not the answer.
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, not {str(value).lower()}")
-    return value
 
 
 class Section(BaseModel):
@@ -276,7 +283,7 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _pool_is_a_registry_data_set(self) -> DataConfig:
-        from .data import dataset_names  # the registry imports torch-free modules only, but config is read before them
+        from .data import dataset_names  # here: the data registry imports torch, which reading a config needs nowhere else
 
         registry = [n for n in dataset_names() if n not in ("npz", "imagefolder")]
         if self.public_pool is not None and self.public_pool not in registry:
@@ -287,7 +294,7 @@ class DataConfig(Section):
 class PartitionConfig(Section):
     """How the training data is split over the parties."""
 
-    num_parties: Annotated[int, Field(ge=2, strict=True)] = 10
+    num_parties: Annotated[Positive, Field(ge=2)] = 10
     kind: Literal["dirichlet", "k_classes"] = Field("dirichlet", description="label skew: Dirichlet(alpha) shares per class, or k classes per party")
     alpha: Rate = Field(0.1, description="Dirichlet concentration: smaller is more skewed")
     classes_per_party: Positive = Field(2, description="k of k_classes")

@@ -127,7 +127,7 @@ PROFILES = {
     "quick": Profile(seeds=1, max_queriers=2, scenarios={"default": _STANDARD, "cifar100": _MANY_CLASSES},
                      settings={"digits": _DIGITS, "default": _IMAGES}),
     # SPEC §5: every eligible party queries once per seed, three seeds. The first seed's first two
-    # queriers are 'quick''s, so a full run resumes from a quick one in the same folder.
+    # queriers are 'quick''s, on the same trained parties (checkpoints/).
     # On images the ablations run in 'quick' (the first seed) only: each costs as much as a query.
     "full": Profile(seeds=3, max_queriers=None, scenarios={"digits": _STANDARD + _REVIEWERS, "default": _STANDARD, "cifar100": _MANY_CLASSES},
                     settings={"digits": _DIGITS, "default": _IMAGES}, ablations={"digits": True, "default": False},

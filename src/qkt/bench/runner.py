@@ -189,13 +189,15 @@ def check_resumed_settings(before: dict, settings: dict[str, dict], path: Path) 
                            "its queries and the rest would not be one method; choose another --output")
 
 
-def check_resumed_methods(records: list[dict], wanted: Callable[[str, str], list[str] | None], path: Path) -> None:
-    """Refuse to resume with other methods than the kept queries ran: they would run only on the queries not yet done.
+def check_resumed_methods(records: list[dict], wanted: Callable[[dict], list[str] | None], path: Path) -> None:
+    """Refuse to continue queries of a scenario and seed with other methods than the kept ones ran: they would run only on the queries not yet done.
 
-    ``wanted(dataset, scenario)`` is the methods this run gives a query of that scenario (None: no such scenario now).
+    ``wanted(record)`` is the methods this run gives the record's scenario, data set and
+    seed, or None if it runs none of them (another seed, data set or scenario, whose kept
+    queries it leaves as they are).
     """
     for r in records:
-        now, then = wanted(r["dataset"], r["scenario"]), list(r["methods"])
+        now, then = wanted(r), list(r["methods"])
         if now is not None and set(now) != set(then):
             raise QKTError(f"{path}: its queries of {r['dataset']}/{r['scenario']} ran {', '.join(then)}; this run asks for "
                            f"{', '.join(now)}, which --resume would run only on the queries not yet done. Run other methods into "
@@ -245,7 +247,8 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     scenarios:
         A subset of the profile's scenarios (names in :data:`SCENARIOS`).
     resume:
-        Keep the queries already in ``output/bench.json`` and run only the missing ones.
+        Keep the queries already in ``output/bench.json`` and run only the missing ones; the
+        scenarios and seeds it continues must run the same settings and methods as before.
     methods:
         Only these methods (default: the profile's). Every Δ is against ``qkt``; a run without it,
         of baselines whose settings a change to QKT's leaves alone, has tables without Δ and is
@@ -303,8 +306,14 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
             raise QKTError(f"{previous} holds a run on {held}: resume it {flag} --whole-dataset, or choose another --output")
         records, spent = before["records"], (before["wall_seconds"], before["cpu_seconds"])
         check_resumed_settings(before, settings, previous)
-        check_resumed_methods(before["records"], lambda name, scenario: scenario_methods(profile, name, SCENARIOS[scenario], methods)
-                              if scenario in SCENARIOS else None, previous)
+
+        def continued(record: dict) -> list[str] | None:
+            name, scenario = record["dataset"], record["scenario"]
+            if name in datasets and record["seed"] in seeds and scenario in (scenarios or profile.scenarios_for(name)):
+                return scenario_methods(profile, name, SCENARIOS[scenario], methods)
+            return None
+
+        check_resumed_methods(before["records"], continued, previous)
         settings = {**before.get("settings", {}), **settings}  # of its data sets this run leaves out, too
     done = {(r["dataset"], r["scenario"], r["seed"], r["querier"]) for r in records}
     state = {"profile": profile_name, "datasets": datasets, "settings": settings, "machine": machine(),

@@ -95,11 +95,10 @@ def query(
         raise QueryError("no teachers to ask")
     config = inputs.as_config(config)
     inputs.check_student(student)
-    inputs.check_amp(amp)
     device = resolve_device(device) or model_device(student)
     channel = InProcessChannel(named, device)
-    models = {"the student": student, **{f"teacher '{k}'": channel.architecture(k) for k in channel.teachers}}
-    for who, model in models.items():
+    teacher_models = {f"teacher '{k}'": channel.architecture(k) for k in channel.teachers}
+    for who, model in teacher_models.items():
         inputs.check_module(who, model)
     owners: dict[int, str] = {}
     for name in channel.teachers:
@@ -112,9 +111,10 @@ def query(
         warnings.warn(f"held-out data of teacher(s) {', '.join(map(repr, unused))} go unused: the '{config.probe.kind}' probe "
                       "is data-free; set probe.kind to 'self' to score teachers on them", stacklevel=2)
     samples = as_samples(local_data, inputs.input_dtype(student))  # a Dataset's labels are read here, once
-    for who, model in models.items():
+    for who, model in teacher_models.items():
         inputs.check_dtype(who, model)
     inputs.check_num_classes(num_classes)
+    models = {"the student": student, **teacher_models}
     outputs = {who: inputs.output_size(who, model, samples[0], own=who == "the student") for who, model in models.items()}
     num_classes = outputs["the student"] if num_classes is None else num_classes
     for who, size in outputs.items():

@@ -173,7 +173,7 @@ def gate(original: nn.Module, new: nn.Module, x: torch.Tensor | Mixed, num_local
         return model.query_mass(predict_logits(new, inputs)).cpu().numpy()
 
     if held_out is None:
-        # a public pool follows the synthetic inputs among the unmixed ones
+        # the unmixed inputs may end with a public pool, which Mixed.first cannot leave out: scored, then dropped
         scores = mass(x.first(x.num_unmixed) if isinstance(x, Mixed) else x[: num_local + num_synthetic])
         own, synthetic = scores[:num_local], scores[num_local:num_local + num_synthetic]
     else:

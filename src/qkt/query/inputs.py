@@ -68,8 +68,9 @@ def check_public_inputs(public_inputs: object, local_x: torch.Tensor | DatasetRo
     if config.public_pool and config.public_pool != len(x):
         notes.append(f"query.public_pool = {config.public_pool} but {len(x)} public inputs were given: all {len(x)} are used "
                      "(the setting is how many qkt run draws)")
-    local = local_x[:SCALE_SAMPLE].to(torch.float64)
-    pool = x[:SCALE_SAMPLE].to(torch.float64)
+    # on the CPU: MPS has no float64
+    local = local_x[:SCALE_SAMPLE].to("cpu", torch.float64)
+    pool = x[:SCALE_SAMPLE].to("cpu", torch.float64)
     spread = float(local.std()) or 1.0
     ratio = float(pool.std()) / spread
     if not (1 / SCALE_RATIO <= ratio <= SCALE_RATIO and abs(float(pool.mean() - local.mean())) <= SCALE_RATIO * spread):

@@ -97,7 +97,7 @@ class Teacher:
             x, y = as_tensors(self.holdout, what="a teacher's held-out")
             if not len(x):
                 raise QueryError("a teacher's held-out data are empty: give it samples to score itself on, or no holdout")
-            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1 or len(y) != len(x) or not len(y):
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1 or len(y) != len(x):
                 raise QueryError(f"a teacher's held-out labels must be one integer class index per input ({len(x)} inputs), "
                                  f"not {y.dtype} of shape {tuple(y.shape)}")
             self.holdout = (x, y.long())

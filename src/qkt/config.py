@@ -51,7 +51,7 @@ def _not_a_bool(value: object) -> object:
 Positive = Annotated[int, BeforeValidator(_plain_integer), Field(gt=0, strict=True)]
 NonNegative = Annotated[int, BeforeValidator(_plain_integer), Field(ge=0, strict=True)]
 # BatchNorm cannot train on a batch of one sample.
-BatchSize = Annotated[Positive, Field(ge=2)]
+BatchSize = Annotated[int, BeforeValidator(_plain_integer), Field(ge=2, strict=True)]
 # Every float option is finite: an infinite learning rate or temperature trains a NaN model, and
 # infinity passes any lower bound.
 Finite = Annotated[float, BeforeValidator(_not_a_bool), Field(allow_inf_nan=False)]
@@ -294,7 +294,7 @@ class DataConfig(Section):
 class PartitionConfig(Section):
     """How the training data is split over the parties."""
 
-    num_parties: Annotated[Positive, Field(ge=2)] = 10
+    num_parties: Annotated[int, BeforeValidator(_plain_integer), Field(ge=2, strict=True)] = 10
     kind: Literal["dirichlet", "k_classes"] = Field("dirichlet", description="label skew: Dirichlet(alpha) shares per class, or k classes per party")
     alpha: Rate = Field(0.1, description="Dirichlet concentration: smaller is more skewed")
     classes_per_party: Positive = Field(2, description="k of k_classes")

@@ -40,6 +40,11 @@ def _plain_integer(value: object) -> object:
     return operator.index(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
 
 
+def _integer(**bounds: int) -> object:
+    """An integer option within ``bounds`` (``gt``, ``ge``, ``le``), as written: no bool, string or float."""
+    return Annotated[int, BeforeValidator(_plain_integer), Field(strict=True, **bounds)]
+
+
 def _not_a_bool(value: object) -> object:
     if isinstance(value, bool):
         raise ValueError("expected a number")
@@ -48,18 +53,18 @@ def _not_a_bool(value: object) -> object:
 
 # A count or an index is an integer as written: lax parsing would read `true` as 1 and "12" as 12. Floats stay
 # lax, because YAML reads 1e-3 (no dot) as a string, but refuse `true` and `false`, which lax parsing reads as 1 and 0.
-Positive = Annotated[int, BeforeValidator(_plain_integer), Field(gt=0, strict=True)]
-NonNegative = Annotated[int, BeforeValidator(_plain_integer), Field(ge=0, strict=True)]
-# BatchNorm cannot train on a batch of one sample.
-BatchSize = Annotated[int, BeforeValidator(_plain_integer), Field(ge=2, strict=True)]
+Positive = _integer(gt=0)
+NonNegative = _integer(ge=0)
+# BatchNorm cannot train on a batch of one sample; federated learning needs two parties.
+AtLeastTwo = _integer(ge=2)
 # Every float option is finite: an infinite learning rate or temperature trains a NaN model, and
 # infinity passes any lower bound.
 Finite = Annotated[float, BeforeValidator(_not_a_bool), Field(allow_inf_nan=False)]
 Rate = Annotated[Finite, Field(gt=0)]
 Weight = Annotated[Finite, Field(ge=0)]
 Share = Annotated[Finite, Field(ge=0, le=1)]
-# Synthetic inputs per class: a hundred times the default, and far more than memory holds of CIFAR-sized images.
-MAX_SYNTHETIC = 100_000
+# Synthetic inputs per class: at most a hundred times the default, already more than memory holds of CIFAR-sized images.
+SyntheticCount = _integer(ge=0, le=100_000)
 # Longer than any list a run needs; a longer one is refused at once rather than validated entry by entry.
 MAX_ENTRIES = 1000
 # Ten times what `qkt config` lists; parsing megabytes of YAML takes minutes.
@@ -127,7 +132,7 @@ class InversionConfig(Section):
     """Synthetic query-class inputs made at the querier by inverting the experts (DeepInversion)."""
 
     enabled: bool = Field(True, description="invert the experts into synthetic query-class inputs (off: local data and mixups only)")
-    samples_per_class: Annotated[NonNegative, Field(le=MAX_SYNTHETIC)] = Field(
+    samples_per_class: SyntheticCount = Field(
         256, description="synthetic inputs made per query class, split among its experts; an expert of several classes makes "
                          "the same number for each, its share of its most shared class")
     steps: Positive = Field(200, description="optimisation steps per batch")
@@ -191,7 +196,7 @@ class QueryConfig(Section):
                           "the gate may send to the query-trained model, measured on a fifth of each of the querier's classes kept "
                           "out of the transfer set; it limits the local accuracy a query can cost on inputs like those (null: no limit)"
     )
-    gate_inversions: Annotated[NonNegative, Field(le=MAX_SYNTHETIC)] = Field(
+    gate_inversions: SyntheticCount = Field(
         0, description="with gate 'query_mass': inputs synthesised for each of the querier's own classes by inverting its "
                        "original model (as query.inversion inverts the experts), which join its own inputs in fitting the "
                        "gate's threshold. No model trained on them: they show inputs of the querier's classes that the "
@@ -204,7 +209,7 @@ class QueryConfig(Section):
     )
     lr: Rate = Field(1e-3, description="Adam learning rate of Phase 1")
     head_lr: Rate = Field(5e-3, description="Adam learning rate of Phase 2 (the head alone)")
-    batch_size: BatchSize = Field(64, description="mini-batch of Phases 1 and 2")
+    batch_size: AtLeastTwo = Field(64, description="mini-batch of Phases 1 and 2")
     light: bool = Field(False, description="QKT Light: experts send float16 weights; Phase 1 trains the last block and the head")
     seed: NonNegative = Field(0, description="seeds the probe, the inversion, the mixups and both phases: a query repeats exactly")
 
@@ -245,7 +250,7 @@ class FederatedConfig(Section):
     gen_hidden: Positive = Field(256, description="FedGen: hidden width of the generator")
     gen_lr: Rate = Field(3e-4, description="FedGen: Adam learning rate of the generator")
     gen_steps: Positive = Field(50, description="FedGen: generator steps per round (10 epochs × 5 teacher iterations in the authors' code)")
-    gen_batch_size: BatchSize = Field(64, description="FedGen: generated features per step")
+    gen_batch_size: AtLeastTwo = Field(64, description="FedGen: generated features per step")
     gen_alpha: Weight = Field(10.0, description="FedGen: weight of the generated-feature cross-entropy in local training")
     gen_beta: Weight = Field(10.0, description="FedGen: weight of the latent KL term in local training")
     gen_diversity: Weight = Field(1.0, description="FedGen: weight of the generator's diversity loss (η)")
@@ -294,7 +299,7 @@ class DataConfig(Section):
 class PartitionConfig(Section):
     """How the training data is split over the parties."""
 
-    num_parties: Annotated[int, BeforeValidator(_plain_integer), Field(ge=2, strict=True)] = 10
+    num_parties: AtLeastTwo = 10
     kind: Literal["dirichlet", "k_classes"] = Field("dirichlet", description="label skew: Dirichlet(alpha) shares per class, or k classes per party")
     alpha: Rate = Field(0.1, description="Dirichlet concentration: smaller is more skewed")
     classes_per_party: Positive = Field(2, description="k of k_classes")
@@ -322,7 +327,7 @@ class TrainingConfig(Section):
     teacher_archs: list[Arch] | None = Field(None, max_length=MAX_ENTRIES, description="architectures of the teachers, cycled over the parties (default: arch)")
     epochs: Positive = 20
     lr: Rate = 1e-3
-    batch_size: BatchSize = 64
+    batch_size: AtLeastTwo = 64
     weight_decay: Weight = 5e-4
     augment: bool = Field(False, description="random flips and crops for 32-pixel images")
     seed: NonNegative = 0

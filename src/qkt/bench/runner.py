@@ -280,12 +280,14 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
     datasets = list(dict.fromkeys(datasets or available_datasets(data_root)))
     if "npz" in datasets:
         raise QKTError("qkt bench runs the registry data sets; for your own .npz file use `qkt run` with data.name: npz and data.path")
+    # the methods each (data set, seed, scenario) of this run runs
+    plan = {(name, seed, scenario): scenario_methods(profile, name, SCENARIOS[scenario], methods)
+            for name in datasets for seed in seeds for scenario in scenarios or profile.scenarios_for(name)}
     for name in datasets:  # a missing file must stop the bench before hours of other data sets, not after
         if name != "digits":
             find_file(name, data_root)
         pool = PUBLIC_POOLS.get(name)
-        drawing = sorted({m for s in scenarios or profile.scenarios_for(name) for m in scenario_methods(profile, name, SCENARIOS[s], methods)
-                          if METHODS[m].settings.get("public_pool")})
+        drawing = sorted({m for (n, _, _), run in plan.items() if n == name for m in run if METHODS[m].settings.get("public_pool")})
         if pool and drawing:
             try:
                 find_file(pool, data_root)
@@ -306,14 +308,7 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
             raise QKTError(f"{previous} holds a run on {held}: resume it {flag} --whole-dataset, or choose another --output")
         records, spent = before["records"], (before["wall_seconds"], before["cpu_seconds"])
         check_resumed_settings(before, settings, previous)
-
-        def continued(record: dict) -> list[str] | None:
-            name, scenario = record["dataset"], record["scenario"]
-            if name in datasets and record["seed"] in seeds and scenario in (scenarios or profile.scenarios_for(name)):
-                return scenario_methods(profile, name, SCENARIOS[scenario], methods)
-            return None
-
-        check_resumed_methods(before["records"], continued, previous)
+        check_resumed_methods(before["records"], lambda r: plan.get((r["dataset"], r["seed"], r["scenario"])), previous)
         settings = {**before.get("settings", {}), **settings}  # of its data sets this run leaves out, too
     done = {(r["dataset"], r["scenario"], r["seed"], r["querier"]) for r in records}
     state = {"profile": profile_name, "datasets": datasets, "settings": settings, "machine": machine(),

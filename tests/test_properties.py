@@ -280,17 +280,22 @@ LOCAL_DATA = {
 }
 
 
+def cheap(config: dict | None) -> dict:
+    """The drawn settings over cheap ones: a query with the defaults takes seconds."""
+    base = {"phase1_epochs": 1, "phase2_epochs": 1, "probe": {"steps": 2, "num_samples": 16},
+            "inversion": {"samples_per_class": 8, "steps": 2}}
+    config = config or {}
+    return {**base, **config, "probe": {**base["probe"], **config.get("probe", {})},
+            "inversion": {**base["inversion"], **config.get("inversion", {})}}
+
+
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(QUERY_CLASSES, mostly(st.just("tensors"), st.sampled_from(sorted(LOCAL_DATA))), mostly(st.none(), query_configs()),
        mostly(st.just("dict"), st.sampled_from(["list", "int-keys"])), mostly(st.none(), SCALARS))
 def test_qkt_query_answers_or_raises_one_qkt_error(tiny_parties, query_classes, local, config, teachers, num_classes):
     student, teacher, (x, y) = tiny_parties
     named = {"dict": {"t": teacher}, "list": [teacher], "int-keys": {0: teacher}}[teachers]
-    base = {"phase1_epochs": 1, "phase2_epochs": 1, "probe": {"steps": 2, "num_samples": 16},
-            "inversion": {"samples_per_class": 8, "steps": 2}}
-    config = config or {}  # the drawn settings over the cheap ones (a query with the defaults takes seconds)
-    settings_ = {**base, **config, "probe": {**base["probe"], **config.get("probe", {})},
-                 "inversion": {**base["inversion"], **config.get("inversion", {})}}
+    settings_ = cheap(config)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the notes of a query that works are not under test here
@@ -324,11 +329,7 @@ def test_the_options_of_qkt_query_work_or_raise_one_qkt_error(tiny_parties, opti
     if "public_inputs" in options:
         options = {**options, "public_inputs": PUBLIC_INPUTS[options["public_inputs"]](x)}
     teacher = teacher if teacher_type == "float32" else copy.deepcopy(teacher).double()
-    base = {"phase1_epochs": 1, "phase2_epochs": 1, "probe": {"steps": 2, "num_samples": 16},
-            "inversion": {"samples_per_class": 8, "steps": 2}}
-    config = config or {}
-    settings_ = {**base, **config, "probe": {**base["probe"], **config.get("probe", {})},
-                 "inversion": {**base["inversion"], **config.get("inversion", {})}}
+    settings_ = cheap(config)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

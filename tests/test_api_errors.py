@@ -334,6 +334,9 @@ def test_a_gated_model_built_by_hand_checks_its_query():
     assert GatedModel(model, model, 2, 4).query.tolist() == [False, False, True, False]
     with pytest.raises(qkt.QueryError, match=r"query class\(es\) \[4\] are outside the label space 0..3"):
         GatedModel(model, model, [4], 4)
+    wider = build_model("mlp", (8,), 5)
+    with pytest.raises(qkt.QueryError, match=r"the new model outputs logits of shape \(3, 5\); the gate was built for num_classes=4"):
+        GatedModel(model, wider, 2, 4)(torch.zeros(3, 8))
 
 
 def test_a_transfer_set_of_one_input_is_refused(world):

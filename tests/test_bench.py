@@ -389,15 +389,20 @@ def test_resume_refuses_methods_the_kept_queries_did_not_run(quick_digits, tmp_p
         bench.run_bench("quick", ["digits"], tmp_path, resume=True, progress=False, methods=["local", "qkt"])
 
 
-def test_a_bench_with_no_eligible_query_fails_and_leaves_no_tables_of_another_run(quick_digits, tmp_path, capsys):
-    for name in ("bench.json", "bench.md", "headline.md", "bench.csv", "bench.png"):
+def test_a_bench_with_no_eligible_query_fails_and_leaves_the_folder_as_it_was(quick_digits, tmp_path, capsys):
+    """A user who pointed a new scenario at a finished run's folder without --resume keeps that run."""
+    names = ("bench.json", "bench.md", "headline.md", "bench.csv", "bench.png")
+    for name in names:
         shutil.copy(quick_digits / name, tmp_path / name)
     # ten query classes of ten: no party lacks them all while others hold them
     assert main(["bench", "--profile", "quick", "--dataset", "digits", "--scenario", "multi-10", "--output", str(tmp_path),
                  "--quiet"]) == 2
-    assert "no query of multi-10 is eligible on digits" in capsys.readouterr().err
-    assert json.loads((tmp_path / "bench.json").read_text())["records"] == []
-    assert not any((tmp_path / name).exists() for name in ("bench.md", "headline.md", "bench.csv", "bench.png"))
+    assert f"no query of multi-10 is eligible on digits (no party lacks such a query while others hold it): nothing written to {tmp_path}" \
+        in capsys.readouterr().err
+    assert all((tmp_path / name).read_bytes() == (quick_digits / name).read_bytes() for name in names)
+    assert main(["bench", "--profile", "quick", "--dataset", "digits", "--scenario", "multi-10", "--output", str(tmp_path / "new"),
+                 "--quiet"]) == 2
+    assert not (tmp_path / "new" / "bench.json").exists()
 
 
 def test_unknown_methods_and_a_missing_public_pool_stop_the_bench_before_any_training(tmp_path, monkeypatch):

@@ -185,22 +185,12 @@ def plot(summary: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-TABLES = ("bench.md", "headline.md", "bench.csv", "bench.png")
-
-
 def write_outputs(state: dict, output: Path) -> None:
-    """``bench.json`` (every query), ``bench.md`` and ``bench.csv`` (the tables), ``headline.md`` and ``bench.png``, all or none.
-
-    With no query scored, only ``bench.json``: the tables of a run the folder held before are removed.
-    """
+    """``bench.json`` (every query of ``state``, at least one), ``bench.md`` and ``bench.csv`` (the tables), ``headline.md`` and ``bench.png``, all or none."""
     summary = summarize(state["records"])
     state["summary"] = summary
     with all_or_nothing():
         atomic_write(output / "bench.json", json.dumps(json_safe(state), indent=1, allow_nan=False).encode())
-        if not summary:
-            for name in TABLES:
-                (output / name).unlink(missing_ok=True)
-            return
         scale = " --whole-dataset" if state["whole_dataset"] else ""
         header = (f"qkt bench --profile {state['profile']}{scale} ({', '.join(state['datasets'])}); {state['started']}; "
                   f"{state['machine']}; wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s\n\n")

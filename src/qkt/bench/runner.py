@@ -332,6 +332,7 @@ def run_bench(profile_name: str, datasets: Sequence[str] | None, output: Path, d
                              progress, methods, device)
     state["wall_seconds"] = time.perf_counter() - wall
     state["cpu_seconds"] = time.process_time() - cpu
-    write_outputs(state, output)
+    if records:  # a run that scored nothing leaves the folder, and a run it may hold, as they were
+        write_outputs(state, output)
     return state
 

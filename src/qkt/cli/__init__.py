@@ -86,7 +86,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       device=args.device, seeds=args.seed)
     if not state["records"]:
         raise QKTError(f"no query of {', '.join(args.scenario or ['the profile'])} is eligible on {', '.join(state['datasets'])} "
-                       f"(no party lacks such a query while others hold it): {args.output}/bench.json records none")
+                       f"(no party lacks such a query while others hold it): nothing written to {args.output}")
     print((args.output / "bench.md").read_text())
     print(f"wrote {args.output}/bench.json, bench.md, bench.csv, headline.md and bench.png "
           f"(wall {state['wall_seconds']:.0f} s, CPU {state['cpu_seconds']:.0f} s)")

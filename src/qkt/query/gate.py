@@ -79,6 +79,12 @@ class GatedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         new = self.new(fast_layout(x, self.new))
         original = self.original(fast_layout(x, self.original))
+        for name, logits in (("new", new), ("original", original)):
+            if logits.ndim != 2 or logits.shape[1] != self.query.numel():
+                raise QueryError(
+                    f"GatedModel: the {name} model outputs logits of shape {tuple(logits.shape)}; "
+                    f"the gate was built for num_classes={self.query.numel()} (shape (batch, {self.query.numel()}))"
+                )
         routed = (self.query_mass(new) > self.threshold)[:, None]
         return torch.where(routed, F.log_softmax(new, dim=1), F.log_softmax(original, dim=1))
 

@@ -274,10 +274,10 @@ def test_a_student_without_values_is_refused(world):
 
 
 @pytest.mark.parametrize(("teacher", "says"), [
-    (lambda t, x, y: qkt.Teacher(t, holdout=(x, y.float())), "a teacher's held-out labels must be one integer class index per input"),
+    (lambda t, x, y: qkt.Teacher(t, holdout=(x, y.float())), "a teacher's held-out labels must be a 1-D integer tensor of class indices, not torch.float32"),
     (lambda t, x, y: qkt.Teacher(t, holdout=(y, x)), "a teacher's held-out inputs are torch.int64"),
     (lambda t, x, y: qkt.Teacher(t, holdout=(x * float("nan"), y)), "a teacher's held-out inputs hold"),
-    (lambda t, x, y: qkt.Teacher(t, holdout=(x[:0], y[:0])), "a teacher's held-out data are empty"),
+    (lambda t, x, y: qkt.Teacher(t, holdout=(x[:0], y[:0])), "a teacher's held-out data must be non-empty inputs and labels of equal length (got 0 and 0)"),
     (lambda t, x, y: qkt.Teacher(t, holdout=(x, y, y)), "a teacher's held-out data must be a pair (inputs, labels), not tuple of 3"),
     (lambda t, x, y: qkt.Teacher(t, policy={"noise": "none"}), "a teacher's policy must be a qkt.TeacherPolicy, not dict"),
 ], ids=["float-labels", "swapped", "nan", "empty", "three", "policy-dict"])

@@ -99,6 +99,18 @@ def as_tensors(local_data: object, dtype: torch.dtype | None = None, what: str =
     return as_inputs(x, dtype, f"{what} inputs"), y
 
 
+def class_indices(labels: torch.Tensor, num_inputs: int, what: str = "local") -> torch.Tensor:
+    """``labels`` as int64 class indices on the CPU, after checking there is one integer per input and at least one input.
+
+    ``what`` names the data in the one-line :class:`~qkt.errors.QueryError` that refuses them.
+    """
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool or labels.ndim != 1:
+        raise QueryError(f"{what} labels must be a 1-D integer tensor of class indices, not {labels.dtype} of shape {tuple(labels.shape)}")
+    if len(labels) != num_inputs or not num_inputs:
+        raise QueryError(f"{what} data must be non-empty inputs and labels of equal length (got {num_inputs} and {len(labels)})")
+    return labels.long().cpu()  # the losses take int64 class indices; the few label tensors live on the CPU
+
+
 def as_inputs(value: object, dtype: torch.dtype | None = None, what: str = "local inputs") -> torch.Tensor:
     """``value`` (a tensor or a NumPy array) as a batch of finite floating-point inputs, cast to ``dtype`` unless it is None.
 

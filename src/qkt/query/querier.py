@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import QueryConfig, TrustConfig
 from ..errors import QueryError, QueryFailed
-from ..inputs import DatasetRows, LocalData, as_samples
+from ..inputs import DatasetRows, LocalData, as_samples, class_indices
 from ..models import find_head
 from ..training import Amp, model_device, resolve_device
 from . import inputs, probe, trust
@@ -101,11 +101,7 @@ def vet_experts(experts: Mapping[str, nn.Module], scores: Mapping[str, Sequence[
 def check_local_data(local_x: torch.Tensor | DatasetRows, local_y: torch.Tensor, query_classes: Sequence[int] | int,
                      num_classes: int) -> tuple[tuple[int, ...], torch.Tensor, list[str]]:
     """The query's classes sorted and checked, the labels as int64 on the CPU, and a note per query class the querier already holds."""
-    if len(local_x) != len(local_y) or not len(local_x):
-        raise QueryError(f"local data must be non-empty inputs and labels of equal length (got {len(local_x)} and {len(local_y)})")
-    if local_y.dtype.is_floating_point or local_y.dtype.is_complex or local_y.dtype == torch.bool or local_y.ndim != 1:
-        raise QueryError(f"local labels must be a 1-D integer tensor of class indices, not {local_y.dtype} of shape {tuple(local_y.shape)}")
-    local_y = local_y.long().cpu()  # the losses take int64 class indices; the few label tensors live on the CPU
+    local_y = class_indices(local_y, len(local_x))
     if local_y.min() < 0 or local_y.max() >= num_classes:
         raise QueryError(f"local labels must lie in 0..{num_classes - 1}; got {int(local_y.min())}..{int(local_y.max())}")
     query = probe.check_query(query_classes, num_classes)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import QueryError
-from ..inputs import as_tensors
+from ..inputs import as_tensors, class_indices
 from . import light, privacy, probe
 from .messages import Announcement
 
@@ -95,12 +95,7 @@ class Teacher:
             raise QueryError(f"a teacher's policy must be a qkt.TeacherPolicy, not {type(self.policy).__name__}")
         if self.holdout is not None:
             x, y = as_tensors(self.holdout, what="a teacher's held-out")
-            if not len(x):
-                raise QueryError("a teacher's held-out data are empty: give it samples to score itself on, or no holdout")
-            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1 or len(y) != len(x):
-                raise QueryError(f"a teacher's held-out labels must be one integer class index per input ({len(x)} inputs), "
-                                 f"not {y.dtype} of shape {tuple(y.shape)}")
-            self.holdout = (x, y.long())
+            self.holdout = (x, class_indices(y, len(x), "a teacher's held-out"))
 
 
 def probe_scores(model: nn.Module, recipe: Announcement, holdout: tuple[torch.Tensor, torch.Tensor] | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 
 import numpy as np
@@ -12,7 +13,7 @@ import yaml
 pytest.importorskip("flwr")
 
 import tomli_w  # noqa: E402  (comes with flwr)
-from flwr.app import ConfigRecord, RecordDict  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict  # noqa: E402
 
 from qkt import training  # noqa: E402
 from qkt.cli import main  # noqa: E402
@@ -23,7 +24,7 @@ from qkt.flower import (  # noqa: E402
     wire,
 )
 from qkt.flower.client_app import train_round  # noqa: E402
-from qkt.flower.federation import querier_settings, run_config  # noqa: E402
+from qkt.flower.federation import APP_DIR, querier_settings, run_config  # noqa: E402
 from qkt.flower.party import Settings, blank_model, load_party, partition_id, read_querier_file, read_settings  # noqa: E402
 from qkt.models import build_model  # noqa: E402
 from qkt.query import export_weights, import_weights  # noqa: E402
@@ -56,6 +57,48 @@ def test_a_corrupt_teacher_is_rejected_with_a_clear_message(model, fault, messag
     sent, _ = wire.read_weights(wire.weights_content(faults.strike(fault, export_weights(model))))
     with pytest.raises(QueryError, match=message):
         import_weights(model, sent)
+
+
+def _npy_bomb() -> Array:
+    """About 150 bytes whose .npy header claims 10**12 float32s: np.load would allocate 3.6 TiB before reading."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+    return Array(dtype="float32", shape=(10**12,), stype="numpy.ndarray", data=header.getvalue() + bytes(16))
+
+
+@pytest.mark.parametrize(("reply", "says"), [
+    (lambda arrays: RecordDict({"weights": ConfigRecord({k: 1.0 for k in arrays})}), "its weights are a ConfigRecord"),
+    (lambda arrays: RecordDict({"refused": ConfigRecord({})}), "its weights reply is malformed (KeyError('reason'))"),
+    (lambda arrays: RecordDict({"refused": ArrayRecord({})}), "its weights reply is malformed"),
+    (lambda arrays: RecordDict({"weights": ArrayRecord({**{k: Array(v) for k, v in arrays.items()}, "head.bias": _npy_bomb()})}),
+     "weight 'head.bias' claims shape (1000000000000,) of float32 (4,000,000,000,000 bytes) in 16 bytes of data"),
+    (lambda arrays: wire.weights_content(arrays, -1e9), "it says it spent -1000000000.0 s, outside 0..600 s"),
+    (lambda arrays: wire.weights_content(arrays, float("nan")), "it says it spent nan s"),
+    (lambda arrays: wire.weights_content(arrays, 1e300), "it says it spent 1e+300 s"),
+], ids=["config-record", "refusal-without-reason", "refusal-of-arrays", "npy-header-bomb", "negative-seconds", "nan-seconds",
+        "seconds-beyond-the-wait"])
+def test_a_weights_reply_that_cannot_be_read_costs_its_teacher_one_query_error(model, reply, says):
+    """Not a crash of the whole query, nor terabytes allocated for a reply of a few bytes, nor a lie in the query's time."""
+    with pytest.raises(QueryError) as info:
+        wire.read_weights(reply(export_weights(model)), waited=600.0)
+    assert says in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), 601.0])
+def test_a_probe_reply_that_says_it_took_longer_than_the_wait_is_refused(seconds):
+    with pytest.raises(QueryError, match="outside 0..600 s, the querier's wait for the reply"):
+        wire.read_scores(wire.scores_content("4", np.array([0.5], dtype=np.float32), seconds), waited=600.0)
+
+
+@pytest.mark.parametrize(("weight", "says"), [
+    (lambda ref: (ref + 1j * np.nan).astype(np.complex64), "is torch.complex64, expected torch.float32"),
+    (lambda ref: np.full(ref.shape, 1e300), r"holds NaN or infinite values \(as torch.float32\)"),
+], ids=["complex", "finite-as-float64-only"])
+def test_received_weights_are_checked_as_the_model_holds_them(model, weight, says):
+    arrays = export_weights(model)
+    arrays["head.weight"] = weight(arrays["head.weight"])
+    with pytest.raises(QueryError, match=says):
+        import_weights(model, arrays)
 
 
 def test_an_unknown_fault_is_refused(model):
@@ -133,10 +176,34 @@ def test_the_querier_reads_its_own_settings_from_its_file(tmp_path, monkeypatch)
     ({"qkt-config": "query: {lam: 2.0}"}, "holds query, which every party would receive"),
     ({"qkt-config": "methods: [qkt]\noutput: x"}, "holds methods, output"),
     ({"qkt-config": "partition: {num_parties: 4}", "min-supernodes": 5}, "'min-supernodes' is 5: the run has 4 parties"),
+    ({"reply-timeout": "30s"}, "'reply-timeout' must be positive seconds, not '30s'"),
+    ({"reply-timeout": float("inf")}, "'reply-timeout' must be positive seconds, not inf"),
+    ({"reply-timeout": float("nan")}, "'reply-timeout' must be positive seconds, not nan"),
+    ({"min-supernodes": "all"}, "'min-supernodes' must be an integer, not 'all'"),
+    ({"min-supernodes": 2.9}, "'min-supernodes' must be an integer, not 2.9"),
+    ({"threads": "many"}, "'threads' must be an integer, not 'many'"),
+    ({"threads": 10**9}, "'threads' must be 1..1024, not 1000000000"),
+    ({"party-nodes": "1=5,1=6"}, "'party-nodes' binds party 1 twice"),
+    ({"party-nodes": "42=5"}, r"'party-nodes' binds party 42; the run has parties 0..9"),
+    ({"party-nodes": "0=5,1=5"}, r"'party-nodes' binds node\(s\) \[5\] to more than one party"),
+    ({"party-nodes": "1:5"}, "'party-nodes' must read like"),
 ])
 def test_bad_run_config_names_the_key(run, message):
+    """Read where Flower hands the app its run config (``flwr run --run-config``), which ``qkt flower run-config`` does not check."""
     with pytest.raises(ConfigError, match=message):
         read_settings(run)
+
+
+def test_integer_settings_written_on_a_command_line_are_read_as_integers():
+    settings = read_settings({"min-supernodes": "3", "threads": "2", "reply-timeout": "30", "party-nodes": "1=5, 2=6"})
+    assert (settings.min_supernodes, settings.threads, settings.reply_timeout, dict(settings.party_nodes)) == (3, 2, 30.0, {"1": 5, "2": 6})
+
+
+def test_the_app_declares_every_key_its_run_config_reads():
+    """Flower refuses a run config key the app does not declare: an undeclared one cannot be set in a deployment."""
+    declared = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(declared) == {"qkt-config", "reply-timeout", "min-supernodes", "threads", "party-nodes"}
+    assert read_settings(declared).party_nodes == {}
 
 
 def test_a_querier_file_that_cannot_work_is_refused():
@@ -151,6 +218,11 @@ def test_a_supernode_must_match_the_partition():
         partition_id({"partition-id": 3, "num-partitions": 5}, config)
     with pytest.raises(ConfigError, match="partition-id"):
         partition_id({}, config)
+    assert partition_id({"partition-id": "2", "num-partitions": "4"}, config) == 2
+    with pytest.raises(ConfigError, match="this SuperNode's node config 'partition-id' must be an integer, not 1.9"):
+        partition_id({"partition-id": 1.9}, config)  # would play party 1
+    with pytest.raises(ConfigError, match="'partition-id' must be an integer, not 'one'"):
+        partition_id({"partition-id": "one"}, config)
 
 
 def test_a_flower_client_keeps_the_local_epoch_budget_over_its_rounds(tmp_path, monkeypatch):

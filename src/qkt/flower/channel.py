@@ -11,6 +11,7 @@ for its own computation. Parties compute on their own machines, so the channel i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -40,15 +41,16 @@ def exchange(grid: Grid, contents: dict[int, RecordDict], kind: str, timeout: fl
     return out
 
 
-def read_probe_replies(replies: dict[int, RecordDict | str], teachers: Sequence[str], nodes: Mapping[str, int] | None = None
-                       ) -> tuple[dict[str, tuple[np.ndarray | str, float]], dict[str, int], set[int], dict[str, str]]:
+def read_probe_replies(replies: dict[int, RecordDict | str], teachers: Sequence[str], nodes: Mapping[str, int] | None = None,
+                       waited: float = math.inf) -> tuple[dict[str, tuple[np.ndarray | str, float]], dict[str, int], set[int], dict[str, str]]:
     """Each teacher's scores (or why it refused) and seconds in party order, its node, the querier's own nodes, and the other nodes with why they count for nothing.
 
     A reply that cannot be read, or that names a party which is no teacher of the run
     (an unknown party, or one that already answered), loses its node, not the query.
     ``nodes`` binds parties to the authenticated SuperNodes that play them (Flower's node
     ids): a reply naming a bound party from another node is an impostor's, and costs only
-    the impostor its reply.
+    the impostor its reply. A reply saying it took longer than the querier ``waited`` is
+    unreadable too: its seconds would go into the query's reported time.
     """
     scores, node_of, own, strangers = {}, {}, set(), {}
     for node, reply in replies.items():
@@ -56,7 +58,7 @@ def read_probe_replies(replies: dict[int, RecordDict | str], teachers: Sequence[
             strangers[f"node {node}"] = reply
             continue
         try:
-            party, party_scores, seconds = wire.read_scores(reply)
+            party, party_scores, seconds = wire.read_scores(reply, waited)
         except QueryError as exc:
             strangers[f"node {node}"] = str(exc)
             continue
@@ -112,7 +114,8 @@ class FlowerChannel(TeacherChannel):
         self.query_id = wire.query_id(announcement)
         first, nodes = len(self.grid.log), list(self.grid.get_node_ids())
         replies = exchange(self.grid, {n: wire.announce_content(announcement) for n in nodes}, wire.PROBE, self.timeout)
-        scores, self.node_of, _, self.strangers = read_probe_replies(replies, [n for n in names if n in self._teachers], self.nodes)
+        scores, self.node_of, _, self.strangers = read_probe_replies(replies, [n for n in names if n in self._teachers], self.nodes,
+                                                                     self.timeout)
         sent, received = self._bytes(first)
         # A teacher that gave no reply cannot be told from the other nodes; each got the same announcement.
         announce_bytes = max(sent.values(), default=0)
@@ -141,7 +144,7 @@ class FlowerChannel(TeacherChannel):
                 out[name] = Failure(reply, sent.get(node, 0), received.get(node, 0))
                 continue
             try:
-                arrays, seconds = wire.read_weights(reply)
+                arrays, seconds = wire.read_weights(reply, self.timeout)
             except QueryError as exc:
                 out[name] = Failure(str(exc), sent.get(node, 0), received.get(node, 0))
                 continue

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,8 @@ from ..training import checkpoint_key, load_checkpoint, save_checkpoint, train_a
 QUERIER_ENV = "QKT_QUERIER_CONFIG"
 SHARED_SECTIONS = ("data", "partition", "scenario", "training", "federated")
 QUERIER_KEYS = ("query", "methods", "output-dir")
+# Far above any machine's cores; torch would try to start as many threads as asked.
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -109,19 +113,52 @@ def read_settings(run_config: Mapping[str, object], querier: Mapping[str, object
         pooled = [m for m in config.methods if METHODS[m].settings.get("public_pool")] or ["query.public_pool"]
         raise ConfigError(f"the Flower app cannot pass a public pool to the query: {', '.join(pooled)} draw(s) one; set "
                           "query.public_pool to 0 and leave out the public-pool methods, or run them with qkt run or qkt bench")
-    timeout = float(run_config.get("reply-timeout", 600.0))
-    if timeout <= 0:
-        raise ConfigError(f"run config 'reply-timeout' must be positive, not {timeout:g}")
-    parties, min_supernodes = config.partition.num_parties, int(run_config.get("min-supernodes", 0))
+    timeout = run_config.get("reply-timeout", 600.0)
+    try:
+        seconds = float(timeout) if isinstance(timeout, int | float | str) and not isinstance(timeout, bool) else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:  # an infinite or NaN timeout would wait for a lost party for ever
+        raise ConfigError(f"run config 'reply-timeout' must be positive seconds, not {timeout!r}")
+    parties = config.partition.num_parties
+    min_supernodes = _count(run_config, "min-supernodes", 0)
     if not 0 <= min_supernodes <= parties:  # more would wait out the whole reply-timeout before failing
         raise ConfigError(f"run config 'min-supernodes' is {min_supernodes}: the run has {parties} parties, "
                           f"{parties - 1} besides the querier")
+    threads = _count(run_config, "threads", 1)
+    if not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"run config 'threads' must be 1..{MAX_THREADS}, not {threads}")
+    return Settings(config, Path(str(querier.get("output-dir", "qkt-output/flower"))).expanduser(), seconds,
+                    min_supernodes, threads, _party_nodes(str(run_config.get("party-nodes", "")), parties))
+
+
+def _count(settings: Mapping[str, object], key: str, default: int, where: str = "run config") -> int:
+    """An integer setting as written (TOML's 2, or "2" from a command line): 2.9 or "all" are refused, not truncated."""
+    value = settings.get(key, default)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where} '{key}' must be an integer, not {value!r}")
+    return value
+
+
+def _party_nodes(text: str, parties: int) -> dict[str, int]:
+    """``party-nodes`` ("1=8214,2=553") as party name → node id: each party once, in the run, on a node of its own."""
+    bound: dict[str, int] = {}
     try:
-        party_nodes = {str(int(k)): int(v) for k, v in (pair.split("=") for pair in str(run_config.get("party-nodes", "")).split(",") if pair.strip())}
+        for pair in filter(str.strip, text.split(",")):
+            party, node = (int(part) for part in pair.split("="))
+            if str(party) in bound:
+                raise ConfigError(f"run config 'party-nodes' binds party {party} twice")
+            if not 0 <= party < parties:
+                raise ConfigError(f"run config 'party-nodes' binds party {party}; the run has parties 0..{parties - 1}")
+            bound[str(party)] = node
     except ValueError:
-        raise ConfigError(f"run config 'party-nodes' must read like \"1=8214,2=553\" (party=node id), not {run_config.get('party-nodes')!r}") from None
-    return Settings(config, Path(str(querier.get("output-dir", "qkt-output/flower"))).expanduser(), timeout,
-                    min_supernodes, max(1, int(run_config.get("threads", 1))), party_nodes)
+        raise ConfigError(f"run config 'party-nodes' must read like \"1=8214,2=553\" (party=node id), not {text!r}") from None
+    shared = sorted({node for node in bound.values() if list(bound.values()).count(node) > 1})
+    if shared:  # one node cannot play two parties: it would answer for both
+        raise ConfigError(f"run config 'party-nodes' binds node(s) {shared} to more than one party")
+    return bound
 
 
 def read_querier_file(path: str | os.PathLike | None = None) -> dict[str, object]:
@@ -143,7 +180,8 @@ def partition_id(node_config: Mapping[str, object], config: RunConfig) -> int:
     """The party a SuperNode plays, checked against the partition of the run."""
     if "partition-id" not in node_config:
         raise ConfigError("this SuperNode has no 'partition-id': start it with --node-config 'partition-id=K num-partitions=N'")
-    index, total = int(node_config["partition-id"]), int(node_config.get("num-partitions", config.partition.num_parties))
+    index = _count(node_config, "partition-id", 0, "this SuperNode's node config")
+    total = _count(node_config, "num-partitions", config.partition.num_parties, "this SuperNode's node config")
     if total != config.partition.num_parties or not 0 <= index < total:
         raise ConfigError(f"SuperNode says partition-id={index} num-partitions={total}, but the run has "
                           f"partition.num_parties={config.partition.num_parties}")

@@ -144,10 +144,12 @@ def main(grid: Grid, context: Context) -> None:
     log_with_flower()
     try:
         summary = run(grid, settings)
-    except QKTError as exc:
-        # Written out so the caller (qkt flower, a test) can show the reason without digging in Flower's logs.
+    except Exception as exc:
+        # Written out so the caller (qkt flower, a test) can show the reason without digging in Flower's logs;
+        # an unforeseen error too, named by its type, rather than a run that wrote nothing.
         settings.output_dir.mkdir(parents=True, exist_ok=True)
-        (settings.output_dir / "error.txt").write_text(f"{exc}\n")
+        reason = str(exc) if isinstance(exc, QKTError) else f"{type(exc).__name__}: {exc} (a bug in qkt: the traceback is in Flower's logs)"
+        (settings.output_dir / "error.txt").write_text(f"{reason}\n")
         raise
     write_outputs(summary, settings.output_dir)
     log.info("wrote %s", settings.output_dir / "results.json")

@@ -9,10 +9,13 @@ into ``RecordDict`` s and back.
 from __future__ import annotations
 
 import hashlib
+import io
+import math
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.constant import SType
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -21,6 +24,8 @@ from ..query.messages import Announcement
 
 PROBE = "query.probe"
 WEIGHTS = "query.weights"
+# Characters of a teacher's refusal or a malformed reply that reach the querier's report and logs.
+MAX_REASON = 500
 
 
 def announce_content(announcement: Announcement) -> RecordDict:
@@ -57,13 +62,21 @@ def query_id(announcement: Announcement) -> str:
 def read_refusal(content: RecordDict) -> str | None:
     """Why the replying teacher refused the announcement, or None for an answer."""
     try:
-        return str(content["scores"]["refused"])
+        return str(content["scores"]["refused"])[:MAX_REASON]
     except (KeyError, TypeError):
         return None
 
 
-def read_scores(content: RecordDict) -> tuple[str, np.ndarray | None, float]:
-    """The replying party, its scores (``None`` from the querier itself) and the seconds it spent.
+def _seconds(record: ConfigRecord, waited: float) -> float:
+    """The seconds a teacher says it spent, which go into the query's reported time: no more than the querier ``waited`` for it."""
+    seconds = float(record.get("seconds", 0.0))
+    if not 0 <= seconds <= waited:
+        raise ValueError(f"it says it spent {seconds!r} s, outside 0..{waited:g} s, the querier's wait for the reply")
+    return seconds
+
+
+def read_scores(content: RecordDict, waited: float = math.inf) -> tuple[str, np.ndarray | None, float]:
+    """The replying party, its scores (``None`` from the querier itself) and the seconds it spent (at most ``waited``).
 
     Raises :class:`~qkt.errors.QueryError` for a reply that cannot be read, so that one
     broken or out-of-date peer costs its own answer, not the query; whether the scores
@@ -71,7 +84,7 @@ def read_scores(content: RecordDict) -> tuple[str, np.ndarray | None, float]:
     """
     try:
         record = content["scores"]
-        party, seconds = str(record["party"]), float(record.get("seconds", 0.0))
+        party, seconds = str(record["party"]), _seconds(record, waited)
         scores = np.asarray(record["scores"], dtype=np.float32) if "scores" in record else None
     except (KeyError, TypeError, ValueError) as exc:
         raise QueryError(f"its reply to the announcement is malformed ({exc!r})") from None
@@ -84,15 +97,41 @@ def weights_content(arrays: Mapping[str, np.ndarray], seconds: float = 0.0) -> R
                        "cost": ConfigRecord({"seconds": float(seconds)})})
 
 
-def read_weights(content: RecordDict) -> tuple[dict[str, np.ndarray], float]:
-    if "refused" in content:
-        raise QueryError(f"refused to send its weights: {content['refused']['reason']}")
+def read_weights(content: RecordDict, waited: float = math.inf) -> tuple[dict[str, np.ndarray], float]:
+    """An expert's weights and the seconds it spent (at most ``waited``), or a :class:`~qkt.errors.QueryError` that costs that teacher alone.
+
+    Whether the arrays fit the querier's copy of the expert's architecture is its check
+    (:func:`~qkt.query.querier.import_weights`).
+    """
     try:
-        arrays = {k: a.numpy() for k, a in content["weights"].items()}
-        seconds = float(content["cost"]["seconds"]) if "cost" in content else 0.0
+        if "refused" in content:
+            raise QueryError(f"refused to send its weights: {str(content['refused']['reason'])[:MAX_REASON]}")
+        weights = content["weights"]
+        if not isinstance(weights, ArrayRecord):
+            raise TypeError(f"its weights are a {type(weights).__name__}, not an ArrayRecord")
+        arrays = {k: _decode(k, a) for k, a in weights.items()}
+        seconds = _seconds(content["cost"], waited) if "cost" in content else 0.0
     except (KeyError, TypeError, ValueError) as exc:
-        raise QueryError(f"its weights reply is malformed ({exc!r})") from None
+        raise QueryError(f"its weights reply is malformed ({exc!r})"[:MAX_REASON]) from None
     return arrays, seconds
+
+
+def _decode(key: str, array: Array) -> np.ndarray:
+    """``array`` as NumPy, once its .npy header is known to claim no more than its bytes hold.
+
+    ``np.load`` allocates the shape a header claims before reading the data: a reply of a
+    few bytes could otherwise ask the querier for terabytes.
+    """
+    if not isinstance(array, Array) or array.stype != SType.NUMPY:
+        raise TypeError(f"weight '{key}' is not a NumPy array")
+    stream = io.BytesIO(array.data)
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
+    claimed, held = math.prod(shape) * dtype.itemsize, len(array.data) - stream.tell()
+    if dtype.hasobject or claimed != held:
+        raise ValueError(f"weight '{key}' claims shape {shape} of {dtype} ({claimed:,} bytes) in {held:,} bytes of data")
+    return array.numpy()
 
 
 def wire_bytes(message: Message) -> int:

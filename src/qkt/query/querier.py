@@ -63,9 +63,13 @@ def import_weights(template: nn.Module, arrays: Mapping[str, np.ndarray]) -> nn.
         value = torch.as_tensor(np.asarray(arrays[key]))
         if value.shape != ref.shape:
             raise QueryError(f"received weight '{key}' has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
+        if value.is_complex():  # casting to a real type would drop the imaginary part with a warning, not an error
+            raise QueryError(f"received weight '{key}' is {value.dtype}, expected {ref.dtype}")
+        value = value.to(ref.dtype)
+        # after the cast: 1e300 in float64 is finite, and infinite as the float32 the model holds
         if value.is_floating_point() and not torch.isfinite(value).all():
-            raise QueryError(f"received weight '{key}' holds NaN or infinite values")
-        loaded[key] = value.to(ref.dtype)
+            raise QueryError(f"received weight '{key}' holds NaN or infinite values (as {ref.dtype})")
+        loaded[key] = value
     model.load_state_dict(loaded)
     return model.eval()
 

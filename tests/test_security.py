@@ -110,7 +110,7 @@ def test_a_teachers_own_policy_decides_its_noise_and_the_querier_records_the_ref
     teachers = {k: Teacher(m, policy=strict if k == "1" else TeacherPolicy()) for k, m in world.teachers.items()}
     _, report = _run(world, InProcessChannel(teachers))
     assert report.lost["1"].startswith("refused: the teacher answers only with Laplace noise")
-    with pytest.raises(QueryError, match="unknown noise 'gauss'"):
+    with pytest.raises(QueryError, match="noise is 'gauss'; choose among none, laplace"):
         TeacherPolicy(noise="gauss")
 
 
@@ -121,15 +121,15 @@ def test_a_teacher_sends_weights_only_for_a_query_it_answered_as_an_expert():
     from flwr.app import ConfigRecord, RecordDict
 
     from qkt.flower import wire
-    from qkt.flower.client_app import remember_answer, weights_refusal
+    from qkt.flower.client_app import answered, remember_answer, weights_refusal
 
     state = RecordDict()
     announcement = Announcement((3,), 10, (64,), threshold=0.2)
     ask = ConfigRecord({"half": False, "query": wire.query_id(announcement)})
     assert weights_refusal(state, ask) == "it answered no announcement of this query"
-    remember_answer(state, announcement, [0.05])
+    remember_answer(state, announcement, TeacherPolicy().is_expert(announcement, [0.05]), answered(state))
     assert weights_refusal(state, ask) == "its scores did not make it an expert of the query"
-    remember_answer(state, announcement, [0.5])
+    remember_answer(state, announcement, TeacherPolicy().is_expert(announcement, [0.5]), answered(state))
     assert weights_refusal(state, ask) is None
     other = ConfigRecord({"half": False, "query": wire.query_id(Announcement((4,), 10, (64,), threshold=0.2))})
     assert weights_refusal(state, other) == "it answered no announcement of this query"

@@ -10,49 +10,124 @@ FedProx strategies.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from torch import nn
 
 from ..baselines.fedavg import round_epochs
 from ..baselines.fedprox import proximal_loss
-from ..errors import ConfigError
+from ..errors import ConfigError, QueryError
 from ..query.messages import Announcement
-from ..query.teacher import Refused, TeacherPolicy, answer_probe, export_weights
+from ..query.teacher import NOTHING_ANSWERED, Answered, InvalidPolicy, TeacherPolicy, answer_probe, export_weights
 from ..training import cross_entropy_loss, set_threads, train_as_party
 from . import faults, wire
 from .party import Party, Settings, blank_model, load_party, partition_id, read_settings, trained_model
 
 app = ClientApp()
+TRAIN_REFUSAL = ("refused: this party's node config keeps it out of federated training "
+                 "(it sets a qkt-* privacy option; qkt-federated=true lets it in)")
 
 
-def _party(context: Context) -> tuple[Party, Settings]:
-    settings = read_settings(context.run_config)
-    # One thread by default: several parties often share a machine, and oversubscribed cores slow torch tenfold.
-    set_threads(int(context.node_config.get("threads", 1)))
-    return load_party(settings.config, partition_id(context.node_config, settings.config)), settings
+INVALID_POLICY = "this SuperNode's privacy policy (node config qkt-*) is invalid"
 
 
-def policy(node_config: Mapping[str, object]) -> TeacherPolicy:
-    """This party's own privacy policy, from its SuperNode's node config (``qkt-noise``, ``qkt-max-epsilon``,
-    ``qkt-classes`` as "1,4,7", ``qkt-max-query-share``), never from the querier's run config."""
+def _whole(value: object) -> int:
+    if isinstance(value, bool) or not re.fullmatch(r"[+-]?\d+", str(value).strip()):
+        raise ValueError(f"is '{value}', not a whole number")
+    return int(value)
+
+
+def _number(value: object) -> float:
     try:
-        classes = str(node_config.get("qkt-classes", "")).strip()
-        return TeacherPolicy(noise=str(node_config.get("qkt-noise", "none")),
-                             max_epsilon=float(node_config.get("qkt-max-epsilon", float("inf"))),
-                             classes=tuple(int(c) for c in classes.split(",")) if classes else None,
-                             max_query_share=float(node_config.get("qkt-max-query-share", 1.0)))
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"is '{value}', not a number") from None
+
+
+def _classes(value: object) -> tuple[int, ...] | None:
+    text = str(value).strip()
+    return tuple(_whole(c) for c in text.split(",")) if text else None
+
+
+# The policy fields a SuperNode sets, each from node config qkt-<field with dashes>, and how to read its value.
+POLICY_OPTIONS: dict[str, Callable[[object], object]] = {
+    "noise": str, "max_epsilon": _number, "classes": _classes, "max_query_share": _number, "min_expert_score": _number,
+    "max_answers": _whole,
+}
+
+
+def option(field: str) -> str:
+    """The node config key of the policy field ``field``."""
+    return "qkt-" + field.replace("_", "-")
+
+
+def policy(node_config: Mapping[str, object], num_classes: int | None = None) -> TeacherPolicy:
+    """This party's own privacy policy, from its SuperNode's node config (``qkt-noise``, ``qkt-max-epsilon``,
+    ``qkt-classes`` as "1,4,7", ``qkt-max-query-share``, ``qkt-min-expert-score``, ``qkt-max-answers``), never from
+    the querier's run config; classes are checked against the label space of ``num_classes`` if given."""
+    values = {}
+    for field, read in POLICY_OPTIONS.items():
+        if option(field) in node_config:
+            try:
+                values[field] = read(node_config[option(field)])
+            except ValueError as exc:
+                raise ConfigError(f"{INVALID_POLICY}: {option(field)} {exc}") from None
+    try:
+        own = TeacherPolicy(**values)
+    except InvalidPolicy as exc:
+        raise ConfigError(f"{INVALID_POLICY}: {exc.naming(option)}") from None
+    if own.classes is not None and num_classes is not None and max(own.classes) >= num_classes:
+        raise ConfigError(f"{INVALID_POLICY}: {option('classes')} names {max(own.classes)}, outside the label space 0..{num_classes - 1}")
+    return own
+
+
+def federated(node_config: Mapping[str, object]) -> bool:
+    """Whether this party trains in FedAvg/FedProx rounds (node config ``qkt-federated``): each round hands the
+    server a model trained on its whole share. By default yes, unless it sets any qkt-* privacy option."""
+    if "qkt-federated" not in node_config:
+        return not any(option(field) in node_config for field in POLICY_OPTIONS)
+    value = node_config["qkt-federated"]
+    if str(value).strip().lower() not in ("true", "false"):
+        raise ConfigError(f"node config qkt-federated is '{value}'; choose true or false")
+    return str(value).strip().lower() == "true"
+
+
+def _party(context: Context) -> tuple[Party, Settings, TeacherPolicy]:
+    settings = read_settings(context.run_config)
+    try:
+        threads = _whole(context.node_config.get("threads", 1))
+        if threads < 1:
+            raise ValueError(f"is {threads}; it must be at least 1")
     except ValueError as exc:
-        raise ConfigError(f"this SuperNode's privacy policy (node config qkt-*) is invalid: {exc}") from None
+        raise ConfigError(f"node config threads {exc}") from None
+    # One thread by default: several parties often share a machine, and oversubscribed cores slow torch tenfold.
+    set_threads(threads)
+    party = load_party(settings.config, partition_id(context.node_config, settings.config))
+    return party, settings, policy(context.node_config, party.dataset.num_classes)
 
 
-def remember_answer(state: RecordDict, announcement: Announcement, scores: Sequence[float]) -> None:
-    """Keep, in the party's run state, which query it last answered and whether its own scores made it an expert."""
-    state["qkt-answered"] = ConfigRecord({"query": wire.query_id(announcement), "expert": announcement.is_expert(scores)})
+def answered(state: RecordDict) -> Answered:
+    """What the party has answered in this run, from its run state."""
+    if "qkt-answered" not in state:
+        return NOTHING_ANSWERED
+    record = state["qkt-answered"]
+    return Answered(int(record["answers"]), frozenset(record["classes"]))
+
+
+def remember_answer(state: RecordDict, announcement: Announcement, expert: bool, before: Answered) -> None:
+    """Keep, in the party's run state, which query it last answered, whether its own scores made it an expert, and
+    what it has answered in this run (``before``, and now this announcement)."""
+    now = before.plus(announcement)
+    state["qkt-answered"] = ConfigRecord({"query": wire.query_id(announcement), "expert": expert, "answers": now.count,
+                                          "classes": sorted(now.classes)})
 
 
 def weights_refusal(state: RecordDict, request: ConfigRecord) -> str | None:
@@ -68,17 +143,18 @@ def weights_refusal(state: RecordDict, request: ConfigRecord) -> str | None:
 @app.query("probe")
 def probe(message: Message, context: Context) -> Message:
     """Reply to the announcement with ``s[k, Q]``, computed on this party's own model; the querier's own node abstains."""
-    party, settings = _party(context)
+    party, settings, own = _party(context)
     if party.is_querier:
         return Message(wire.scores_content(party.name, None), reply_to=message)
     model = trained_model(settings.config, party)
     start = time.perf_counter()
-    announcement = wire.read_announcement(message.content)
+    before = answered(context.state)
     try:
-        scores = answer_probe(model, announcement, party.holdout, policy=policy(context.node_config))
-    except Refused as exc:
+        announcement = wire.read_announcement(message.content)
+        scores = answer_probe(model, announcement, party.holdout, policy=own, answered=before)
+    except QueryError as exc:  # a malformed announcement, or one this party's policy or data cannot answer: refused
         return Message(wire.refusal_content(party.name, str(exc)), reply_to=message)
-    remember_answer(context.state, announcement, scores)
+    remember_answer(context.state, announcement, own.is_expert(announcement, scores), before)
     return Message(wire.scores_content(party.name, scores, time.perf_counter() - start), reply_to=message)
 
 
@@ -88,7 +164,7 @@ def weights(message: Message, context: Context) -> Message:
     refusal = weights_refusal(context.state, message.content["request"])
     if refusal is not None:
         return Message(wire.weights_refusal(refusal), reply_to=message)
-    party, settings = _party(context)
+    party, settings, _ = _party(context)
     model = trained_model(settings.config, party)
     start = time.perf_counter()
     arrays = export_weights(model, half=bool(message.content["request"]["half"]))
@@ -116,8 +192,12 @@ def train_round(settings: Settings, party: Party, global_state: Mapping[str, tor
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    """One FedAvg/FedProx round on this party's own share; FedProx sends ``proximal-mu`` in the config."""
-    party, settings = _party(context)
+    """One FedAvg/FedProx round on this party's own share, if its node config lets it (:func:`federated`);
+    FedProx sends ``proximal-mu`` in the config."""
+    party, settings, _ = _party(context)
+    if not federated(context.node_config):
+        # An error reply is one Flower's strategies leave out of the round's average, as a node that failed.
+        return Message(Error(ErrorCode.MOD_FAILED_PRECONDITION, TRAIN_REFUSAL), reply_to=message)
     config = message.content["config"]
     model = train_round(settings, party, message.content["arrays"].to_torch_state_dict(), int(config["server-round"]),
                         int(config["local-epochs"]), float(config.get("proximal-mu", 0.0)))

@@ -8,17 +8,22 @@ These objects are the same whatever carries them: a query in one process
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+
 from ..config import QueryConfig
+from ..errors import QueryError
 
 T = TypeVar("T")
 
 SCORE_BYTES = 4  # one float32 per query class
+MESSAGE_CHARS = 200  # of a validation error in a refusal: it goes back to the querier and into its report
 
 
+# Strict: an announcement comes from another party, and a value coerced into shape would be answered as if asked for.
+@with_config(ConfigDict(strict=True, extra="forbid"))
 @dataclass(frozen=True)
 class Announcement:
     """What the querier sends every candidate teacher: the query, the input shape and the probe recipe. Nothing else."""
@@ -33,7 +38,7 @@ class Announcement:
     probe_seed: int = 0
     noise: str = "none"
     epsilon: float = 1.0
-    threshold: float = 0.0  # λ / |C|: the score that makes a teacher an expert, which it checks before sending weights
+    threshold: float = 0.0  # λ / |C|: the score that makes a teacher an expert to the querier; the teacher has its own floor
 
     @classmethod
     def from_config(cls, query: tuple[int, ...], num_classes: int, input_shape: tuple[int, ...], config: QueryConfig) -> Announcement:
@@ -41,18 +46,22 @@ class Announcement:
         return cls(query, num_classes, input_shape, p.kind, p.num_samples, p.steps, tuple(p.scales), p.seed, p.noise, p.epsilon,
                    config.lam / num_classes)
 
-    def is_expert(self, scores: Sequence[float]) -> bool:
-        """Whether a teacher replying ``scores`` is an expert of this query: a score at the threshold, or above
-        uniform (the querier's fallback for a class nobody reaches it for)."""
-        return any(s >= self.threshold or s > 1.0 / self.num_classes for s in scores)
-
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Announcement:
-        raw = json.loads(blob)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        """The announcement in ``blob``, each field of its own type (no other key, no string for a number, no float
+        for a count); a :class:`~qkt.errors.QueryError` names the first field that is not."""
+        try:
+            return _STRICT.validate_json(blob)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(map(str, error["loc"]))
+            raise QueryError(f"the announcement is malformed: {field + ': ' if field else ''}{error['msg'][:MESSAGE_CHARS]}") from None
+
+
+_STRICT = TypeAdapter(Announcement)
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,12 @@ def test_a_malformed_announcement_gets_a_refusal_with_the_reason_not_an_exceptio
     assert "scores" not in reply and says in reply["refused"]
 
 
+@pytest.mark.parametrize("content", [RecordDict(), RecordDict({"announce": ConfigRecord({"other": b""})})], ids=["no-record", "no-key"])
+def test_a_probe_message_without_an_announcement_gets_a_refusal(content):
+    reply = client_app.probe(message(content, wire.PROBE), context()).content["scores"]
+    assert "scores" not in reply and reply["refused"].startswith("the announcement is malformed: no announce.announcement")
+
+
 def test_a_refusal_names_a_long_list_of_classes_in_a_few_words():
     with pytest.raises(Refused) as caught:
         TeacherPolicy().check(Announcement(tuple(range(10**6)), 10, (64,)))

@@ -34,7 +34,12 @@ def announce_content(announcement: Announcement) -> RecordDict:
 
 
 def read_announcement(content: RecordDict) -> Announcement:
-    return Announcement.from_bytes(content["announce"]["announcement"])
+    """The announcement of a probe message; a :class:`~qkt.errors.QueryError`, which the teacher answers with a refusal, if none can be read."""
+    try:
+        blob = content["announce"]["announcement"]
+    except (KeyError, TypeError) as exc:
+        raise QueryError(f"the announcement is malformed: no announce.announcement ({exc!r})") from None
+    return Announcement.from_bytes(blob)
 
 
 def scores_content(party: str, scores: np.ndarray | None, seconds: float = 0.0) -> RecordDict:

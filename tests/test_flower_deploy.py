@@ -80,26 +80,29 @@ def test_a_query_across_authenticated_supernodes_over_tls_matches_the_in_process
 
 
 def test_lost_and_corrupt_teachers_are_dropped_and_named(tmp_path):
-    # Without masks every teacher is an expert, so each fault strikes when its weights are asked for.
-    config = parse_config({**QUICK, "partition": {"num_parties": 7, "alpha": 0.1, "seed": 0}, "methods": ["local", "qkt_no_masks"]})
+    # A fault strikes when a teacher's weights are asked for, which a teacher allows only as an expert: in this world
+    # the 'self' probe finds five experts of Q among the six teachers.
+    probe = {**QUICK["query"]["probe"], "kind": "self"}
+    config = parse_config({**QUICK, "query": {**QUICK["query"], "probe": probe},
+                           "partition": {"num_parties": 7, "alpha": 0.5, "seed": 0, "holdout": 0.2}, "methods": ["local", "qkt"]})
     party = load_party(config)
     held = class_counts(party.dataset.y_train, list(party.scenario.parts), party.dataset.num_classes)[:, party.scenario.query].sum(1)
-    # The faults strike the teachers holding least of Q, so that the healthy ones can still teach it.
-    teachers = sorted((k for k in range(7) if k != party.scenario.querier), key=lambda k: held[k])
-    faults = dict(zip(teachers, ["die", "hang", "nan", "shape"], strict=False))
+    # The faults strike the experts holding least of Q, so that the one holding most can still teach it.
+    experts = sorted((k for k in range(7) if k != party.scenario.querier), key=lambda k: held[k])[1:]
+    faults = dict(zip(experts, ["die", "hang", "nan", "shape"], strict=False))
     got, _, _ = deploy(tmp_path, config, faults, reply_timeout=60.0)
 
-    report = got["reports"]["qkt_no_masks"]
+    report = got["reports"]["qkt"]
     name = {fault: str(k) for k, fault in faults.items()}
     # Gone or silent teachers are lost; teachers whose weights do not fit are distrusted, with the reason.
     assert set(report["lost"]) == {name["die"], name["hang"]}
     assert "did not answer" in report["lost"][name["hang"]] and "did not answer" in report["lost"][name["die"]]
     assert "NaN" in report["distrusted"][name["nan"]][0] and "has shape" in report["distrusted"][name["shape"]][0]
-    healthy = {str(k) for k in teachers if k not in faults}
+    healthy = {str(k) for k in experts if k not in faults}
     assert {k for names in report["experts"].values() for k in names} <= healthy
     assert all(any(f"teacher '{name[f]}' was lost" in w for w in report["warnings"]) for f in ("die", "hang"))
     assert all(any(f"teacher '{name[f]}' distrusted" in w for w in report["warnings"]) for f in ("nan", "shape"))
-    assert got["methods"]["qkt_no_masks"]["query_accuracy"] > got["methods"]["local"]["query_accuracy"]
+    assert got["methods"]["qkt"]["query_accuracy"] > got["methods"]["local"]["query_accuracy"]
 
 
 def test_simulation_runs_the_query_and_flowers_own_fedavg(tmp_path, capsys):

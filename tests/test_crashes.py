@@ -345,6 +345,17 @@ def test_a_list_of_two_million_scales_is_refused_fast(capsys, tmp_path):
     assert time.perf_counter() - started < 5
 
 
+def test_a_yaml_config_whose_aliases_nest_a_billion_entries_is_refused_fast(capsys, tmp_path):
+    """454 bytes of anchors, each a list of ten of the one before: rendering the rejected value in the error never ended."""
+    lines = ["x0: &x0 [1,1,1,1,1,1,1,1,1,1]"] + [f"x{i}: &x{i} [" + ",".join([f"*x{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = tmp_path / "config.yaml"
+    path.write_text("\n".join(lines) + "\ntraining: {epochs: *x8}\n")
+    started = time.perf_counter()
+    assert main(["run", "--config", str(path)]) == 2
+    assert "training.epochs: Input should be a valid integer (got a list of 10 entries)" in capsys.readouterr().err
+    assert time.perf_counter() - started < 5
+
+
 # A valid entry of each list option: a new list option must be added here, and bounded.
 LIST_ENTRIES = {("query", "probe", "scales"): 1.0, ("scenario", "query"): 0, ("training", "teacher_archs"): "mlp",
                 ("methods",): "local"}

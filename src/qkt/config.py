@@ -382,9 +382,24 @@ def commented_yaml(config: BaseModel, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
+def _entries_within(value: object, most: int) -> bool:
+    """Whether ``value`` holds at most ``most`` entries, however deep, counted without walking more than that."""
+    pending, seen = [value], 0
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list | dict):
+            seen += len(item)
+            if seen > most:
+                return False
+            pending.extend(item.values() if isinstance(item, dict) else item)
+    return True
+
+
 def _shown(value: object) -> str:
     """A short rendering of a rejected value; YAML can give keys (dates, numbers) that JSON cannot write."""
-    if isinstance(value, list | dict) and len(value) > 10:  # rendering a huge one only to cut it short takes seconds
+    # Rendering a huge value only to cut it short takes seconds, or for ever: YAML aliases nest
+    # a few hundred bytes into 10**9 entries.
+    if isinstance(value, list | dict) and not _entries_within(value, 10):
         return f"a {type(value).__name__} of {len(value)} entries"
     try:
         text = json.dumps(value, default=str)

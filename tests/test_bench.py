@@ -380,6 +380,27 @@ def test_resume_on_a_file_that_is_no_bench_run_is_one_line(tmp_path, capsys, con
     assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
+def _first_method(state: dict) -> dict:
+    return next(iter(state["records"][0]["methods"].values()))
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (lambda s: _first_method(s).pop("details"), r"records\.0\.methods\.\w+\.details: Field required"),
+    (lambda s: _first_method(s).update(bytes_sent=None), r"records\.0\.methods\.\w+\.bytes_sent: Input should be a valid integer"),
+    (lambda s: s.update(settings="x"), "settings: Input should be a valid dictionary"),
+    (lambda s: s["records"][0].update(seed="0"), "records.0.seed: Input should be a valid integer"),
+    (lambda s: s["records"].append(s["records"][0]), r"records the query of querier \d+ \(digits/single/0\) twice"),
+], ids=["no-details", "null-bytes", "settings-string", "seed-string", "query-twice"])
+def test_resume_refuses_a_hand_edited_bench_json_before_any_query(quick_digits, tmp_path, monkeypatch, edit, says):
+    """Each edit passed the old check, then ran the queries still to do and failed writing the tables, losing them."""
+    state = json.loads((quick_digits / "bench.json").read_text())
+    edit(state)
+    (tmp_path / "bench.json").write_text(json.dumps(state))
+    monkeypatch.setattr(experiment, "run_methods", lambda *a, **k: pytest.fail("a query ran"))
+    with pytest.raises(QKTError, match=f"bench.json (is not a qkt bench run's bench.json: )?.*{says}"):
+        bench.run_bench("quick", ["digits"], tmp_path, resume=True, progress=False)
+
+
 def test_resume_refuses_methods_the_kept_queries_did_not_run(quick_digits, tmp_path, monkeypatch):
     """They would run on the queries not yet done only, and the tables would compare them on other queries than QKT."""
     shutil.copy(quick_digits / "bench.json", tmp_path / "bench.json")

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from tqdm.auto import tqdm
+from typing_extensions import NotRequired, TypedDict
 
 from .. import experiment, partition
 from ..baselines import federated_training, train_global
@@ -204,18 +206,67 @@ def check_resumed_methods(records: list[dict], wanted: Callable[[dict], list[str
                            "another --output and join the runs with benchmarks/merge_runs.py")
 
 
+# Strict, so that a seed of "0" is no seed 0: a query it misnames would run again, and the tables would fail after it.
+STRICT = with_config(ConfigDict(strict=True))
+
+
+@STRICT
+class _MethodRecord(TypedDict):
+    query_accuracy: float | None  # None: no test sample of the class
+    local_accuracy: float | None
+    overall_accuracy: float | None
+    forgetting: float | None
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+    teacher_seconds: NotRequired[float]  # records of an older qkt bench lack it
+    details: dict
+
+
+@STRICT
+class _Record(TypedDict):
+    dataset: str
+    scenario: str
+    seed: int
+    querier: int
+    query: list[int]
+    methods: dict[str, _MethodRecord]
+
+
+@STRICT
+class _Run(TypedDict):
+    records: list[_Record]
+    wall_seconds: float
+    cpu_seconds: float
+    settings: NotRequired[dict]
+    whole_dataset: NotRequired[bool]
+
+
+_RUN = TypeAdapter(_Run)
+
+
 def read_run(path: str | os.PathLike) -> dict:
-    """A ``qkt bench`` run as its ``bench.json`` holds it; a one-line :class:`QKTError` if ``path`` holds none."""
+    """A ``qkt bench`` run as its ``bench.json`` holds it; a one-line :class:`QKTError` if ``path`` holds none.
+
+    Every field the tables and ``--resume`` read is checked for its type, and each query
+    is recorded once, before any work, so that a hand-edited file fails here and not after
+    the queries still to do have run.
+    """
     path = Path(path)
     try:
         run = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise QKTError(f"{path} cannot be read as a qkt bench run ({type(exc).__name__}: {exc})") from None
-    keys = ("dataset", "scenario", "seed", "querier", "query", "methods")
-    records = run.get("records") if isinstance(run, dict) else None
-    if not (isinstance(records, list) and all(isinstance(r, dict) and all(k in r for k in keys) for r in records)
-            and isinstance(run.get("wall_seconds"), int | float) and isinstance(run.get("cpu_seconds"), int | float)):
-        raise QKTError(f"{path} is not a qkt bench run's bench.json (records of {', '.join(keys)}, and the run's seconds)")
+    try:
+        _RUN.validate_python(run)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(map(str, error["loc"])) or "the top level"
+        raise QKTError(f"{path} is not a qkt bench run's bench.json: {where}: {error['msg']}") from None
+    queries = [(r["dataset"], r["scenario"], r["seed"], r["querier"]) for r in run["records"]]
+    twice = next((q for i, q in enumerate(queries) if q in queries[:i]), None)
+    if twice is not None:
+        raise QKTError(f"{path} records the query of querier {twice[3]} ({'/'.join(map(str, twice[:3]))}) twice")
     return run
 
 

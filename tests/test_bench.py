@@ -380,6 +380,35 @@ def test_resume_on_a_file_that_is_no_bench_run_is_one_line(tmp_path, capsys, con
     assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("meta", ['{"rounds": 5, "seconds"', '{"rounds": 5}', '{"rounds": "5", "seconds": 1.0, "bytes_sent": 1, '
+                                  '"bytes_received": 1}'], ids=["cut-short", "missing-costs", "string-rounds"])
+def test_a_global_model_whose_costs_file_is_corrupt_is_retrained_with_a_warning(tmp_path, monkeypatch, meta):
+    """As a corrupt checkpoint is; the costs file broke every later bench into the folder with a traceback."""
+    from qkt.baselines.fedavg import FederatedResult
+    from qkt.config import parse_config
+    from qkt.models import build_model
+
+    config = parse_config({"data": {"name": "digits"}, "partition": {"num_parties": 3}, "training": {"arch": "mlp", "epochs": 1}})
+    dataset = load_dataset("digits")
+    trained = []
+
+    def train_global(method, config, input_shape, num_classes, *rest):
+        trained.append(method)
+        return FederatedResult(build_model("mlp", input_shape, num_classes), 5, 1.5, 10, 20)
+
+    monkeypatch.setattr(runner, "train_global", train_global)
+    parts = [np.arange(0, 100), np.arange(100, 200), np.arange(200, 300)]
+    tensors = dataset.normalized()[:2]
+    first = runner.global_model("fedavg", config, dataset, tensors, parts, tmp_path, False)
+    assert runner.global_model("fedavg", config, dataset, tensors, parts, tmp_path, False).seconds == first.seconds == 1.5
+    assert trained == ["fedavg"]
+    (costs,) = tmp_path.glob("global-fedavg-*.json")
+    costs.write_text(meta)
+    with pytest.warns(UserWarning, match="cannot be read .*; its global model is retrained"):
+        again = runner.global_model("fedavg", config, dataset, tensors, parts, tmp_path, False)
+    assert trained == ["fedavg", "fedavg"] and again.rounds == 5 and json.loads(costs.read_text())["rounds"] == 5
+
+
 def _first_method(state: dict) -> dict:
     return next(iter(state["records"][0]["methods"].values()))
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -73,8 +74,8 @@ def global_model(method: str, config: RunConfig, dataset: DataSet, tensors: tupl
     key = checkpoint_key(method, dataset.name, dataset.digest, experiment.training_settings(federated_training(config, method), device),
                          config.federated.model_dump(exclude={"converged_rounds"}), *parts)
     path, meta = checkpoints / f"global-{method}-{key}.pt", checkpoints / f"global-{method}-{key}.json"
-    if meta.exists():
-        info = json.loads(meta.read_text())
+    info = _global_costs(meta)
+    if info is not None:
         model = build_model(config.training.arch, dataset.input_shape, dataset.num_classes).to(device)
         if load_checkpoint(model, path):
             return FederatedResult(model, **info)
@@ -82,6 +83,33 @@ def global_model(method: str, config: RunConfig, dataset: DataSet, tensors: tupl
     save_checkpoint(result.model, path)
     atomic_write(meta, json.dumps({k: getattr(result, k) for k in ("rounds", "seconds", "bytes_sent", "bytes_received")}).encode())
     return result
+
+
+# The files qkt bench reads back are checked strictly: a seed of "0" in a hand-edited bench.json is no seed 0,
+# and a query it misnames would run again before the tables failed on it.
+STRICT = with_config(ConfigDict(strict=True))
+
+
+@STRICT
+class _GlobalCosts(TypedDict):
+    rounds: int
+    seconds: float
+    bytes_sent: int
+    bytes_received: int
+
+
+_GLOBAL_COSTS = TypeAdapter(_GlobalCosts)
+
+
+def _global_costs(meta: Path) -> dict | None:
+    """What training a checkpointed global model cost, as ``meta`` records it; None (with a warning, as for a corrupt checkpoint) if it cannot say."""
+    if not meta.exists():
+        return None
+    try:
+        return _GLOBAL_COSTS.validate_json(meta.read_bytes())
+    except (OSError, ValidationError) as exc:
+        warnings.warn(f"'{meta}' cannot be read ({str(exc).splitlines()[0]}); its global model is retrained", stacklevel=2)
+        return None
 
 
 def _record(dataset: str, scenario: str, seed: int, world: experiment.World, results: dict, liar: int | None) -> dict:
@@ -204,10 +232,6 @@ def check_resumed_methods(records: list[dict], wanted: Callable[[dict], list[str
             raise QKTError(f"{path}: its queries of {r['dataset']}/{r['scenario']} ran {', '.join(then)}; this run asks for "
                            f"{', '.join(now)}, which --resume would run only on the queries not yet done. Run other methods into "
                            "another --output and join the runs with benchmarks/merge_runs.py")
-
-
-# Strict, so that a seed of "0" is no seed 0: a query it misnames would run again, and the tables would fail after it.
-STRICT = with_config(ConfigDict(strict=True))
 
 
 @STRICT

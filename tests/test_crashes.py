@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from qkt.cli import main
 from qkt.config import RunConfig, parse_config
 from qkt.data import load_dataset
-from qkt.errors import ConfigError, DataError
+from qkt.errors import ConfigError, DataError, QKTError
 from qkt.models import build_model
 from qkt.training import load_checkpoint, save_checkpoint
 
@@ -222,6 +222,28 @@ def test_a_result_that_cannot_replace_its_file_leaves_the_others_whole(capsys, t
     assert "per_class_accuracy.png" in err
     assert {name: (tmp_path / "out" / name).read_bytes() for name in RESULTS[:2]} == before
     assert not list((tmp_path / "out").rglob(".*"))
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.EBUSY, os.strerror(errno.EBUSY)), KeyboardInterrupt()], ids=["busy", "interrupt"])
+def test_a_set_whose_second_rename_fails_puts_the_first_back(tmp_path, monkeypatch, failure):
+    from qkt import files
+
+    old = {"a.md": b"old a", "b.json": b"old b"}
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    replace = os.replace
+
+    def failing(src, dst):
+        if str(dst).endswith("b.json"):
+            raise failure
+        return replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", failing)
+    with pytest.raises(type(failure) if isinstance(failure, KeyboardInterrupt) else QKTError), files.all_or_nothing():
+        for name in (*old, "c.png"):
+            files.atomic_write(tmp_path / name, b"new")
+    monkeypatch.setattr(files.os, "replace", replace)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
 
 
 # --- 10: two writers of one checkpoint -----------------------------------------------------------------------

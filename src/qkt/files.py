@@ -7,6 +7,7 @@ naming the file: the user can act on it, and it is reported in one line.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,17 +77,41 @@ def all_or_nothing() -> Iterator[None]:
         in_the_way = [path for _, path in staged if path.is_dir()]
         if in_the_way:  # the one failure a rename can meet halfway through the set
             raise QKTError(f"cannot write '{in_the_way[0]}': a folder of that name is in the way")
-        while staged:
-            tmp, path = staged[0]
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise _cannot_write(path, exc) from None
-            staged.pop(0)
+        _replace_together(staged)
+        staged.clear()
     finally:
         _staged.reset(token)
         for tmp, _ in staged:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _replace_together(staged: list[tuple[str, Path]]) -> None:
+    """Rename each temporary file onto its target; if one rename fails (or is interrupted), put back the targets already replaced."""
+    replaced: list[tuple[Path, str | None]] = []  # each target and a link to its previous version (None: it had none)
+    try:
+        for tmp, path in staged:
+            previous = None
+            if path.exists():
+                previous = f"{tmp}.previous"  # beside the uniquely named temporary file, so unique too
+                try:
+                    os.link(path, previous)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(path, previous)
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise _cannot_write(path, exc) from None
+            replaced.append((path, previous))
+    except BaseException:
+        for path, previous in reversed(replaced):
+            if previous is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(previous, path)
+        raise
+    finally:
+        for tmp, _ in staged:
+            Path(f"{tmp}.previous").unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -153,6 +153,24 @@ def test_a_file_as_output_is_refused_before_any_work(capsys, tmp_path, no_work, 
     assert "is a file" in err and file.read_text() == "mine"
 
 
+def test_a_broken_link_as_output_is_refused_before_any_work(capsys, tmp_path, no_work):
+    """It passed the check (a broken link does not exist), a party trained, and the run failed with 'File exists'."""
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    err = _one_line_error(*_run(capsys, tmp_path, TINY, tmp_path / "out" / "run")[::2])
+    assert f"'{tmp_path / 'out'}' is a link to '{tmp_path / 'gone'}', which does not exist" in err
+
+
+def test_an_output_folder_inside_the_data_folder_the_run_reads_is_refused(tmp_path):
+    """An image folder's run would read its own chart as a training image the next time."""
+    from qkt.files import check_output
+
+    (tmp_path / "data" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(QKTError, match="is inside the data folder .*, which the run reads"):
+        check_output(tmp_path / "data" / "train" / "a" / "out", reads=tmp_path / "data")
+    check_output(tmp_path / "out", reads=tmp_path / "data")
+    check_output(tmp_path / "data" / "out", reads=tmp_path / "data" / "train.npz")  # a data file, not a folder
+
+
 def test_a_file_as_the_bench_output_is_refused_before_any_work(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("qkt.bench.run_bench", lambda *a, **k: pytest.fail("the bench started before checking its output"))
     (tmp_path / "bench").write_text("mine")

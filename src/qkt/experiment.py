@@ -423,7 +423,7 @@ def run(config: RunConfig, output: Path | None = None, progress: bool = True, re
     from .report import write_outputs
 
     if output is not None:
-        check_output(output)
+        check_output(output, reads=config.data.path)
     checkpoints = output / "checkpoints" if output else None
     world = build_world(config, checkpoints, progress, resume=resume)
     results, reports = run_methods(world, config, progress)

@@ -120,10 +120,17 @@ def atomic_write(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def check_output(folder: Path) -> None:
-    """Refuse, before any work, an output folder that is a file, would be made inside a file, or cannot be written."""
+def check_output(folder: Path, reads: str | os.PathLike | None = None) -> None:
+    """Refuse, before any work, an output folder that is a file, would be made inside a file or a broken link, cannot be
+    written, or lies inside the data folder ``reads`` that the run reads (its files would join the data)."""
+    if reads is not None and Path(reads).is_dir() and Path(folder).resolve().is_relative_to(Path(reads).resolve()):
+        raise QKTError(f"the output folder '{folder}' is inside the data folder '{reads}', which the run reads: "
+                       "its results would become data; choose another output folder")
     nearest = folder
     while not nearest.is_dir():  # the folder, or the nearest of its parents that exists
+        if nearest.is_symlink() and not nearest.exists():
+            raise QKTError(f"'{nearest}' is a link to '{os.readlink(nearest)}', which does not exist: "
+                           f"make that folder, or choose another output folder")
         if nearest.exists():
             raise QKTError(f"'{folder}' is a file, not a folder: choose another output folder" if nearest == folder else
                            f"'{nearest}' is a file, so the output folder '{folder}' cannot be made in it")

@@ -83,7 +83,7 @@ def test_a_party_with_a_privacy_policy_hands_no_trained_model_to_a_federated_rou
 def test_a_teacher_sends_weights_only_above_its_own_floor_whatever_threshold_the_querier_announces():
     everything = announce(context(), recipe(query=tuple(range(9))))["scores"]
     weakest = int(np.argmin(everything))
-    assert everything[weakest] <= 0.1, "9 of 10 mean probabilities: the smallest is at most uniform"
+    assert everything[weakest] < 0.1, "9 of 10 mean probabilities: the smallest is below uniform"
     for threshold in (0.0, -1.0):
         ctx = context()
         below = recipe(query=(weakest,), threshold=threshold)
@@ -97,6 +97,9 @@ def test_a_teacher_sends_weights_only_above_its_own_floor_whatever_threshold_the
     ctx = context({"qkt-min-expert-score": 0.99})
     announce(ctx, strongest)
     assert "refused" in ask_weights(ctx, strongest)
+    # at uniform, an expert as the querier's own rule (s ≥ λ/|C|, λ = 1) would count it, so that both sides agree
+    assert TeacherPolicy().is_expert(Announcement((1,), 10, (64,)), [0.1])
+    assert not TeacherPolicy().is_expert(Announcement((1,), 10, (64,)), [0.0999])
 
 
 @pytest.mark.parametrize(("policy", "epsilon"), [

@@ -85,8 +85,9 @@ class TeacherPolicy:
         the queries of one run never name every class together, so that no querier learns a
         teacher's whole label distribution (``inf``: no bound at all).
     min_expert_score:
-        The score one of its replies must exceed for it to send its weights, if above uniform
-        ``1/|C|``: a score at or below uniform is no expertise, whatever threshold the querier announces.
+        The score one of its replies must reach for it to send its weights, if above uniform
+        ``1/|C|``: a score below uniform is no expertise (the querier's own rule, ``s ≥ λ/|C|`` with
+        ``λ ≥ 1``, never asks for less), whatever threshold the querier announces.
     max_answers:
         Announcements it answers in one run (:class:`Answered`; the Flower app keeps the count).
     max_probe_samples, max_probe_steps, max_probe_scales, max_probe_elements:
@@ -164,10 +165,10 @@ class TeacherPolicy:
             raise Refused(f"the probe seed must be in 0..2**63 - 1 (asked: {a.probe_seed:.3g})")
 
     def is_expert(self, a: Announcement, scores: Sequence[float]) -> bool:
-        """Whether its reply ``scores`` to ``a`` make this teacher an expert, by its own floor: a score above uniform
-        ``1/|C|`` and above ``min_expert_score``. The announced threshold never lowers it."""
+        """Whether its reply ``scores`` to ``a`` make this teacher an expert, by its own floor: a score of at least
+        uniform ``1/|C|`` and ``min_expert_score``. The announced threshold never lowers it."""
         floor = max(1.0 / a.num_classes, self.min_expert_score)
-        return any(s > floor for s in scores)
+        return any(s >= floor for s in scores)
 
 
 # Simulations whose teachers compute every class's score once (CachedScores): no other party's policy is at stake.

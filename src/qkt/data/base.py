@@ -122,8 +122,23 @@ def npz_archive(source: Path, holds: str) -> Iterator[NpzFile]:
         yield f
 
 
+FEATURE_KINDS = "biuf"
+"""NumPy dtype kinds of feature values: bool, signed and unsigned integers, floats (not complex, dates, strings or records)."""
+
+
+def _looks_misarranged(shape: tuple[int, ...]) -> bool:
+    """Whether an N×H×W×C shape is more likely channels-first (N×C×H×W) or a 3-D volume than an image.
+
+    Channels-first images have 1, 3 or 4 on axis 1 and something else last; a volume, or
+    channels first with many channels, has a last axis as long as the image's longest side.
+    Multispectral images (say 64×64×13) have fewer channels than pixels a side and pass.
+    """
+    _, h, w, c = shape
+    return (h in (1, 3, 4) and c not in (1, 3, 4)) or (c > 4 and c >= max(h, w))
+
+
 def validate_arrays(name: str, source: Path | str, arrays: dict[str, np.ndarray], classes: tuple[str, ...] | None = None) -> DataSet:
-    """Check shapes and labels of decoded arrays and wrap them in a :class:`DataSet`."""
+    """Check shapes, dtypes and labels of decoded arrays and wrap them in a :class:`DataSet`."""
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim not in (2, 3, 4):
@@ -135,34 +150,48 @@ def validate_arrays(name: str, source: Path | str, arrays: dict[str, np.ndarray]
             raise DataError(f"{name}: x_{split} has {len(x)} rows but y_{split} has {len(y)} in {source}")
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{name}: y_{split} in {source} must hold integer labels, not {y.dtype}")
+        if int(y.max()) > np.iinfo(np.int64).max:  # only unsigned labels reach here; int64 would wrap them negative
+            raise DataError(f"{name}: y_{split} in {source} holds label {y.max()}, beyond any label space "
+                            "(a negative label stored as unsigned?); number the classes 0..K-1")
         arrays[f"y_{split}"] = y.astype(np.int64)
         if x.ndim == 3:  # grayscale images without a channel axis
             arrays[f"x_{split}"] = x[..., None]
     for split in ("train", "test"):
         x = arrays[f"x_{split}"]
-        if x.ndim == 4 and x.dtype != np.uint8:
-            raise DataError(f"{name}: images in {source} must be uint8, not {x.dtype}")
-        if x.ndim == 2:
-            with np.errstate(over="ignore"):  # values beyond float32's range become infinite, which the check below reports
-                x = arrays[f"x_{split}"] = x.astype(np.float32)
-            bad = x.size - int(np.count_nonzero(np.isfinite(x)))
-            if bad:  # one would turn every model trained or scored on it to NaN
-                raise DataError(f"{name}: x_{split} in {source} holds {bad} non-finite value(s) (NaN, or infinite as float32) "
-                                f"among its {x.size}; drop or impute them")
+        if 0 in x.shape[1:]:
+            raise DataError(f"{name}: x_{split} in {source} has shape {x.shape}: its inputs hold no values")
+        if x.ndim == 4:
+            if x.dtype != np.uint8:
+                raise DataError(f"{name}: images in {source} must be uint8, not {x.dtype}")
+            if _looks_misarranged(x.shape):
+                raise DataError(f"{name}: x_{split} in {source} has shape {x.shape}, which looks channels-first or a 3-D volume; "
+                                "qkt reads images as N×H×W×C, channels last: move them there with np.moveaxis(x, 1, -1), "
+                                "or flatten a volume into features with x.reshape(len(x), -1)")
+            continue
+        if x.dtype.kind not in FEATURE_KINDS:
+            raise DataError(f"{name}: x_{split} in {source} holds {x.dtype} values; features must be real numbers "
+                            "(integers, floats or booleans)")
+        with np.errstate(over="ignore"):  # values beyond float32's range become infinite, which the check below reports
+            x = arrays[f"x_{split}"] = x.astype(np.float32)
+        bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+        if bad:  # one would turn every model trained or scored on it to NaN
+            raise DataError(f"{name}: x_{split} in {source} holds {bad} non-finite value(s) (NaN, or infinite as float32) "
+                            f"among its {x.size}; drop or impute them")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(f"{name}: train and test inputs differ in shape in {source}")
     labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
     if labels.min() < 0:
         raise DataError(f"{name}: negative labels in {source}")
-    if classes is None:
-        size, present = int(labels.max()) + 1, len(np.unique(labels))
-        if size > 2 * present:  # every model would have a head, and the chart a bar, for each: a stray label of 100000 hung the chart
-            raise DataError(f"{name}: labels in {source} run up to {size - 1}, a label space of {size} classes, but only {present} "
-                            f"of them occur; number the classes 0..{present - 1} (np.unique(y, return_inverse=True) does)")
-        classes = tuple(str(c) for c in range(size))
-    if labels.max() >= len(classes):
+    if classes is not None and labels.max() >= len(classes):
         raise DataError(f"{name}: label {labels.max()} in {source} is outside its {len(classes)} classes")
-    return DataSet(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], tuple(classes))
+    size, present = len(classes) if classes is not None else int(labels.max()) + 1, len(np.unique(labels))
+    if size > 2 * present:  # every model would have a head, and the chart a bar, for each: a stray label of 100000 hung the chart
+        space = (f"{source} names {size} classes, but only {present} of them occur in its labels; keep only their names and"
+                 if classes is not None else
+                 f"labels in {source} run up to {size - 1}, a label space of {size} classes, but only {present} of them occur;")
+        raise DataError(f"{name}: {space} number the classes 0..{present - 1} (np.unique(y, return_inverse=True) does)")
+    return DataSet(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                   classes if classes is not None else tuple(str(c) for c in range(size)))
 
 
 def resolve_root(data_root: str | os.PathLike | None) -> Path:

@@ -1,0 +1,93 @@
+"""Data files a loader once answered with a traceback, a silent misreading, stale arrays or running code: each is now read right or refused in one line."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from qkt.cli import main
+from qkt.data import load_dataset
+
+RNG = np.random.default_rng(0)
+LABELS = np.arange(40) % 4
+
+
+def _refused(capsys, name: str, path) -> str:
+    """Run `qkt data info` on ``path``; assert exit 2 with one error line and no traceback; return the line."""
+    code = main(["data", "info", name, "--data-path", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def _npz(path, x, **extra):
+    np.savez(path, x_train=x, y_train=LABELS, x_test=x, y_test=LABELS, **extra)
+    return path
+
+
+# --- npz arrays of the wrong kind ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("x", "extra", "says"), [
+    (np.zeros((40, 3), np.float32), {"classes": np.array("abcd")}, "'classes' in .* has shape \\(\\); it lists one name per class"),
+    (np.array([["1.5", "a"]] * 40), {}, "x_train in .* holds <U3 values; features must be real numbers"),
+    (np.full((40, 3), 1 + 2j), {}, "holds complex128 values; features must be real numbers"),
+    (np.zeros((40, 3), "datetime64[s]"), {}, "holds datetime64\\[s\\] values"),
+    (np.zeros((40, 3), [("a", "f4"), ("b", "f4")]), {}, "holds \\[\\('a', '<f4'\\), \\('b', '<f4'\\)\\] values"),
+], ids=["classes-one-string", "string-features", "complex-features", "datetime-features", "structured-features"])
+def test_npz_arrays_that_are_not_real_numbers_are_refused_in_one_line(capsys, tmp_path, x, extra, says):
+    err = _refused(capsys, "npz", _npz(tmp_path / "mine.npz", x, **extra))
+    assert re.search(says, err), err
+
+
+def test_boolean_features_still_load(tmp_path):
+    d = load_dataset("npz", path=_npz(tmp_path / "mine.npz", RNG.random((40, 3)) > 0.5))
+    assert d.x_train.dtype == np.float32 and set(np.unique(d.x_train)) <= {0.0, 1.0}
+
+
+def test_class_names_far_beyond_the_labels_used_are_refused(capsys, tmp_path):
+    x = np.zeros((40, 3), np.float32)
+    err = _refused(capsys, "npz", _npz(tmp_path / "many.npz", x, classes=np.array([f"c{i}" for i in range(20_000)])))
+    assert "names 20000 classes, but only 4 of them occur in its labels" in err and "number the classes 0..3" in err
+    assert load_dataset("npz", path=_npz(tmp_path / "named.npz", x, classes=np.array(list("abcd")))).classes == tuple("abcd")
+
+
+def test_a_huge_unsigned_label_is_not_called_negative(capsys, tmp_path):
+    y = LABELS.astype(np.uint64)
+    y[0] = 2**63 + 5
+    x = np.zeros((40, 3), np.float32)
+    np.savez(tmp_path / "mine.npz", x_train=x, y_train=y, x_test=x, y_test=LABELS)
+    err = _refused(capsys, "npz", tmp_path / "mine.npz")
+    assert "holds label 9223372036854775813, beyond any label space" in err and "negative labels" not in err
+
+
+# --- image axes ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "says"), [
+    ((40, 3, 32, 32), "looks channels-first or a 3-D volume; .*np.moveaxis\\(x, 1, -1\\)"),
+    ((40, 1, 28, 28), "looks channels-first or a 3-D volume"),
+    ((40, 28, 28, 28), "looks channels-first or a 3-D volume; .*x.reshape\\(len\\(x\\), -1\\)"),
+    ((40, 8, 8, 0), "has shape \\(40, 8, 8, 0\\): its inputs hold no values"),
+    ((40, 0), "has shape \\(40, 0\\): its inputs hold no values"),
+], ids=["channels-first-rgb", "channels-first-grey", "volume", "no-channels", "no-features"])
+def test_inputs_not_laid_out_as_images_or_features_are_refused(capsys, tmp_path, shape, says):
+    x = np.zeros(shape, np.uint8 if len(shape) == 4 else np.float32)
+    err = _refused(capsys, "npz", _npz(tmp_path / "mine.npz", x))
+    assert re.search(says, err), err
+
+
+def test_a_medmnist_file_goes_through_the_same_axis_checks(capsys, tmp_path):
+    arrays = {f"{split}_{part}": value for split in ("train", "val", "test")
+              for part, value in (("images", np.zeros((8, 3, 28, 28), np.uint8)), ("labels", (np.arange(8) % 8)[:, None]))}
+    np.savez(tmp_path / "bloodmnist.npz", **arrays)
+    assert "np.moveaxis(x, 1, -1)" in _refused(capsys, "bloodmnist", tmp_path / "bloodmnist.npz")
+
+
+@pytest.mark.parametrize("shape", [(40, 16, 16, 13), (40, 32, 32, 3), (40, 8, 8, 1), (40, 4, 4, 4)],
+                         ids=["multispectral", "rgb", "grey", "tiny-rgba"])
+def test_channels_last_images_load_whatever_their_channel_count(tmp_path, shape):
+    d = load_dataset("npz", path=_npz(tmp_path / "mine.npz", RNG.integers(0, 256, shape, dtype=np.uint8)))
+    assert d.input_shape == (shape[3], shape[1], shape[2])

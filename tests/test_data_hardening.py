@@ -1,4 +1,4 @@
-"""Data files a loader once answered with a traceback, a silent misreading, stale arrays or running code: each is now read right or refused in one line."""
+"""Data files a loader must read right or refuse in one line: arrays of the wrong kind or layout, files not what they are named, awkward images, rewritten files, pickles that call functions."""
 
 from __future__ import annotations
 
@@ -91,3 +91,19 @@ def test_a_medmnist_file_goes_through_the_same_axis_checks(capsys, tmp_path):
 def test_channels_last_images_load_whatever_their_channel_count(tmp_path, shape):
     d = load_dataset("npz", path=_npz(tmp_path / "mine.npz", RNG.integers(0, 256, shape, dtype=np.uint8)))
     assert d.input_shape == (shape[3], shape[1], shape[2])
+
+
+# --- files that are not what they are named ----------------------------------------------------------------
+
+
+def test_a_medmnist_file_without_its_labels_names_the_array(capsys, tmp_path):
+    np.savez(tmp_path / "bloodmnist.npz", train_images=np.zeros((4, 28, 28), np.uint8),
+             test_images=np.zeros((4, 28, 28), np.uint8), test_labels=np.zeros((4, 1), np.uint8))
+    err = _refused(capsys, "bloodmnist", tmp_path / "bloodmnist.npz")
+    assert "lacks train_labels; a MedMNIST file holds train_images, train_labels, test_images, test_labels" in err
+
+
+def test_a_text_file_given_as_an_npz_is_called_what_it_is(capsys, tmp_path):
+    (tmp_path / "mine.npz").write_text("x,y\n1,2\n")
+    err = _refused(capsys, "npz", tmp_path / "mine.npz")
+    assert "is not an .npz archive (the zip file np.savez writes)" in err and "pickle" not in err

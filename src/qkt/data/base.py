@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,7 +12,7 @@ from stat import S_ISREG
 
 import numpy as np
 import torch
-from numpy.lib.npyio import NpzFile
+from numpy.lib.format import MAGIC_PREFIX
 
 from ..errors import DataError, QKTError
 from ..files import atomic_file
@@ -112,14 +111,21 @@ def _as_float(x: np.ndarray) -> torch.Tensor:
     return t.float()
 
 
-@contextmanager
-def npz_archive(source: Path, holds: str) -> Iterator[NpzFile]:
-    """The open ``.npz`` archive ``source``; a single array (a ``.npy`` file) is refused, saying what the archive ``holds``."""
-    loaded = np.load(source, allow_pickle=False)
-    if not isinstance(loaded, NpzFile):
-        raise DataError(f"'{source}' holds a single array (a .npy file); qkt reads an .npz archive of {holds}")
-    with loaded as f:
-        yield f
+def read_npz(source: Path, keys: tuple[str, ...], holder: str, optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (and those of ``optional`` it has) of the ``.npz`` archive ``source``; ``holder`` names the kind of file in messages."""
+    contents = f"{holder} holds {', '.join(keys)}" + (f" (and optionally {', '.join(optional)})" if optional else "")
+    with open(source, "rb") as f:
+        is_npy = f.read(len(MAGIC_PREFIX)) == MAGIC_PREFIX
+    if is_npy:
+        raise DataError(f"'{source}' holds a single array (a .npy file), not an .npz archive; {contents}")
+    if not zipfile.is_zipfile(source):  # np.load would take it for a pickle and answer with pickle's wording
+        raise DataError(f"'{source}' is not an .npz archive (the zip file np.savez writes): it may be corrupt or cut short, "
+                        f"or another kind of file; {contents}")
+    with np.load(source, allow_pickle=False) as f:
+        missing = [k for k in keys if k not in f.files]
+        if missing:
+            raise DataError(f"{source} lacks {', '.join(missing)}; {contents}")
+        return {k: f[k] for k in (*keys, *(k for k in optional if k in f.files))}
 
 
 FEATURE_KINDS = "biuf"

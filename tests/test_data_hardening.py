@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from qkt.cli import main
 from qkt.data import load_dataset
@@ -107,3 +108,53 @@ def test_a_text_file_given_as_an_npz_is_called_what_it_is(capsys, tmp_path):
     (tmp_path / "mine.npz").write_text("x,y\n1,2\n")
     err = _refused(capsys, "npz", tmp_path / "mine.npz")
     assert "is not an .npz archive (the zip file np.savez writes)" in err and "pickle" not in err
+
+
+# --- image folders -------------------------------------------------------------------------------------------
+
+
+def _save(path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def _folder(root, classes=("a", "b"), n=3):
+    for split in ("train", "test"):
+        for cls in classes:
+            for i in range(n):
+                _save(root / split / cls / f"{i}.png", RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    return root
+
+
+def test_an_image_too_large_to_decode_is_named(capsys, tmp_path, monkeypatch):
+    root = _folder(tmp_path / "mine")
+    _save(root / "train" / "a" / "scan.png", np.zeros((64, 64), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses images over twice this: 64×64 stands for 14000×14000
+    err = _refused(capsys, "imagefolder", root)
+    assert "cannot read the image train/a/scan.png (DecompressionBombError" in err
+
+
+def test_an_unreadable_image_among_many_is_named(capsys, tmp_path):
+    root = _folder(tmp_path / "mine")
+    (root / "train" / "b" / "1.png").write_text("<html>404</html>")
+    err = _refused(capsys, "imagefolder", root)
+    assert "cannot read the image train/b/1.png (not an image Pillow reads)" in err and "BytesIO" not in err
+
+
+def test_16_bit_greyscale_images_keep_their_range(tmp_path):
+    root = _folder(tmp_path / "mine")
+    scans = [RNG.integers(0, 4096, (8, 8)).astype(np.uint16) for _ in range(3)]
+    scans[0][0, 0] = 4095  # a 12-bit detector's brightest value: it becomes 255
+    for i, scan in enumerate(scans):
+        _save(root / "train" / "a" / f"{i}.png", scan)
+    d = load_dataset("imagefolder", path=root)
+    loaded = d.x_train[d.y_train == 0]
+    expected = np.rint(np.stack(scans).astype(np.float64) * 255 / 4095).astype(np.uint8)
+    np.testing.assert_array_equal(loaded, np.repeat(expected[..., None], 3, axis=3))
+    assert np.mean(loaded == 255) < 0.01
+
+
+def test_a_class_named_twice_in_classes_txt_is_refused(capsys, tmp_path):
+    root = _folder(tmp_path / "mine")
+    (root / "classes.txt").write_text("a\nb\na\n")
+    assert "its classes.txt names a more than once" in _refused(capsys, "imagefolder", root)

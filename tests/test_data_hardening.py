@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -158,3 +159,48 @@ def test_a_class_named_twice_in_classes_txt_is_refused(capsys, tmp_path):
     root = _folder(tmp_path / "mine")
     (root / "classes.txt").write_text("a\nb\na\n")
     assert "its classes.txt names a more than once" in _refused(capsys, "imagefolder", root)
+
+
+# --- the decoded-data cache ----------------------------------------------------------------------------------
+
+
+def _rewrite_keeping_size_and_time(path, write) -> None:
+    """Write new contents of the same size and give the file its old modification time, as rsync -t, cp -p or tar do."""
+    before = os.stat(path)
+    write()
+    assert os.stat(path).st_size == before.st_size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.parametrize("replace", [False, True], ids=["in-place", "renamed-over"])
+def test_an_npz_rewritten_with_its_old_size_and_time_is_read_afresh(tmp_path, replace):
+    path = tmp_path / "mine.npz"
+    x = np.zeros((20, 4), np.float32)
+    np.savez(path, x_train=x, y_train=np.zeros(20, int), x_test=x, y_test=np.zeros(20, int))
+    assert load_dataset("npz", path=path).num_classes == 1
+
+    def write():
+        target = tmp_path / "new.npz" if replace else path
+        np.savez(target, x_train=x + 1, y_train=np.arange(20) % 2, x_test=x, y_test=np.arange(20) % 2)
+        if replace:
+            os.replace(target, path)
+
+    _rewrite_keeping_size_and_time(path, write)
+    d = load_dataset("npz", path=path)
+    assert np.bincount(d.y_train).tolist() == [10, 10] and d.x_train.mean() == 1.0
+
+
+def test_an_image_in_a_folder_rewritten_with_its_old_size_and_time_is_read_afresh(tmp_path):
+    root = tmp_path / "mine"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            _save(root / split / cls / "0.bmp", np.zeros((8, 8, 3), np.uint8))  # BMP: the same size whatever the pixels
+    assert load_dataset("imagefolder", path=root).x_train.max() == 0
+    image = root / "train" / "a" / "0.bmp"
+
+    def write():
+        _save(tmp_path / "new.bmp", np.full((8, 8, 3), 200, np.uint8))
+        os.replace(tmp_path / "new.bmp", image)
+
+    _rewrite_keeping_size_and_time(image, write)
+    assert load_dataset("imagefolder", path=root).x_train.max() == 200

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import re
+import tarfile
 
 import numpy as np
 import pytest
@@ -204,3 +207,47 @@ def test_an_image_in_a_folder_rewritten_with_its_old_size_and_time_is_read_afres
 
     _rewrite_keeping_size_and_time(image, write)
     assert load_dataset("imagefolder", path=root).x_train.max() == 200
+
+
+# --- CIFAR pickles -------------------------------------------------------------------------------------------
+
+
+def _add(tar: tarfile.TarFile, name: str, blob: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(blob)
+    tar.addfile(info, io.BytesIO(blob))
+
+
+def test_a_cifar_archive_whose_pickle_calls_a_function_is_refused_without_running_it(capsys, tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        _add(tar, "cifar-10-batches-py/data_batch_1", pickle.dumps({"data": Payload()}))
+    code = main(["data", "info", "cifar10", "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"'cifar-10-batches-py/data_batch_1' in '{tmp_path / 'cifar-10-python.tar.gz'}' is not a CIFAR batch: " \
+           f"its pickle calls {os.mkdir.__module__}.mkdir" in err
+
+
+@pytest.mark.parametrize("numpy_1", [False, True], ids=["this-numpy", "numpy-1-module-paths"])
+def test_cifar_batches_pickled_with_protocol_2_still_load(tmp_path, numpy_1):
+    """The official batches are protocol-2 pickles naming numpy.core.multiarray._reconstruct (NumPy 1)."""
+    def dump(obj) -> bytes:
+        blob = pickle.dumps(obj, protocol=2)
+        return blob.replace(b"numpy._core.", b"numpy.core.") if numpy_1 else blob
+
+    data = RNG.integers(0, 256, (3, 3072), dtype=np.uint8)
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            _add(tar, f"cifar-10-batches-py/{name}", dump({"batch_label": "x", "data": data, "labels": [0, 1, 2],
+                                                           "filenames": ["a.png", "b.png", "c.png"]}))
+        _add(tar, "cifar-10-batches-py/batches.meta", dump({"label_names": ["a", "b", "c"], "num_vis": 3072}))
+    d = load_dataset("cifar10", tmp_path)
+    assert d.classes == ("a", "b", "c") and d.y_train.tolist() == [0, 1, 2] * 5
+    assert tuple(d.x_test[0, 0, 0]) == tuple(data[0, [0, 1024, 2048]])

@@ -178,6 +178,9 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, path: st
     except (OSError, EOFError, ValueError, KeyError, tarfile.TarError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
         raise DataError(f"{name}: cannot read '{file}' ({type(exc).__name__}: {exc}); it may be corrupt or cut short. Expected {source.where}.") from None
     classes = arrays.pop("classes", None)
+    if classes is not None and classes.ndim != 1:
+        raise DataError(f"{name}: 'classes' in {file} has shape {classes.shape}; it lists one name per class, "
+                        "as np.array(['cat', 'dog']) does")
     names = tuple(str(c) for c in classes) if classes is not None else source.classes
     return validate_arrays(name, file, arrays, names)
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,7 +12,7 @@ from stat import S_ISREG
 
 import numpy as np
 import torch
-from numpy.lib.npyio import NpzFile
+from numpy.lib.format import MAGIC_PREFIX
 
 from ..errors import DataError, QKTError
 from ..files import atomic_file
@@ -112,18 +111,40 @@ def _as_float(x: np.ndarray) -> torch.Tensor:
     return t.float()
 
 
-@contextmanager
-def npz_archive(source: Path, holds: str) -> Iterator[NpzFile]:
-    """The open ``.npz`` archive ``source``; a single array (a ``.npy`` file) is refused, saying what the archive ``holds``."""
-    loaded = np.load(source, allow_pickle=False)
-    if not isinstance(loaded, NpzFile):
-        raise DataError(f"'{source}' holds a single array (a .npy file); qkt reads an .npz archive of {holds}")
-    with loaded as f:
-        yield f
+def read_npz(source: Path, keys: tuple[str, ...], holder: str, optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (and those of ``optional`` it has) of the ``.npz`` archive ``source``; ``holder`` names the kind of file in messages."""
+    contents = f"{holder} holds {', '.join(keys)}" + (f" (and optionally {', '.join(optional)})" if optional else "")
+    with open(source, "rb") as f:
+        is_npy = f.read(len(MAGIC_PREFIX)) == MAGIC_PREFIX
+    if is_npy:
+        raise DataError(f"'{source}' holds a single array (a .npy file), not an .npz archive; {contents}")
+    if not zipfile.is_zipfile(source):  # np.load would take it for a pickle and answer with pickle's wording
+        raise DataError(f"'{source}' is not an .npz archive (the zip file np.savez writes): it may be corrupt or cut short, "
+                        f"or another kind of file; {contents}")
+    with np.load(source, allow_pickle=False) as f:
+        missing = [k for k in keys if k not in f.files]
+        if missing:
+            raise DataError(f"{source} lacks {', '.join(missing)}; {contents}")
+        return {k: f[k] for k in (*keys, *(k for k in optional if k in f.files))}
+
+
+FEATURE_KINDS = "biuf"
+"""NumPy dtype kinds of feature values: bool, signed and unsigned integers, floats (not complex, dates, strings or records)."""
+
+
+def _looks_misarranged(shape: tuple[int, ...]) -> bool:
+    """Whether an N×H×W×C shape is more likely channels-first (N×C×H×W) or a 3-D volume than an image.
+
+    Channels-first images have 1, 3 or 4 on axis 1 and something else last; a volume, or
+    channels first with many channels, has a last axis as long as the image's longest side.
+    Multispectral images (say 64×64×13) have fewer channels than pixels a side and pass.
+    """
+    _, h, w, c = shape
+    return (h in (1, 3, 4) and c not in (1, 3, 4)) or (c > 4 and c >= max(h, w))
 
 
 def validate_arrays(name: str, source: Path | str, arrays: dict[str, np.ndarray], classes: tuple[str, ...] | None = None) -> DataSet:
-    """Check shapes and labels of decoded arrays and wrap them in a :class:`DataSet`."""
+    """Check shapes, dtypes and labels of decoded arrays and wrap them in a :class:`DataSet`."""
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim not in (2, 3, 4):
@@ -135,34 +156,48 @@ def validate_arrays(name: str, source: Path | str, arrays: dict[str, np.ndarray]
             raise DataError(f"{name}: x_{split} has {len(x)} rows but y_{split} has {len(y)} in {source}")
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{name}: y_{split} in {source} must hold integer labels, not {y.dtype}")
+        if int(y.max()) > np.iinfo(np.int64).max:  # only unsigned labels reach here; int64 would wrap them negative
+            raise DataError(f"{name}: y_{split} in {source} holds label {y.max()}, beyond any label space "
+                            "(a negative label stored as unsigned?); number the classes 0..K-1")
         arrays[f"y_{split}"] = y.astype(np.int64)
         if x.ndim == 3:  # grayscale images without a channel axis
             arrays[f"x_{split}"] = x[..., None]
     for split in ("train", "test"):
         x = arrays[f"x_{split}"]
-        if x.ndim == 4 and x.dtype != np.uint8:
-            raise DataError(f"{name}: images in {source} must be uint8, not {x.dtype}")
-        if x.ndim == 2:
-            with np.errstate(over="ignore"):  # values beyond float32's range become infinite, which the check below reports
-                x = arrays[f"x_{split}"] = x.astype(np.float32)
-            bad = x.size - int(np.count_nonzero(np.isfinite(x)))
-            if bad:  # one would turn every model trained or scored on it to NaN
-                raise DataError(f"{name}: x_{split} in {source} holds {bad} non-finite value(s) (NaN, or infinite as float32) "
-                                f"among its {x.size}; drop or impute them")
+        if 0 in x.shape[1:]:
+            raise DataError(f"{name}: x_{split} in {source} has shape {x.shape}: its inputs hold no values")
+        if x.ndim == 4:
+            if x.dtype != np.uint8:
+                raise DataError(f"{name}: images in {source} must be uint8, not {x.dtype}")
+            if _looks_misarranged(x.shape):
+                raise DataError(f"{name}: x_{split} in {source} has shape {x.shape}, which looks channels-first or a 3-D volume; "
+                                "qkt reads images as N×H×W×C, channels last: move them there with np.moveaxis(x, 1, -1), "
+                                "or flatten a volume into features with x.reshape(len(x), -1)")
+            continue
+        if x.dtype.kind not in FEATURE_KINDS:
+            raise DataError(f"{name}: x_{split} in {source} holds {x.dtype} values; features must be real numbers "
+                            "(integers, floats or booleans)")
+        with np.errstate(over="ignore"):  # values beyond float32's range become infinite, which the check below reports
+            x = arrays[f"x_{split}"] = x.astype(np.float32)
+        bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+        if bad:  # one would turn every model trained or scored on it to NaN
+            raise DataError(f"{name}: x_{split} in {source} holds {bad} non-finite value(s) (NaN, or infinite as float32) "
+                            f"among its {x.size}; drop or impute them")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(f"{name}: train and test inputs differ in shape in {source}")
     labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
     if labels.min() < 0:
         raise DataError(f"{name}: negative labels in {source}")
-    if classes is None:
-        size, present = int(labels.max()) + 1, len(np.unique(labels))
-        if size > 2 * present:  # every model would have a head, and the chart a bar, for each: a stray label of 100000 hung the chart
-            raise DataError(f"{name}: labels in {source} run up to {size - 1}, a label space of {size} classes, but only {present} "
-                            f"of them occur; number the classes 0..{present - 1} (np.unique(y, return_inverse=True) does)")
-        classes = tuple(str(c) for c in range(size))
-    if labels.max() >= len(classes):
+    if classes is not None and labels.max() >= len(classes):
         raise DataError(f"{name}: label {labels.max()} in {source} is outside its {len(classes)} classes")
-    return DataSet(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], tuple(classes))
+    size, present = len(classes) if classes is not None else int(labels.max()) + 1, len(np.unique(labels))
+    if size > 2 * present:  # every model would have a head, and the chart a bar, for each: a stray label of 100000 hung the chart
+        space = (f"{source} names {size} classes, but only {present} of them occur in its labels; keep only their names and"
+                 if classes is not None else
+                 f"labels in {source} run up to {size - 1}, a label space of {size} classes, but only {present} of them occur;")
+        raise DataError(f"{name}: {space} number the classes 0..{present - 1} (np.unique(y, return_inverse=True) does)")
+    return DataSet(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                   classes if classes is not None else tuple(str(c) for c in range(size)))
 
 
 def resolve_root(data_root: str | os.PathLike | None) -> Path:
@@ -178,22 +213,46 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "qkt"
 
 
+END_BYTES = 1 << 20
+
+
+def _ends_digest(file: Path) -> bytes:
+    """A hash of the first and last MiB of ``file`` (the whole of a smaller one).
+
+    The end of an ``.npz`` (a zip) holds the CRC-32 of every array in it, and the end of
+    a ``.tar.gz`` the CRC-32 of all it holds, so a rewrite shows there even within one
+    tick of the change-time clock. It costs about 3 ms; hashing a whole 200 MB archive
+    costs 0.19 s (SHA-1, warm page cache), more than reading its cached arrays (0.13 s).
+    """
+    digest = hashlib.sha1()
+    with open(file, "rb") as f:
+        digest.update(f.read(END_BYTES))
+        f.seek(max(f.tell(), os.fstat(f.fileno()).st_size - END_BYTES))
+        digest.update(f.read(END_BYTES))
+    return digest.digest()
+
+
 def cached(name: str, source: Path, decode) -> dict[str, np.ndarray]:
     """Decode ``source`` once and keep the arrays in the cache, keyed by the identity of its files.
 
     Decoding tens of thousands of images takes seconds; reading a ``.npz`` takes
     milliseconds, and every party of every benchmark run reads the same data.
     A folder's own timestamp does not change when a file inside is edited, so a
-    folder is identified by the size and timestamp of every file under it. A source
-    keeps one entry: when its files change, the new arrays replace the old ones
-    (a decoded CIFAR-10 is 185 MB).
+    folder is identified by every file under it: its size, modification time, change
+    time and inode. ``rsync -t``, ``cp -p`` and ``tar`` give a rewritten file its old size
+    and modification time, but a rewrite always moves the change time (or makes a new
+    inode). A single file is also identified by its first and last MiB (see
+    :func:`_ends_digest`). A source keeps one entry: when its files change, the new
+    arrays replace the old ones (a decoded CIFAR-10 is 185 MB).
     """
     location = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:12]
     identity = hashlib.sha1()
     for file in sorted(source.rglob("*")) if source.is_dir() else [source]:
         stat = file.stat()
         if S_ISREG(stat.st_mode):
-            identity.update(f"|{file.relative_to(source)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            identity.update(f"|{file.relative_to(source)}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}".encode())
+    if not source.is_dir():
+        identity.update(_ends_digest(source))
     path = cache_dir() / f"{name}-{location}-{identity.hexdigest()[:12]}.npz"
     if path.exists():
         try:

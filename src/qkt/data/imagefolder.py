@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ..errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+WIDE_GREY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+"""Pillow's modes of greyscale images with more than 8 bits (16-bit PNGs open as ``I;16``)."""
 CLASS_LIST = "classes.txt"
 """An optional file beside the split folders naming the classes one a line, in label order (as the CIFAR-100 archive has)."""
 
@@ -38,10 +40,43 @@ def _class_order(source: Path, listed: list[str] | None, found: set[str]) -> lis
     """The label order: the class list's if there is one (it must name every class folder), else the sorted folder names."""
     if listed is None:
         return sorted(found)
+    twice = sorted({c for c in listed if listed.count(c) > 1})
+    if twice:  # the second entry would be a class of its own, with no image
+        raise DataError(f"{source}: its {CLASS_LIST} names {', '.join(twice[:3])} more than once; list each class once, in label order")
     unlisted = sorted(found - set(listed))
     if unlisted:
         raise DataError(f"{source}: class folder(s) {', '.join(unlisted[:3])} are not in its {CLASS_LIST}")
     return listed
+
+
+def _pixels(blob: bytes, size: int | None) -> np.ndarray:
+    """One image as H×W×3: uint8, or float32 for a 16-bit (or 32-bit) greyscale image, which the caller scales to 8 bits.
+
+    ``convert("RGB")`` would clip such an image's values to 255; a 12-bit scan stored
+    in 16 bits would lose most of its range.
+    """
+    with Image.open(io.BytesIO(blob)) as img:
+        wide = img.mode in WIDE_GREY_MODES
+        img = img.convert("F" if wide else "RGB")
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        if not wide:
+            return np.asarray(img, dtype=np.uint8)
+        return np.repeat(np.asarray(img, dtype=np.float32)[..., None], 3, axis=2)
+
+
+def _scale_wide_images(images: dict[str, list[np.ndarray]]) -> None:
+    """Turn the 16-bit greyscale images into uint8 in place, all by one factor: the largest value among them becomes 255.
+
+    One factor keeps their brightness comparable, and a 12-bit scan (0..4095) keeps 8 bits
+    of its range where dividing by 257 would leave it 16 grey levels.
+    """
+    wide = [im for split in images.values() for im in split if im.dtype != np.uint8]
+    if not wide:
+        return
+    scale = 255 / max(max(float(im.max()) for im in wide), 1.0)
+    for split in images.values():
+        split[:] = [im if im.dtype == np.uint8 else np.rint(np.clip(im * scale, 0, 255)).astype(np.uint8) for im in split]
 
 
 def decode(source: Path, splits: dict[str, tuple[str, ...]], size: int | None = None) -> dict[str, np.ndarray]:
@@ -66,12 +101,13 @@ def decode(source: Path, splits: dict[str, tuple[str, ...]], size: int | None = 
         if len(parts) < 3 or parts[-3] not in folder_to_split:
             continue
         split = folder_to_split[parts[-3]]
-        with Image.open(io.BytesIO(blob)) as img:
-            img = img.convert("RGB")
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            images[split].append(np.asarray(img, dtype=np.uint8))
+        try:
+            images[split].append(_pixels(blob, size))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            why = "not an image Pillow reads" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
+            raise DataError(f"{source}: cannot read the image {'/'.join(parts)} ({why}); remove or replace it") from None
         names[split].append(parts[-2])
+    _scale_wide_images(images)
     if not images["train"] or not images["test"]:
         wanted = ", ".join(f"{f}/<class>/<image>" for folders in splits.values() for f in folders)
         raise DataError(f"{source} holds no images laid out as {wanted}")

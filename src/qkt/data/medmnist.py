@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import npz_archive
+from .base import read_npz
 
 # Label names from the MedMNIST v2 metadata, in label order.
 CLASSES: dict[str, tuple[str, ...]] = {
@@ -36,6 +36,9 @@ CLASSES: dict[str, tuple[str, ...]] = {
                     "thick ascending limb"),
 }
 
+
+OFFICIAL_KEYS = {"x_train": "train_images", "y_train": "train_labels", "x_test": "test_images", "y_test": "test_labels"}
+"""qkt's array names and the official file's; its validation split (``val_*``) is not used."""
 
 SIZES = (28, 64, 128, 224)
 PACKAGE_ROOT = Path.home() / ".medmnist"
@@ -68,16 +71,8 @@ def official_file(name: str, size: int | None) -> tuple[str, str]:
 
 
 def decode(source: Path) -> dict[str, np.ndarray]:
-    try:
-        with npz_archive(source, "train_images, train_labels, test_images, test_labels") as f:
-            arrays = {
-                "x_train": f["train_images"],
-                "y_train": f["train_labels"],
-                "x_test": f["test_images"],
-                "y_test": f["test_labels"],
-            }
-    except KeyError as exc:
-        raise DataError(f"{source} lacks the array {exc}: a MedMNIST file holds train_images, train_labels, test_images, test_labels") from None
+    official = read_npz(source, tuple(OFFICIAL_KEYS.values()), "a MedMNIST file")
+    arrays = {ours: official[theirs] for ours, theirs in OFFICIAL_KEYS.items()}
     if arrays["y_train"].ndim == 2 and arrays["y_train"].shape[1] > 1:
         raise DataError(f"{source} is multi-label ({arrays['y_train'].shape[1]} labels a sample); qkt needs one class per sample")
     return arrays

@@ -484,7 +484,8 @@ def test_benchmark_scripts_refuse_what_is_no_bench_run_in_one_line(tmp_path, qui
 def test_liar_costs_tabulates_each_data_set_of_a_run_apart(tmp_path, capsys, monkeypatch):
     """Records of two data sets share scenario, seed and querier: costed together, one would stand for the other."""
     def record(dataset, scenario, local):
-        methods = {m: {"query_accuracy": 0.5, "local_accuracy": local, "overall_accuracy": 0.5, "forgetting": 0.0, "details": {}}
+        methods = {m: {"query_accuracy": 0.5, "local_accuracy": local, "overall_accuracy": 0.5, "forgetting": 0.0,
+                      "bytes_sent": 0, "bytes_received": 0, "seconds": 1.0, "details": {}}
                    for m in ("local", "qkt")}
         return {"dataset": dataset, "scenario": scenario, "seed": 0, "querier": 1, "query": [3], "false_expert": 2, "methods": methods}
     records = [record(d, s, local) for d, drop in (("digits", 0.0), ("bloodmnist", 0.2))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from qkt.config import QueryConfig
 from qkt.errors import ConfigError
 from qkt.query import Announcement, answer_probe
 from qkt.query.teacher import ANSWERS_PER_RUN, Refused, TeacherPolicy
@@ -176,7 +177,7 @@ GOOD = json.loads(recipe().to_bytes())
     ({**GOOD, "noise": "laplace", "epsilon": "1"}, "malformed: epsilon"),
     ({**GOOD, "probe_seed": 2**70}, "the probe seed must be in 0..2**63 - 1"),
     ({**GOOD, "input_shape": [-5]}, "the input shape [-5] is not a shape of inputs"),
-    ({**GOOD, "input_shape": [65, 2**20], "probe_samples": 1}, "would hold more than 67,108,864 numbers"),
+    ({**GOOD, "input_shape": [257, 2**20], "probe_samples": 1}, "would hold more than 268,435,456 numbers"),
     ({**GOOD, "probe_kind": "self"}, "the 'self' probe needs each teacher's held-out data"),
     ({**GOOD, "num_classes": 11, "query": [10]}, "outputs 10 classes but the label space has 11"),
 ])
@@ -189,6 +190,17 @@ def test_a_malformed_announcement_gets_a_refusal_with_the_reason_not_an_exceptio
 def test_a_probe_message_without_an_announcement_gets_a_refusal(content):
     reply = client_app.probe(message(content, wire.PROBE), context()).content["scores"]
     assert "scores" not in reply and reply["refused"].startswith("the announcement is malformed: no announce.announcement")
+
+
+def test_a_probe_seed_every_teacher_would_refuse_is_refused_when_the_config_is_read():
+    with pytest.raises(ConfigError, match="query.probe.seed: Input should be less than or equal to 9223372036854775807"):
+        parse_config({"query": {"probe": {"seed": 2**63}}})
+    TeacherPolicy().check(Announcement.from_config((1,), 8, (64,), parse_config({"query": {"probe": {"seed": 2**63 - 1}}}).query))
+
+
+def test_the_default_probe_of_full_size_rgb_images_is_within_a_teachers_default_bounds():
+    for shape in ((3, 224, 224), (1, 28, 28), (3, 32, 32)):
+        TeacherPolicy().check(Announcement.from_config((1,), 8, shape, QueryConfig()))
 
 
 def test_a_refusal_names_a_long_list_of_classes_in_a_few_words():

@@ -65,6 +65,8 @@ Weight = Annotated[Finite, Field(ge=0)]
 Share = Annotated[Finite, Field(ge=0, le=1)]
 # Synthetic inputs per class: at most a hundred times the default, already more than memory holds of CIFAR-sized images.
 SyntheticCount = _integer(ge=0, le=100_000)
+# A teacher takes a probe seed that fits an int64 (qkt.query.teacher.PROBE_SEEDS); a larger one fails at every teacher.
+ProbeSeed = _integer(ge=0, le=2**63 - 1)
 # Longer than any list a run needs; a longer one is refused at once rather than validated entry by entry.
 MAX_ENTRIES = 1000
 # Ten times what `qkt config` lists; parsing megabytes of YAML takes minutes.
@@ -104,7 +106,7 @@ class ProbeConfig(Section):
     steps: NonNegative = Field(100, description="refinement steps of the 'statistics' probe")
     num_samples: Positive = Field(512, description="probe inputs per noise scale")
     scales: list[Rate] = Field([0.5, 1.0, 2.0], min_length=1, max_length=MAX_ENTRIES, description="standard deviations of the Gaussian probes in the normalised input space")
-    seed: NonNegative = 0
+    seed: ProbeSeed = 0
     noise: Literal["none", "laplace"] = Field(
         "none", description="differential privacy of the teachers' replies: 'laplace' adds Laplace noise to each probe score (docs/privacy.md)"
     )

@@ -67,7 +67,7 @@ NOTHING_ANSWERED = Answered()
 
 
 # A run announces its one query once per query method it runs; a teacher answers that many by default.
-ANSWERS_PER_RUN = sum(m.runner == "query" and m.flower for m in METHODS.values())
+ANSWERS_PER_RUN = sum(m.runner == "query" and m.flower and not m.settings.get("public_pool") for m in METHODS.values())
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class TeacherPolicy:
     max_probe_samples: int = 4096
     max_probe_steps: int = 1000
     max_probe_scales: int = 8
-    max_probe_elements: int = 2**26  # 256 MB of float32 probes
+    max_probe_elements: int = 2**28  # 1 GiB of float32: the default probe of 224-pixel RGB images holds 231 million
 
     def __post_init__(self) -> None:
         if self.noise not in NOISES:

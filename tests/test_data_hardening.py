@@ -35,6 +35,22 @@ def _npz(path, x, **extra):
 # --- npz arrays of the wrong kind ----------------------------------------------------------------------------
 
 
+def test_an_npz_array_whose_header_claims_terabytes_is_refused_before_it_is_allocated(capsys, tmp_path):
+    import zipfile
+
+    path = _npz(tmp_path / "bomb.npz", np.zeros((40, 3), np.float32))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**13,)})
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["x_train.npy"] = header.getvalue() + bytes(48)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    err = _refused(capsys, "npz", path)
+    assert "array 'x_train' cannot be read: its header claims shape (10000000000000,) of float32 (40,000,000,000,000 bytes) in 48" in err
+
+
 @pytest.mark.parametrize(("x", "extra", "says"), [
     (np.zeros((40, 3), np.float32), {"classes": np.array("abcd")}, "'classes' in .* has shape \\(\\); it lists one name per class"),
     (np.array([["1.5", "a"]] * 40), {}, "x_train in .* holds <U3 values; features must be real numbers"),

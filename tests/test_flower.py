@@ -71,11 +71,13 @@ def _npy_bomb() -> Array:
     (lambda arrays: RecordDict({"refused": ConfigRecord({})}), "its weights reply is malformed (KeyError('reason'))"),
     (lambda arrays: RecordDict({"refused": ArrayRecord({})}), "its weights reply is malformed"),
     (lambda arrays: RecordDict({"weights": ArrayRecord({**{k: Array(v) for k, v in arrays.items()}, "head.bias": _npy_bomb()})}),
-     "weight 'head.bias' claims shape (1000000000000,) of float32 (4,000,000,000,000 bytes) in 16 bytes of data"),
+     "weight 'head.bias': its header claims shape (1000000000000,) of float32 (4,000,000,000,000 bytes) in 16 bytes of data"),
+    (lambda arrays: wire.weights_content({**arrays, "head.bias": np.full(arrays["head.bias"].shape, "ab")}),
+     "weight 'head.bias' is <U2, not numbers"),
     (lambda arrays: wire.weights_content(arrays, -1e9), "it says it spent -1000000000.0 s, outside 0..600 s"),
     (lambda arrays: wire.weights_content(arrays, float("nan")), "it says it spent nan s"),
     (lambda arrays: wire.weights_content(arrays, 1e300), "it says it spent 1e+300 s"),
-], ids=["config-record", "refusal-without-reason", "refusal-of-arrays", "npy-header-bomb", "negative-seconds", "nan-seconds",
+], ids=["config-record", "refusal-without-reason", "refusal-of-arrays", "npy-header-bomb", "strings", "negative-seconds", "nan-seconds",
         "seconds-beyond-the-wait"])
 def test_a_weights_reply_that_cannot_be_read_costs_its_teacher_one_query_error(model, reply, says):
     """Not a crash of the whole query, nor terabytes allocated for a reply of a few bytes, nor a lie in the query's time."""
@@ -91,9 +93,10 @@ def test_a_probe_reply_that_says_it_took_longer_than_the_wait_is_refused(seconds
 
 
 @pytest.mark.parametrize(("weight", "says"), [
-    (lambda ref: (ref + 1j * np.nan).astype(np.complex64), "is torch.complex64, expected torch.float32"),
+    (lambda ref: (ref + 1j * np.nan).astype(np.complex64), "is complex64, expected torch.float32"),
+    (lambda ref: np.full(ref.shape, "ab"), "is <U2, expected torch.float32"),
     (lambda ref: np.full(ref.shape, 1e300), r"holds NaN or infinite values \(as torch.float32\)"),
-], ids=["complex", "finite-as-float64-only"])
+], ids=["complex", "finite-as-float64-only", "strings"])
 def test_received_weights_are_checked_as_the_model_holds_them(model, weight, says):
     arrays = export_weights(model)
     arrays["head.weight"] = weight(arrays["head.weight"])

@@ -1,4 +1,5 @@
-"""Files written whole, each through a temporary file renamed into place, or a set of them all or nothing; and the checks of an output folder.
+"""Files written whole, each through a temporary file renamed into place, or a set of them all or nothing; the checks of
+an output folder; and the check of an array's .npy header before it is read from bytes qkt did not write.
 
 A failure to write (a full disk, a read-only folder) is a :class:`~qkt.errors.QKTError`
 naming the file: the user can act on it, and it is reported in one line.
@@ -6,6 +7,7 @@ naming the file: the user can act on it, and it is reported in one line.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -14,6 +16,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import BinaryIO
+
+import numpy as np
 
 from .errors import QKTError
 
@@ -140,3 +144,20 @@ def check_output(folder: Path, reads: str | os.PathLike | None = None) -> None:
             pass
     except OSError as exc:
         raise QKTError(f"cannot write into '{nearest}' ({exc.strerror or exc}): choose another output folder") from None
+
+
+def npy_header(stream: BinaryIO, size: int) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and type of the .npy array of ``size`` bytes at ``stream``'s position, once its header is known to claim
+    exactly the bytes that follow it, and no Python objects; ``ValueError`` otherwise.
+
+    ``np.load`` allocates the shape a header claims before it reads the data: a header of a
+    few bytes could otherwise ask for terabytes.
+    """
+    start = stream.tell()
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
+    claimed, held = math.prod(shape) * dtype.itemsize, size - (stream.tell() - start)
+    if dtype.hasobject or claimed != held:
+        raise ValueError(f"its header claims shape {shape} of {dtype} ({claimed:,} bytes) in {held:,} bytes of data")
+    return shape, dtype

@@ -14,6 +14,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .errors import QueryError
 
+NUMBER_KINDS = "biuf"
+"""NumPy dtype kinds a model's inputs and weights can hold: bool, signed and unsigned integers, floats (not complex, dates, strings or records)."""
+
 LocalData = tuple[torch.Tensor, torch.Tensor] | Dataset | DataLoader
 """What ``qkt.query`` and the evaluation helpers take as data: (inputs, labels), a Dataset or a DataLoader yielding (input, label)."""
 

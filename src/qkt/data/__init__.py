@@ -175,7 +175,8 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, path: st
         arrays = cached(name if size is None else f"{name}{size}", file, decode)
     except DataError:
         raise
-    except (OSError, EOFError, ValueError, KeyError, tarfile.TarError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+    # MemoryError: a pickled CIFAR batch, too, can claim an array of terabytes
+    except (OSError, EOFError, ValueError, KeyError, tarfile.TarError, zipfile.BadZipFile, pickle.UnpicklingError, MemoryError) as exc:
         raise DataError(f"{name}: cannot read '{file}' ({type(exc).__name__}: {exc}); it may be corrupt or cut short. Expected {source.where}.") from None
     classes = arrays.pop("classes", None)
     if classes is not None and classes.ndim != 1:

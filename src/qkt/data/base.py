@@ -15,7 +15,8 @@ import torch
 from numpy.lib.format import MAGIC_PREFIX
 
 from ..errors import DataError, QKTError
-from ..files import atomic_file
+from ..files import atomic_file, npy_header
+from ..inputs import NUMBER_KINDS
 
 DATA_ROOT_ENV = "QKT_DATA_ROOT"
 CACHE_DIR_ENV = "QKT_CACHE_DIR"
@@ -125,11 +126,19 @@ def read_npz(source: Path, keys: tuple[str, ...], holder: str, optional: tuple[s
         missing = [k for k in keys if k not in f.files]
         if missing:
             raise DataError(f"{source} lacks {', '.join(missing)}; {contents}")
-        return {k: f[k] for k in (*keys, *(k for k in optional if k in f.files))}
-
-
-FEATURE_KINDS = "biuf"
-"""NumPy dtype kinds of feature values: bool, signed and unsigned integers, floats (not complex, dates, strings or records)."""
+        arrays = {}
+        for k in (*keys, *(k for k in optional if k in f.files)):
+            member = f.zip.getinfo(f"{k}.npy")
+            with f.zip.open(member) as stream:
+                try:
+                    shape, dtype = npy_header(stream, member.file_size)
+                except ValueError as exc:
+                    raise DataError(f"{source}: array '{k}' cannot be read: {exc}") from None
+            try:
+                arrays[k] = f[k]
+            except MemoryError:
+                raise DataError(f"{source}: array '{k}' of shape {shape} and type {dtype} does not fit in memory") from None
+        return arrays
 
 
 def _looks_misarranged(shape: tuple[int, ...]) -> bool:
@@ -174,7 +183,7 @@ def validate_arrays(name: str, source: Path | str, arrays: dict[str, np.ndarray]
                                 "qkt reads images as N×H×W×C, channels last: move them there with np.moveaxis(x, 1, -1), "
                                 "or flatten a volume into features with x.reshape(len(x), -1)")
             continue
-        if x.dtype.kind not in FEATURE_KINDS:
+        if x.dtype.kind not in NUMBER_KINDS:
             raise DataError(f"{name}: x_{split} in {source} holds {x.dtype} values; features must be real numbers "
                             "(integers, floats or booleans)")
         with np.errstate(over="ignore"):  # values beyond float32's range become infinite, which the check below reports

@@ -20,6 +20,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from ..errors import QueryError
+from ..files import npy_header
+from ..inputs import NUMBER_KINDS
 from ..query.messages import Announcement
 
 PROBE = "query.probe"
@@ -122,20 +124,15 @@ def read_weights(content: RecordDict, waited: float = math.inf) -> tuple[dict[st
 
 
 def _decode(key: str, array: Array) -> np.ndarray:
-    """``array`` as NumPy, once its .npy header is known to claim no more than its bytes hold.
-
-    ``np.load`` allocates the shape a header claims before reading the data: a reply of a
-    few bytes could otherwise ask the querier for terabytes.
-    """
+    """``array`` as NumPy, once its .npy header is known to claim numbers, and no more than its bytes hold (:func:`~qkt.files.npy_header`)."""
     if not isinstance(array, Array) or array.stype != SType.NUMPY:
         raise TypeError(f"weight '{key}' is not a NumPy array")
-    stream = io.BytesIO(array.data)
-    version = np.lib.format.read_magic(stream)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read_header(stream)
-    claimed, held = math.prod(shape) * dtype.itemsize, len(array.data) - stream.tell()
-    if dtype.hasobject or claimed != held:
-        raise ValueError(f"weight '{key}' claims shape {shape} of {dtype} ({claimed:,} bytes) in {held:,} bytes of data")
+    try:
+        _, dtype = npy_header(io.BytesIO(array.data), len(array.data))
+    except ValueError as exc:
+        raise ValueError(f"weight '{key}': {exc}") from None
+    if dtype.kind not in NUMBER_KINDS:
+        raise TypeError(f"weight '{key}' is {dtype}, not numbers")
     return array.numpy()
 
 

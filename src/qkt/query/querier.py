@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import QueryConfig, TrustConfig
 from ..errors import QueryError, QueryFailed
-from ..inputs import DatasetRows, LocalData, as_samples, class_indices
+from ..inputs import NUMBER_KINDS, DatasetRows, LocalData, as_samples, class_indices
 from ..models import find_head
 from ..training import Amp, model_device, resolve_device
 from . import inputs, probe, trust
@@ -60,12 +60,13 @@ def import_weights(template: nn.Module, arrays: Mapping[str, np.ndarray]) -> nn.
         raise QueryError(f"received weights do not fit the model: keys differ ({sorted(set(arrays) ^ set(state))[:3]} …)")
     loaded = {}
     for key, ref in state.items():
-        value = torch.as_tensor(np.asarray(arrays[key]))
-        if value.shape != ref.shape:
-            raise QueryError(f"received weight '{key}' has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
-        if value.is_complex():  # casting to a real type would drop the imaginary part with a warning, not an error
-            raise QueryError(f"received weight '{key}' is {value.dtype}, expected {ref.dtype}")
-        value = value.to(ref.dtype)
+        array = np.asarray(arrays[key])
+        # complex would lose its imaginary part in the cast below, with a warning, not an error
+        if array.dtype.kind not in NUMBER_KINDS:
+            raise QueryError(f"received weight '{key}' is {array.dtype}, expected {ref.dtype}")
+        if array.shape != tuple(ref.shape):
+            raise QueryError(f"received weight '{key}' has shape {array.shape}, expected {tuple(ref.shape)}")
+        value = torch.as_tensor(array).to(ref.dtype)
         # after the cast: 1e300 in float64 is finite, and infinite as the float32 the model holds
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise QueryError(f"received weight '{key}' holds NaN or infinite values (as {ref.dtype})")

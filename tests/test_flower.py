@@ -139,6 +139,17 @@ def test_probe_replies_that_do_not_fit_lose_their_node_not_the_query():
     assert strangers["node 8"] == "did not answer within 5 s"
 
 
+def test_what_a_peer_says_reaches_the_report_cut_short():
+    """A reason or a party name of megabytes is no reason to log."""
+    from qkt.flower.channel import read_probe_replies
+
+    replies = {1: RecordDict({"scores": ConfigRecord({"party": "1", "seconds": "x" * 100_000})}),
+               2: wire.scores_content("x" * 100_000, np.array([0.5], dtype=np.float32)),
+               3: wire.refusal_content("1", "no" * 100_000)}
+    scores, _, _, strangers = read_probe_replies(replies, teachers=["1"])
+    assert all(len(reason) < 700 for reason in strangers.values()) and len(scores["1"][0]) < 700
+
+
 def test_run_config_round_trips_through_toml(tmp_path):
     config = parse_config({"partition": {"num_parties": 7}, "methods": ["local", "qkt", "kd", "fedprox"],
                            "federated": {"local_epochs": 4}, "training": {"epochs": 10}})

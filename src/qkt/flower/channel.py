@@ -35,7 +35,7 @@ def exchange(grid: Grid, contents: dict[int, RecordDict], kind: str, timeout: fl
         if reply is None:
             out[node] = f"did not answer within {timeout:g} s"
         elif reply.has_error():
-            out[node] = f"failed: {reply.error.reason}"
+            out[node] = f"failed: {wire.brief(reply.error.reason)}"
         else:
             out[node] = reply.content
     return out
@@ -63,7 +63,7 @@ def read_probe_replies(replies: dict[int, RecordDict | str], teachers: Sequence[
             strangers[f"node {node}"] = str(exc)
             continue
         if nodes and party in nodes and nodes[party] != node:
-            strangers[f"node {node}"] = f"its reply names party '{party}', which is node {nodes[party]}: an impostor"
+            strangers[f"node {node}"] = f"its reply names party '{wire.brief(party)}', which is node {nodes[party]}: an impostor"
             continue
         refusal = wire.read_refusal(reply)
         if refusal is not None and party in teachers and party not in scores:
@@ -71,7 +71,7 @@ def read_probe_replies(replies: dict[int, RecordDict | str], teachers: Sequence[
         elif party_scores is None and refusal is None:  # the querier's own SuperNode, in a simulation: not a teacher
             own.add(node)
         elif party not in teachers or party in scores:
-            strangers[f"node {node}"] = f"its reply names party '{party}', which is no teacher of this run or has answered already"
+            strangers[f"node {node}"] = f"its reply names party '{wire.brief(party)}', which is no teacher of this run or has answered already"
         else:
             scores[party], node_of[party] = (party_scores, seconds), node
     # Replies arrive in any order; teachers are taken in party order, as in-process, so that the run is reproducible.

@@ -26,8 +26,14 @@ from ..query.messages import Announcement
 
 PROBE = "query.probe"
 WEIGHTS = "query.weights"
-# Characters of a teacher's refusal or a malformed reply that reach the querier's report and logs.
+# Characters of what a peer says (a refusal, an error, a party name) that reach the querier's report and logs.
 MAX_REASON = 500
+
+
+def brief(text: object) -> str:
+    """``text`` as a peer sent it, cut to :data:`MAX_REASON` characters: a reason of megabytes is no reason to log."""
+    text = str(text)
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON] + "…"
 
 
 def announce_content(announcement: Announcement) -> RecordDict:
@@ -69,7 +75,7 @@ def query_id(announcement: Announcement) -> str:
 def read_refusal(content: RecordDict) -> str | None:
     """Why the replying teacher refused the announcement, or None for an answer."""
     try:
-        return str(content["scores"]["refused"])[:MAX_REASON]
+        return brief(content["scores"]["refused"])
     except (KeyError, TypeError):
         return None
 
@@ -94,7 +100,7 @@ def read_scores(content: RecordDict, waited: float = math.inf) -> tuple[str, np.
         party, seconds = str(record["party"]), _seconds(record, waited)
         scores = np.asarray(record["scores"], dtype=np.float32) if "scores" in record else None
     except (KeyError, TypeError, ValueError) as exc:
-        raise QueryError(f"its reply to the announcement is malformed ({exc!r})") from None
+        raise QueryError(f"its reply to the announcement is malformed ({brief(repr(exc))})") from None
     return party, scores, seconds
 
 
@@ -112,14 +118,14 @@ def read_weights(content: RecordDict, waited: float = math.inf) -> tuple[dict[st
     """
     try:
         if "refused" in content:
-            raise QueryError(f"refused to send its weights: {str(content['refused']['reason'])[:MAX_REASON]}")
+            raise QueryError(f"refused to send its weights: {brief(content['refused']['reason'])}")
         weights = content["weights"]
         if not isinstance(weights, ArrayRecord):
             raise TypeError(f"its weights are a {type(weights).__name__}, not an ArrayRecord")
         arrays = {k: _decode(k, a) for k, a in weights.items()}
         seconds = _seconds(content["cost"], waited) if "cost" in content else 0.0
     except (KeyError, TypeError, ValueError) as exc:
-        raise QueryError(f"its weights reply is malformed ({exc!r})"[:MAX_REASON]) from None
+        raise QueryError(f"its weights reply is malformed ({brief(repr(exc))})") from None
     return arrays, seconds
 
 

@@ -93,13 +93,13 @@ def test_cached_scores_serve_every_lambda_of_a_sweep(world):
 
     class Counting(InProcessChannel):
         def announce(self, announcement, names):
-            calls.append(announcement.threshold)
+            calls.append(announcement)
             return super().announce(announcement, names)
 
     channel = CachedScores(Counting({k: Teacher(m, policy=UNLIMITED) for k, m in teachers.items()}))
-    replies = [channel.announce(Announcement((2, 3), C, (8,), probe_kind="noise", probe_samples=16, threshold=lam / C), ["a"])
+    replies = [channel.announce(Announcement.from_config((2, 3), C, (8,), FAST.model_copy(update={"lam": lam})), ["a"])
                for lam in (1.1, 1.5, 3.0)]
-    assert calls == [1.1 / C]  # the scores do not depend on λ: the teacher computes them once
+    assert len(calls) == 1  # λ is not in the announcement, and the scores do not depend on it: the teacher computes them once
     assert all(np.array_equal(r["a"].value, replies[0]["a"].value) for r in replies)
 
 

@@ -46,7 +46,7 @@ def test_the_announcement_holds_the_query_and_the_probe_recipe_only(wire):
     world, report, _, announcements = wire
     fields = json.loads(announcements[0])
     assert set(fields) == {"query", "num_classes", "input_shape", "probe_kind", "probe_samples", "probe_steps", "probe_scales",
-                           "probe_seed", "noise", "epsilon", "threshold"}
+                           "probe_seed", "noise", "epsilon"}
     assert fields["query"] == list(world.scenario.query) and len(announcements[0]) < 300
     assert [m["bytes"] for m in report.messages if m["kind"] == "announce"] == [len(announcements[0])] * len(world.teachers)
 

@@ -124,14 +124,14 @@ def test_a_teacher_sends_weights_only_for_a_query_it_answered_as_an_expert():
     from qkt.flower.client_app import answered, remember_answer, weights_refusal
 
     state = RecordDict()
-    announcement = Announcement((3,), 10, (64,), threshold=0.2)
+    announcement = Announcement((3,), 10, (64,))
     ask = ConfigRecord({"half": False, "query": wire.query_id(announcement)})
     assert weights_refusal(state, ask) == "it answered no announcement of this query"
     remember_answer(state, announcement, TeacherPolicy().is_expert(announcement, [0.05]), answered(state))
     assert weights_refusal(state, ask) == "its scores did not make it an expert of the query"
     remember_answer(state, announcement, TeacherPolicy().is_expert(announcement, [0.5]), answered(state))
     assert weights_refusal(state, ask) is None
-    other = ConfigRecord({"half": False, "query": wire.query_id(Announcement((4,), 10, (64,), threshold=0.2))})
+    other = ConfigRecord({"half": False, "query": wire.query_id(Announcement((4,), 10, (64,)))})
     assert weights_refusal(state, other) == "it answered no announcement of this query"
     with pytest.raises(QueryError, match="refused to send its weights: its scores"):
         wire.read_weights(wire.weights_refusal("its scores did not make it an expert of the query"))

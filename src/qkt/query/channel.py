@@ -160,8 +160,8 @@ class CachedScores(ChannelWrapper):
     restricted to ``Q``), so a simulation that runs many queries over the same teachers
     can compute each once. Each cached reply is charged the seconds its computation
     took, so every query still pays for its teachers' replies. ``cache`` may be shared
-    by several channels over the same teachers (keyed by teacher name and recipe; the
-    expert threshold λ / |C| is not part of the recipe, so a sweep over λ reuses the scores).
+    by several channels over the same teachers (keyed by teacher name and recipe; λ is the
+    querier's own and not in the announcement, so a sweep over λ reuses the scores).
     """
 
     def __init__(self, inner: TeacherChannel, cache: dict | None = None):
@@ -170,7 +170,7 @@ class CachedScores(ChannelWrapper):
 
     def announce(self, announcement: Announcement, names: Sequence[str]) -> dict[str, Scores]:
         every_class = replace(announcement, query=tuple(range(announcement.num_classes)))
-        recipe = replace(every_class, threshold=0.0).to_bytes()
+        recipe = every_class.to_bytes()
         missing = [n for n in names if (n, recipe) not in self.cache]
         if missing:
             for name, reply in self.inner.announce(every_class, missing).items():

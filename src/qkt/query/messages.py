@@ -38,13 +38,11 @@ class Announcement:
     probe_seed: int = 0
     noise: str = "none"
     epsilon: float = 1.0
-    threshold: float = 0.0  # λ / |C|: the score that makes a teacher an expert to the querier; the teacher has its own floor
 
     @classmethod
     def from_config(cls, query: tuple[int, ...], num_classes: int, input_shape: tuple[int, ...], config: QueryConfig) -> Announcement:
         p = config.probe
-        return cls(query, num_classes, input_shape, p.kind, p.num_samples, p.steps, tuple(p.scales), p.seed, p.noise, p.epsilon,
-                   config.lam / num_classes)
+        return cls(query, num_classes, input_shape, p.kind, p.num_samples, p.steps, tuple(p.scales), p.seed, p.noise, p.epsilon)
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()

@@ -268,8 +268,6 @@ def run_query(student: nn.Module, channel: TeacherChannel, query_classes: Sequen
     inputs.check_trainable(student, find_head(student, head))
     seconds: dict[str, float] = {}
     announcement = Announcement.from_config(query, num_classes, tuple(local_x.shape[1:]), config)
-    if not variant.masks:  # every teacher is asked for its weights: the announcement says so, and each teacher agrees to it
-        announcement = replace(announcement, threshold=0.0)
 
     log.info("query %s of %d classes: announcing it to %d teacher(s)", list(query), num_classes, len(channel.teachers))
     start = time.perf_counter()

@@ -87,7 +87,7 @@ class TeacherPolicy:
     min_expert_score:
         The score one of its replies must reach for it to send its weights, if above uniform
         ``1/|C|``: a score below uniform is no expertise (the querier's own rule, ``s ≥ λ/|C|`` with
-        ``λ ≥ 1``, never asks for less), whatever threshold the querier announces.
+        ``λ ≥ 1``, never asks for less); the querier's λ is its own and is not announced.
     max_answers:
         Announcements it answers in one run (:class:`Answered`; the Flower app keeps the count).
     max_probe_samples, max_probe_steps, max_probe_scales, max_probe_elements:
@@ -135,8 +135,6 @@ class TeacherPolicy:
         if self.noise == "laplace" and (a.noise != "laplace" or a.epsilon > self.max_epsilon):
             raise Refused(f"the teacher answers only with Laplace noise of ε ≤ {self.max_epsilon:g} "
                           f"(asked: noise '{a.noise}', ε = {a.epsilon:g})")
-        if not math.isfinite(a.threshold):
-            raise Refused(f"the expert threshold {a.threshold:g} is not a finite number")
         query = list(a.query)
         if not query or len(set(query)) != len(query) or any(not 0 <= c < a.num_classes for c in query):
             raise Refused(f"the query {shown(query)} is not distinct classes of 0..{a.num_classes - 1}")
@@ -166,7 +164,7 @@ class TeacherPolicy:
 
     def is_expert(self, a: Announcement, scores: Sequence[float]) -> bool:
         """Whether its reply ``scores`` to ``a`` make this teacher an expert, by its own floor: a score of at least
-        uniform ``1/|C|`` and ``min_expert_score``. The announced threshold never lowers it."""
+        uniform ``1/|C|`` and ``min_expert_score``."""
         floor = max(1.0 / a.num_classes, self.min_expert_score)
         return any(s >= floor for s in scores)
 

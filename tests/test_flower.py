@@ -193,9 +193,9 @@ def test_the_querier_reads_its_own_settings_from_its_file(tmp_path, monkeypatch)
     ({"reply-timeout": "30s"}, "'reply-timeout' must be positive seconds, not '30s'"),
     ({"reply-timeout": float("inf")}, "'reply-timeout' must be positive seconds, not inf"),
     ({"reply-timeout": float("nan")}, "'reply-timeout' must be positive seconds, not nan"),
-    ({"min-supernodes": "all"}, "'min-supernodes' must be an integer, not 'all'"),
-    ({"min-supernodes": 2.9}, "'min-supernodes' must be an integer, not 2.9"),
-    ({"threads": "many"}, "'threads' must be an integer, not 'many'"),
+    ({"min-supernodes": "all"}, "'min-supernodes' must be a whole number, not 'all'"),
+    ({"min-supernodes": 2.9}, "'min-supernodes' must be a whole number, not 2.9"),
+    ({"threads": "many"}, "'threads' must be a whole number, not 'many'"),
     ({"threads": 10**9}, "'threads' must be 1..1024, not 1000000000"),
     ({"party-nodes": "1=5,1=6"}, "'party-nodes' binds party 1 twice"),
     ({"party-nodes": "42=5"}, r"'party-nodes' binds party 42; the run has parties 0..9"),
@@ -233,9 +233,9 @@ def test_a_supernode_must_match_the_partition():
     with pytest.raises(ConfigError, match="partition-id"):
         partition_id({}, config)
     assert partition_id({"partition-id": "2", "num-partitions": "4"}, config) == 2
-    with pytest.raises(ConfigError, match="this SuperNode's node config 'partition-id' must be an integer, not 1.9"):
+    with pytest.raises(ConfigError, match="this SuperNode's node config 'partition-id' must be a whole number, not 1.9"):
         partition_id({"partition-id": 1.9}, config)  # would play party 1
-    with pytest.raises(ConfigError, match="'partition-id' must be an integer, not 'one'"):
+    with pytest.raises(ConfigError, match="'partition-id' must be a whole number, not 'one'"):
         partition_id({"partition-id": "one"}, config)
 
 

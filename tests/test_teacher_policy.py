@@ -125,14 +125,14 @@ def test_laplace_noise_of_an_infinite_or_meaningless_epsilon_is_refused(policy, 
     ({"qkt-max-query-share": -0.5}, "qkt-max-query-share is -0.5; it must be in"),
     ({"qkt-max-query-share": 7}, "qkt-max-query-share is 7; it must be in"),
     ({"qkt-max-query-share": "nan"}, "qkt-max-query-share is nan; it must be in"),
-    ({"qkt-max-query-share": "most"}, "qkt-max-query-share is 'most', not a number"),
+    ({"qkt-max-query-share": "most"}, "qkt-max-query-share must be a number, not 'most'"),
     ({"qkt-classes": "1,1,2"}, r"qkt-classes \[1, 1, 2\] must be distinct"),
     ({"qkt-classes": "1,-3"}, r"qkt-classes \[1, -3\] must be distinct class indices ≥ 0"),
     ({"qkt-classes": "1,99"}, r"qkt-classes names 99, outside the label space 0..9"),
     ({"qkt-max-answers": 0}, "qkt-max-answers is 0; it must be at least 1"),
     ({"qkt-federated": "yes"}, "node config qkt-federated is 'yes'; choose true or false"),
-    ({"threads": 0}, "node config threads is 0; it must be at least 1"),
-    ({"threads": "x"}, "node config threads is 'x', not a whole number"),
+    ({"threads": 0}, "this SuperNode's node config 'threads' must be 1..1024, not 0"),
+    ({"threads": "x"}, "this SuperNode's node config 'threads' must be a whole number, not 'x'"),
 ])
 def test_a_supernode_with_an_invalid_policy_says_which_node_config_key_in_one_line(node_config, says):
     with pytest.raises(ConfigError, match=says) as caught:

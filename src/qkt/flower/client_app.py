@@ -10,7 +10,6 @@ FedProx strategies.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping
 
@@ -27,7 +26,20 @@ from ..query.messages import Announcement
 from ..query.teacher import NOTHING_ANSWERED, Answered, InvalidPolicy, TeacherPolicy, answer_probe, export_weights
 from ..training import cross_entropy_loss, set_threads, train_as_party
 from . import faults, wire
-from .party import Party, Settings, blank_model, load_party, partition_id, read_settings, trained_model
+from .party import (
+    MAX_THREADS,
+    NODE_CONFIG,
+    Party,
+    Settings,
+    blank_model,
+    count_setting,
+    load_party,
+    partition_id,
+    read_settings,
+    real_number,
+    trained_model,
+    whole_number,
+)
 
 app = ClientApp()
 TRAIN_REFUSAL = ("refused: this party's node config keeps it out of federated training "
@@ -37,30 +49,15 @@ TRAIN_REFUSAL = ("refused: this party's node config keeps it out of federated tr
 INVALID_POLICY = "this SuperNode's privacy policy (node config qkt-*) is invalid"
 
 
-def _whole(value: object) -> int:
-    if isinstance(value, bool) or not re.fullmatch(r"[+-]?\d+", str(value).strip()):
-        raise ValueError(f"is '{value}', not a whole number")
-    return int(value)
-
-
-def _number(value: object) -> float:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"is '{value}', not a number") from None
-
-
 def _classes(value: object) -> tuple[int, ...] | None:
     text = str(value).strip()
-    return tuple(_whole(c) for c in text.split(",")) if text else None
+    return tuple(whole_number(c) for c in text.split(",")) if text else None
 
 
 # The policy fields a SuperNode sets, each from node config qkt-<field with dashes>, and how to read its value.
 POLICY_OPTIONS: dict[str, Callable[[object], object]] = {
-    "noise": str, "max_epsilon": _number, "classes": _classes, "max_query_share": _number, "min_expert_score": _number,
-    "max_answers": _whole,
+    "noise": str, "max_epsilon": real_number, "classes": _classes, "max_query_share": real_number, "min_expert_score": real_number,
+    "max_answers": whole_number,
 }
 
 
@@ -102,12 +99,7 @@ def federated(node_config: Mapping[str, object]) -> bool:
 
 def _party(context: Context) -> tuple[Party, Settings, TeacherPolicy]:
     settings = read_settings(context.run_config)
-    try:
-        threads = _whole(context.node_config.get("threads", 1))
-        if threads < 1:
-            raise ValueError(f"is {threads}; it must be at least 1")
-    except ValueError as exc:
-        raise ConfigError(f"node config threads {exc}") from None
+    threads = count_setting(context.node_config, "threads", 1, NODE_CONFIG, least=1, most=MAX_THREADS)
     # One thread by default: several parties often share a machine, and oversubscribed cores slow torch tenfold.
     set_threads(threads)
     party = load_party(settings.config, partition_id(context.node_config, settings.config))

@@ -42,6 +42,7 @@ SHARED_SECTIONS = ("data", "partition", "scenario", "training", "federated")
 QUERIER_KEYS = ("query", "methods", "output-dir")
 # Far above any machine's cores; torch would try to start as many threads as asked.
 MAX_THREADS = 1024
+NODE_CONFIG = "this SuperNode's node config"
 
 
 @dataclass(frozen=True)
@@ -115,30 +116,49 @@ def read_settings(run_config: Mapping[str, object], querier: Mapping[str, object
                           "query.public_pool to 0 and leave out the public-pool methods, or run them with qkt run or qkt bench")
     timeout = run_config.get("reply-timeout", 600.0)
     try:
-        seconds = float(timeout) if isinstance(timeout, int | float | str) and not isinstance(timeout, bool) else math.nan
+        seconds = real_number(timeout)
     except ValueError:
         seconds = math.nan
     if not 0 < seconds < math.inf:  # an infinite or NaN timeout would wait for a lost party for ever
         raise ConfigError(f"run config 'reply-timeout' must be positive seconds, not {timeout!r}")
     parties = config.partition.num_parties
-    min_supernodes = _count(run_config, "min-supernodes", 0)
+    min_supernodes = count_setting(run_config, "min-supernodes", 0)
     if not 0 <= min_supernodes <= parties:  # more would wait out the whole reply-timeout before failing
         raise ConfigError(f"run config 'min-supernodes' is {min_supernodes}: the run has {parties} parties, "
                           f"{parties - 1} besides the querier")
-    threads = _count(run_config, "threads", 1)
-    if not 1 <= threads <= MAX_THREADS:
-        raise ConfigError(f"run config 'threads' must be 1..{MAX_THREADS}, not {threads}")
+    threads = count_setting(run_config, "threads", 1, least=1, most=MAX_THREADS)
     return Settings(config, Path(str(querier.get("output-dir", "qkt-output/flower"))).expanduser(), seconds,
                     min_supernodes, threads, _party_nodes(str(run_config.get("party-nodes", "")), parties))
 
 
-def _count(settings: Mapping[str, object], key: str, default: int, where: str = "run config") -> int:
-    """An integer setting as written (TOML's 2, or "2" from a command line): 2.9 or "all" are refused, not truncated."""
-    value = settings.get(key, default)
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where} '{key}' must be an integer, not {value!r}")
+def whole_number(value: object) -> int:
+    """A count or an index as written, TOML's 2 or "2" from a command line; ``ValueError`` for 2.9, "all" or true,
+    which ``int()`` would truncate or take for 1."""
+    if isinstance(value, bool) or not re.fullmatch(r"\s*[+-]?\d+\s*", str(value)):
+        raise ValueError(f"must be a whole number, not {value!r}")
+    return int(value)
+
+
+def real_number(value: object) -> float:
+    """A number as written (2.5 or "2.5"); ``ValueError`` for true, which ``float()`` would take for 1.0, or text."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be a number, not {value!r}") from None
+
+
+def count_setting(settings: Mapping[str, object], key: str, default: int, where: str = "run config",
+                  least: int = 0, most: int | None = None) -> int:
+    """The whole number ``settings[key]`` (``default`` if absent) within ``least..most``, or a :class:`ConfigError` naming ``where`` and the key."""
+    try:
+        value = whole_number(settings.get(key, default))
+    except ValueError as exc:
+        raise ConfigError(f"{where} '{key}' {exc}") from None
+    if value < least or (most is not None and value > most):
+        bounds = f"at least {least}" if most is None else f"{least}..{most}"
+        raise ConfigError(f"{where} '{key}' must be {bounds}, not {value}")
     return value
 
 
@@ -180,8 +200,8 @@ def partition_id(node_config: Mapping[str, object], config: RunConfig) -> int:
     """The party a SuperNode plays, checked against the partition of the run."""
     if "partition-id" not in node_config:
         raise ConfigError("this SuperNode has no 'partition-id': start it with --node-config 'partition-id=K num-partitions=N'")
-    index = _count(node_config, "partition-id", 0, "this SuperNode's node config")
-    total = _count(node_config, "num-partitions", config.partition.num_parties, "this SuperNode's node config")
+    index = count_setting(node_config, "partition-id", 0, NODE_CONFIG)
+    total = count_setting(node_config, "num-partitions", config.partition.num_parties, NODE_CONFIG)
     if total != config.partition.num_parties or not 0 <= index < total:
         raise ConfigError(f"SuperNode says partition-id={index} num-partitions={total}, but the run has "
                           f"partition.num_parties={config.partition.num_parties}")

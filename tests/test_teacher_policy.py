@@ -165,7 +165,7 @@ GOOD = json.loads(recipe().to_bytes())
 
 @pytest.mark.parametrize(("raw", "says"), [
     ({**GOOD, "x": 1}, "malformed: x: Unexpected keyword argument"),
-    ([1, 2], "malformed: Input should be an object"),
+    ([1, 2], "malformed: the top level: Input should be an object"),
     ({**GOOD, "query": "1"}, "malformed: query: Input should be a valid array"),
     ({**GOOD, "query": [1.0]}, "malformed: query.0: Input should be a valid integer"),
     ({**GOOD, "query": [[1]]}, "malformed: query.0"),

@@ -441,6 +441,14 @@ def format_validation_error(err: ValidationError, source: str, root: type[BaseMo
     return "\n".join(lines)
 
 
+def first_error(err: ValidationError, chars: int = 200) -> str:
+    """The first of ``err``'s errors in one line, ``where: what`` (``chars`` of what at most), for data other than a config:
+    a message or a record read back, whose first fault is enough to refuse it."""
+    error = err.errors()[0]
+    where = ".".join(map(str, error["loc"])) or "the top level"
+    return f"{where}: {error['msg'][:chars]}"
+
+
 def config_error(err: ValidationError, source: str, root: type[BaseModel]) -> ConfigError:
     """:func:`format_validation_error` of settings of ``root`` as one :class:`ConfigError` line, for the Python API."""
     return ConfigError(format_validation_error(err, source, root).replace("\n  - ", "; "))

@@ -29,7 +29,7 @@ from typing_extensions import NotRequired, TypedDict
 from .. import experiment, partition
 from ..baselines import federated_training, train_global
 from ..baselines.fedavg import FederatedResult
-from ..config import RunConfig
+from ..config import RunConfig, first_error
 from ..data import DATASETS, DataSet, find_file, load_dataset
 from ..errors import DataError, QKTError
 from ..files import atomic_write
@@ -284,9 +284,7 @@ def read_run(path: str | os.PathLike) -> dict:
     try:
         _RUN.validate_python(run)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(map(str, error["loc"])) or "the top level"
-        raise QKTError(f"{path} is not a qkt bench run's bench.json: {where}: {error['msg']}") from None
+        raise QKTError(f"{path} is not a qkt bench run's bench.json: {first_error(exc)}") from None
     queries = [(r["dataset"], r["scenario"], r["seed"], r["querier"]) for r in run["records"]]
     twice = next((q for i, q in enumerate(queries) if q in queries[:i]), None)
     if twice is not None:

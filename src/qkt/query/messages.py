@@ -13,13 +13,12 @@ from typing import Generic, TypeVar
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
-from ..config import QueryConfig
+from ..config import QueryConfig, first_error
 from ..errors import QueryError
 
 T = TypeVar("T")
 
 SCORE_BYTES = 4  # one float32 per query class
-MESSAGE_CHARS = 200  # of a validation error in a refusal: it goes back to the querier and into its report
 
 
 # Strict: an announcement comes from another party, and a value coerced into shape would be answered as if asked for.
@@ -54,9 +53,7 @@ class Announcement:
         try:
             return _STRICT.validate_json(blob)
         except ValidationError as exc:
-            error = exc.errors()[0]
-            field = ".".join(map(str, error["loc"]))
-            raise QueryError(f"the announcement is malformed: {field + ': ' if field else ''}{error['msg'][:MESSAGE_CHARS]}") from None
+            raise QueryError(f"the announcement is malformed: {first_error(exc)}") from None
 
 
 _STRICT = TypeAdapter(Announcement)

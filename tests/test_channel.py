@@ -127,6 +127,13 @@ def test_a_teacher_whose_model_raises_is_lost_not_the_query(world):
         run_query(student, _channel({**teachers, "x": Broken()}), [2, 3], local, FAST, num_classes=C, progress=False)
 
 
+def test_a_teacher_that_cannot_answer_the_announcement_refuses_it_as_over_flower(world):
+    _, _, teachers = world
+    channel = _channel({**teachers, "wide": build_model("mlp", (8,), C + 1)})
+    reply = channel.announce(ANNOUNCEMENT, ["wide"])["wide"]
+    assert isinstance(reply, Failure) and reply.reason.startswith("refused: ") and f"{C + 1} classes" in reply.reason
+
+
 def test_a_querys_seconds_include_its_teachers_replies(world):
     """Teachers answer in parallel: the query waits for the slowest, and their summed time is reported apart."""
     student, local, teachers = world

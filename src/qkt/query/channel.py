@@ -30,7 +30,7 @@ from ..errors import QKTError, QueryError
 from ..training import model_device
 from . import privacy
 from .messages import SCORE_BYTES, Announcement, Failure, Reply
-from .teacher import Refused, Teacher, answer_probe, export_weights
+from .teacher import Teacher, answer_probe, export_weights
 
 Scores = Reply[np.ndarray] | Failure
 Weights = Reply[dict[str, np.ndarray]] | Failure
@@ -103,7 +103,7 @@ class InProcessChannel(TeacherChannel):
             start = time.perf_counter()
             try:
                 scores = answer_probe(on_device(teacher.model, self.device), announcement, teacher.holdout, policy=teacher.policy)
-            except Refused as exc:
+            except QueryError as exc:  # its policy, or its model or data, cannot answer this announcement: as over Flower
                 replies[name] = Failure(f"refused: {exc}", sent)
                 continue
             except Exception as exc:  # noqa: BLE001 - another party's model failing costs its reply, not the query

@@ -383,7 +383,7 @@ def test_resume_on_a_file_that_is_no_bench_run_is_one_line(tmp_path, capsys, con
 @pytest.mark.parametrize("meta", ['{"rounds": 5, "seconds"', '{"rounds": 5}', '{"rounds": "5", "seconds": 1.0, "bytes_sent": 1, '
                                   '"bytes_received": 1}'], ids=["cut-short", "missing-costs", "string-rounds"])
 def test_a_global_model_whose_costs_file_is_corrupt_is_retrained_with_a_warning(tmp_path, monkeypatch, meta):
-    """As a corrupt checkpoint is; the costs file broke every later bench into the folder with a traceback."""
+    """As a corrupt checkpoint is: a costs file that cannot be read must not stop every later bench into the folder."""
     from qkt.baselines.fedavg import FederatedResult
     from qkt.config import parse_config
     from qkt.models import build_model
@@ -421,7 +421,7 @@ def _first_method(state: dict) -> dict:
     (lambda s: s["records"].append(s["records"][0]), r"records the query of querier \d+ \(digits/single/0\) twice"),
 ], ids=["no-details", "null-bytes", "settings-string", "seed-string", "query-twice"])
 def test_resume_refuses_a_hand_edited_bench_json_before_any_query(quick_digits, tmp_path, monkeypatch, edit, says):
-    """Each edit passed the old check, then ran the queries still to do and failed writing the tables, losing them."""
+    """Refused before any query runs: read later, each edit would fail writing the tables after the queries still to do, losing them."""
     state = json.loads((quick_digits / "bench.json").read_text())
     edit(state)
     (tmp_path / "bench.json").write_text(json.dumps(state))

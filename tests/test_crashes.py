@@ -154,7 +154,7 @@ def test_a_file_as_output_is_refused_before_any_work(capsys, tmp_path, no_work, 
 
 
 def test_a_broken_link_as_output_is_refused_before_any_work(capsys, tmp_path, no_work):
-    """It passed the check (a broken link does not exist), a party trained, and the run failed with 'File exists'."""
+    """A broken link does not exist as a path, but no folder can be made there: refused before a party trains, naming the link."""
     (tmp_path / "out").symlink_to(tmp_path / "gone")
     err = _one_line_error(*_run(capsys, tmp_path, TINY, tmp_path / "out" / "run")[::2])
     assert f"'{tmp_path / 'out'}' is a link to '{tmp_path / 'gone'}', which does not exist" in err
@@ -386,7 +386,7 @@ def test_a_list_of_two_million_scales_is_refused_fast(capsys, tmp_path):
 
 
 def test_a_yaml_config_whose_aliases_nest_a_billion_entries_is_refused_fast(capsys, tmp_path):
-    """454 bytes of anchors, each a list of ten of the one before: rendering the rejected value in the error never ended."""
+    """454 bytes of anchors, each a list of ten of the one before: the error must not try to render the 10**9 entries."""
     lines = ["x0: &x0 [1,1,1,1,1,1,1,1,1,1]"] + [f"x{i}: &x{i} [" + ",".join([f"*x{i - 1}"] * 10) + "]" for i in range(1, 9)]
     path = tmp_path / "config.yaml"
     path.write_text("\n".join(lines) + "\ntraining: {epochs: *x8}\n")

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -92,6 +93,7 @@ def all_or_nothing() -> Iterator[None]:
 def _replace_together(staged: list[tuple[str, Path]]) -> None:
     """Rename each temporary file onto its target; if one rename fails (or is interrupted), put back the targets already replaced."""
     replaced: list[tuple[Path, str | None]] = []  # each target and a link to its previous version (None: it had none)
+    kept: set[str | None] = set()
     try:
         for tmp, path in staged:
             previous = None
@@ -108,14 +110,20 @@ def _replace_together(staged: list[tuple[str, Path]]) -> None:
             replaced.append((path, previous))
     except BaseException:
         for path, previous in reversed(replaced):
-            if previous is None:
-                path.unlink(missing_ok=True)
-            else:
-                os.replace(previous, path)
+            try:
+                if previous is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    os.replace(previous, path)
+            except OSError as exc:  # the previous version stays beside it, named, rather than lost
+                warnings.warn(f"'{path}' could not be put back ({exc.strerror or exc}); its previous version is '{previous}'",
+                              stacklevel=2)
+                kept.add(previous)
         raise
     finally:
         for tmp, _ in staged:
-            Path(f"{tmp}.previous").unlink(missing_ok=True)
+            if f"{tmp}.previous" not in kept:
+                Path(f"{tmp}.previous").unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -402,7 +402,8 @@ def _shown(value: object) -> str:
     # Rendering a huge value only to cut it short takes seconds, or for ever: YAML aliases nest
     # a few hundred bytes into 10**9 entries.
     if isinstance(value, list | dict) and not _entries_within(value, 10):
-        return f"a {type(value).__name__} of {len(value)} entries"
+        nested = "" if all(not isinstance(v, list | dict) for v in (value.values() if isinstance(value, dict) else value)) else ", nesting more"
+        return f"a {type(value).__name__} of {len(value)} entries{nested}"
     try:
         text = json.dumps(value, default=str)
     except (TypeError, ValueError):

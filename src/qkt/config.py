@@ -65,8 +65,9 @@ Weight = Annotated[Finite, Field(ge=0)]
 Share = Annotated[Finite, Field(ge=0, le=1)]
 # Synthetic inputs per class: at most a hundred times the default, already more than memory holds of CIFAR-sized images.
 SyntheticCount = _integer(ge=0, le=100_000)
-# A teacher takes a probe seed that fits an int64 (qkt.query.teacher.PROBE_SEEDS); a larger one fails at every teacher.
-ProbeSeed = _integer(ge=0, le=2**63 - 1)
+# Probe seeds fit an int64, as torch's generators (below 2**64) and every teacher take them.
+PROBE_SEEDS = 2**63
+ProbeSeed = _integer(ge=0, le=PROBE_SEEDS - 1)
 # Longer than any list a run needs; a longer one is refused at once rather than validated entry by entry.
 MAX_ENTRIES = 1000
 # Ten times what `qkt config` lists; parsing megabytes of YAML takes minutes.

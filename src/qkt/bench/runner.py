@@ -285,10 +285,12 @@ def read_run(path: str | os.PathLike) -> dict:
         _RUN.validate_python(run)
     except ValidationError as exc:
         raise QKTError(f"{path} is not a qkt bench run's bench.json: {first_error(exc)}") from None
-    queries = [(r["dataset"], r["scenario"], r["seed"], r["querier"]) for r in run["records"]]
-    twice = next((q for i, q in enumerate(queries) if q in queries[:i]), None)
-    if twice is not None:
-        raise QKTError(f"{path} records the query of querier {twice[3]} ({'/'.join(map(str, twice[:3]))}) twice")
+    seen: set[tuple] = set()
+    for r in run["records"]:
+        query = (r["dataset"], r["scenario"], r["seed"], r["querier"])
+        if query in seen:
+            raise QKTError(f"{path} records the query of querier {r['querier']} ({r['dataset']}/{r['scenario']}/{r['seed']}) twice")
+        seen.add(query)
     return run
 
 

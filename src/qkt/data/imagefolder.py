@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _class_order(source: Path, listed: list[str] | None, found: set[str]) -> lis
     """The label order: the class list's if there is one (it must name every class folder), else the sorted folder names."""
     if listed is None:
         return sorted(found)
-    twice = sorted({c for c in listed if listed.count(c) > 1})
+    twice = sorted(c for c, times in Counter(listed).items() if times > 1)
     if twice:  # the second entry would be a class of its own, with no image
         raise DataError(f"{source}: its {CLASS_LIST} names {', '.join(twice[:3])} more than once; list each class once, in label order")
     unlisted = sorted(found - set(listed))

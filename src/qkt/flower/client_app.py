@@ -124,10 +124,10 @@ def remember_answer(state: RecordDict, announcement: Announcement, expert: bool,
 
 def weights_refusal(state: RecordDict, request: ConfigRecord) -> str | None:
     """Why this party will not send its weights for ``request``, or None: only for the query it answered last, as an expert."""
-    answered = state["qkt-answered"] if "qkt-answered" in state else None
-    if answered is None or answered["query"] != request.get("query"):
+    last = state["qkt-answered"] if "qkt-answered" in state else None
+    if last is None or last["query"] != request.get("query"):
         return "it answered no announcement of this query"
-    if not answered["expert"]:
+    if not last["expert"]:
         return "its scores did not make it an expert of the query"
     return None
 

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +176,7 @@ def _party_nodes(text: str, parties: int) -> dict[str, int]:
             bound[str(party)] = node
     except ValueError:
         raise ConfigError(f"run config 'party-nodes' must read like \"1=8214,2=553\" (party=node id), not {text!r}") from None
-    shared = sorted({node for node in bound.values() if list(bound.values()).count(node) > 1})
+    shared = sorted(node for node, parties_of_node in Counter(bound.values()).items() if parties_of_node > 1)
     if shared:  # one node cannot play two parties: it would answer for both
         raise ConfigError(f"run config 'party-nodes' binds node(s) {shared} to more than one party")
     return bound

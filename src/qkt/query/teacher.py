@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import PROBE_SEEDS
 from ..errors import QueryError
 from ..inputs import as_tensors, class_indices
 from ..methods import METHODS
@@ -41,7 +42,6 @@ class InvalidPolicy(QueryError):
 
 
 SHOWN_CLASSES = 10  # a refusal names at most this many classes: a querier's list of 10**6 classes is no reason to echo
-PROBE_SEEDS = 2**63  # torch's generator takes a seed below 2**64; one that fits an int64 everywhere
 
 
 def shown(classes: Sequence[int]) -> str:
